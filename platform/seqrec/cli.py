@@ -1,0 +1,229 @@
+"""The ``seqrec`` command line.
+
+    seqrec data fetch ml-100k                  download MovieLens-100k (RecBole's atomic files) into the cache
+    seqrec data synth --rows N --out DIR       write a seeded synthetic Taobao-style log
+    seqrec data prepare SOURCE --out DIR       raw log → sessionized Parquet shards + manifest (Ray Data)
+    seqrec data stats DIR                      print a prepared dataset's statistics
+
+Run ``seqrec <command> --help`` for every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+EPILOG_PREPARE = """\
+examples:
+  seqrec data prepare ml-100k --out data/ml-100k
+  seqrec data prepare UserBehavior.csv --format taobao --out data/taobao --bad-rows quarantine
+  seqrec data prepare events.parquet --format parquet --mapping mapping.yaml --out data/mine
+  seqrec data prepare logs.csv --format csv --column user_id=uid --column item_id=sku \\
+      --column timestamp=ts --column item_features.category_id=cat --out data/mine
+
+On a running cluster (RAY_ADDRESS set, or `ray job submit -- seqrec data prepare ...`) the
+pipeline runs there; otherwise a local Ray instance is started. --out must be a path every
+node can write (local disk on one machine, a shared file system on a cluster).
+"""
+
+
+def _time(value: str) -> int:
+    """Epoch seconds, or an ISO 8601 date/time (naive times are UTC)."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither epoch seconds nor an ISO 8601 date/time") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return int(t.timestamp())
+
+
+def _time_range(value: str) -> tuple[int, int]:
+    parts = value.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"--time-range {value!r}: expected START,END")
+    return _time(parts[0]), _time(parts[1])
+
+
+def _positive_int(value: str) -> int:
+    v = int(value)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqrec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from seqrec import __version__
+
+    parser.add_argument("--version", action="version", version=f"seqrec {__version__}")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = top.add_parser("data", help="fetch, synthesize, prepare and inspect datasets", description="Datasets: fetch, synth, prepare, stats.")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    fetch = sub.add_parser("fetch", help="download a public dataset into the cache",
+                           description="Download a public dataset into the cache directory and print its path. "
+                           "ml-100k comes from the RecBole 1.2.1 wheel on PyPI (RecBole's atomic files; RecBole is not installed).")
+    fetch.add_argument("dataset", choices=["ml-100k"], help="dataset to fetch")
+    fetch.add_argument("--cache-dir", help="where to put it (default: $SEQREC_CACHE or ~/.cache/seqrec)")
+    fetch.add_argument("--force", action="store_true", help="download again even if the files are there")
+
+    synth = sub.add_parser("synth", help="write a seeded synthetic Taobao-style event log",
+                           description="Write a seeded synthetic event log with the Taobao schema plus brand, shop, "
+                           "first-level category and user profile (see seqrec.data.synth for the generative model). "
+                           "Streams to disk: 100M rows need no more memory than 1M.")
+    synth.add_argument("--rows", type=int, required=True, help="number of events to write")
+    synth.add_argument("--out", required=True, help="output directory (events/part-*.parquet + synth.json)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same data")
+    synth.add_argument("--users", type=int, help="number of users (default rows/100)")
+    synth.add_argument("--items", type=int, help="catalogue size (default rows/25, clamped to [1000, 4M])")
+    synth.add_argument("--days", type=int, default=9, help="days covered (default 9, like UserBehavior)")
+    synth.add_argument("--layout", choices=["parquet", "taobao-csv"], default="parquet",
+                       help="parquet: all columns; taobao-csv: UserBehavior.csv's 5 columns only (default parquet)")
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    prep = sub.add_parser("prepare", help="raw events → sessionized Parquet shards + manifest (Ray Data)",
+                          description="Read, validate and filter a raw behaviour log, encode ids (0 = padding, 1 = unknown), "
+                          "group by user, sessionize (SDM §3.1), add long-term behaviours, split by time (SDM §4.1) "
+                          "and write one row per session as Parquet shards plus manifest.json.",
+                          epilog=EPILOG_PREPARE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    prep.add_argument("source", help="a file or directory, or 'ml-100k' for the fetched MovieLens-100k")
+    prep.add_argument("--out", required=True, help="output directory")
+    prep.add_argument("--format", dest="fmt", choices=["taobao", "movielens", "recbole", "csv", "parquet", "synth"],
+                      help="input format (default: detected)")
+    prep.add_argument("--mapping", help="YAML column mapping for --format csv/parquet (see README)")
+    prep.add_argument("--column", action="append", default=[], metavar="KEY=SOURCE_COLUMN",
+                      help="one mapping entry for --format csv/parquet, e.g. user_id=uid or item_features.category_id=cat; repeatable")
+    g = prep.add_argument_group("protocol (SDM §3.1, §4.1)")
+    g.add_argument("--split", choices=["dataset-day", "user-day", "loo"],
+                   help="test window: the dataset's last day (default), each user's last active day "
+                   "(default for MovieLens), or leave-one-out (RecBole's protocol)")
+    g.add_argument("--no-val", dest="val", action="store_false", default=None,
+                   help="no validation window (default: the day / event before the test window)")
+    g.add_argument("--session-gap-minutes", type=float, help="a gap >= this starts a new session (default 10)")
+    g.add_argument("--max-session-len", type=int, help="a session longer than this is split (default 50)")
+    g.add_argument("--long-term-days", type=float, help="long-term window before a session (default 7)")
+    g.add_argument("--long-term-max", type=int, help="max distinct values per long-term feature (default 20)")
+    g.add_argument("--hist-len", type=int, help="events of history kept before each session for BST (default 20)")
+    g.add_argument("--test-fraction", type=float, help="share of the test window's events used as input (default 0.25)")
+    g.add_argument("--tz-offset-hours", type=float, help="UTC offset that defines calendar days (default 0; Taobao: 8)")
+    f = prep.add_argument_group("filters (every count goes to the manifest)")
+    f.add_argument("--min-item-count", type=_positive_int, help="drop items seen fewer times (default 5; 1 keeps all)")
+    f.add_argument("--max-user-events", type=_positive_int, help="drop users with more events (default 1000; 0 keeps all)")
+    f.add_argument("--behaviors", help="keep only these behaviours, comma-separated (e.g. pv,buy)")
+    f.add_argument("--time-range", type=_time_range, metavar="START,END",
+                   help="keep START <= timestamp < END; epoch seconds or ISO dates (Taobao default: 2017-11-25..2017-12-04 +08:00)")
+    f.add_argument("--bad-rows", choices=["error", "quarantine"],
+                   help="malformed rows stop the run (error, default) or go to OUT/rejects/ and are counted (quarantine)")
+    r = prep.add_argument_group("execution")
+    r.add_argument("--engine", choices=["ray", "local"], default="ray",
+                   help="ray: Ray Data pipeline (default); local: the same stages in this process (small data)")
+    r.add_argument("--rows-per-bucket", type=int, help="events per group-by-user bucket (default 2,000,000; bounds memory per task)")
+    r.add_argument("--chunk-mb", type=int, help="MB of input per read task (default 64)")
+    r.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    r.add_argument("--keep-tmp", action="store_true", help="keep OUT/_tmp (the bucketed events) for inspection")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    stats = sub.add_parser("stats", help="print a prepared dataset's statistics",
+                           description="Print the statistics of a prepared dataset (from its manifest).")
+    stats.add_argument("data_dir", help="a directory written by `seqrec data prepare`")
+    stats.add_argument("--json", action="store_true", help="print the raw manifest counts as JSON")
+    return parser
+
+
+def _mapping(args):
+    from seqrec.data.loaders import ColumnMapping
+
+    if not args.mapping and not args.column:
+        return None
+    if args.mapping and args.column:
+        raise SystemExit("seqrec data prepare: use --mapping or --column, not both")
+    if args.mapping:
+        return ColumnMapping.from_yaml(args.mapping)
+    return ColumnMapping.from_pairs(args.column)
+
+
+def cmd_prepare(args) -> int:
+    from seqrec.data.loaders import open_source
+    from seqrec.data.prepare import prepare, resolve_config
+    from seqrec.data.stats import format_stats
+
+    source = open_source(args.source, fmt=args.fmt, mapping=_mapping(args))
+    cfg = resolve_config(
+        source,
+        split=args.split,
+        val=args.val,
+        session_gap_s=None if args.session_gap_minutes is None else int(round(args.session_gap_minutes * 60)),
+        max_session_len=args.max_session_len,
+        long_term_s=None if args.long_term_days is None else int(round(args.long_term_days * 86400)),
+        long_term_max=args.long_term_max,
+        hist_len=args.hist_len,
+        test_fraction=args.test_fraction,
+        tz_offset_hours=args.tz_offset_hours,
+        min_item_count=args.min_item_count,
+        max_user_events=args.max_user_events,
+        behaviors=None if args.behaviors is None else tuple(b for b in args.behaviors.split(",") if b),
+        time_range=args.time_range,
+        bad_rows=args.bad_rows,
+        rows_per_bucket=args.rows_per_bucket,
+        chunk_bytes=None if args.chunk_mb is None else args.chunk_mb << 20,
+    )
+    manifest = prepare(source, args.out, cfg, engine=args.engine, progress=not args.no_progress,
+                       overwrite=args.overwrite, keep_tmp=args.keep_tmp)
+    print(format_stats(manifest))
+    print(f"\nwrote {Path(args.out).resolve()}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    import json
+
+    from seqrec.data.prepare import load_manifest
+    from seqrec.data.stats import format_stats
+
+    m = load_manifest(args.data_dir)
+    print(json.dumps(m["counts"], indent=2) if args.json else format_stats(m))
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from seqrec.data.fetch import fetch_ml100k
+
+    path = fetch_ml100k(args.cache_dir, force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from seqrec.data.synth import generate
+
+    meta = generate(args.out, args.rows, seed=args.seed, users=args.users, items=args.items, days=args.days,
+                    fmt=args.layout, progress=not args.no_progress)
+    print(f"wrote {meta['rows']:,} events of {meta['users']:,} users over {meta['items']:,} items to {Path(args.out).resolve()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {("data", "fetch"): cmd_fetch, ("data", "synth"): cmd_synth, ("data", "prepare"): cmd_prepare, ("data", "stats"): cmd_stats}
+    try:
+        return handlers[(args.command, getattr(args, "data_command", None))](args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        # user errors: one clear line, no traceback (set SEQREC_DEBUG=1 for one)
+        import os
+
+        if os.environ.get("SEQREC_DEBUG"):
+            raise
+        print(f"seqrec: error: {e}\n(set SEQREC_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
