@@ -123,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--bad-rows", choices=["error", "quarantine"],
                    help="malformed rows stop the run (error, default) or go to OUT/rejects/ and are counted (quarantine)")
     r = prep.add_argument_group("execution")
-    r.add_argument("--engine", choices=["ray", "local"], default="ray",
-                   help="ray: Ray Data pipeline (default); local: the same stages in this process (small data)")
+    r.add_argument("--engine", choices=["auto", "ray", "local"], default="auto",
+                   help="ray: the Ray Data pipeline; local: the same stages in this process; auto (default): "
+                   "local when the input fits in one bucket (Ray would run one task per stage and only add "
+                   "start-up time) and no cluster is configured (RAY_ADDRESS), ray otherwise")
     r.add_argument("--rows-per-bucket", type=int, help="events per group-by-user bucket (default 2,000,000; bounds memory per task)")
     r.add_argument("--chunk-mb", type=int, help="MB of input per read task (default 64)")
     r.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

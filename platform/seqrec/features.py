@@ -65,7 +65,7 @@ def long_term_col(feature: str) -> str:
 
 
 def hist_col(feature: str) -> str:
-    """The user's last behaviours before the session (BST's sequence; oldest first)."""
+    """The user's last behaviours before the session (BST's sequence; oldest first): item id, timestamp, behaviour."""
     return f"hist_{feature}"
 
 

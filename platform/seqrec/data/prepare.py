@@ -43,12 +43,12 @@ import os
 import pickle
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -152,6 +152,8 @@ def _merge_counts(parts: list[pa.Table]) -> pa.Table:
 
 def _hash_bucket(col: pa.ChunkedArray, n_buckets: int) -> np.ndarray:
     """Deterministic bucket of every value (pandas' fixed-key hash; strings and ints alike)."""
+    import pandas as pd  # only the Ray engine partitions
+
     values = col.to_numpy(zero_copy_only=False)
     if values.dtype == object:
         values = values.astype(object)
@@ -220,8 +222,8 @@ def _reject_reason_counts(rejects: pa.Table) -> dict:
     if rejects.num_rows == 0:
         return {}
     # "wrong column count: expected 5, got 4" → "wrong column count"
-    kinds = [str(r).split(":")[0].split(" '")[0] for r in rejects["reason"].to_pylist()]
-    return {f"rejected[{k}]": v for k, v in pd.Series(kinds).value_counts().items()}
+    kinds = Counter(str(r).split(":")[0].split(" '")[0] for r in rejects["reason"].to_pylist())
+    return {f"rejected[{k}]": v for k, v in sorted(kinds.items())}
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,9 +243,6 @@ def user_filter(events: pa.Table, cfg: PrepareConfig) -> tuple[pa.Table, dict]:
     return events, stats
 
 
-def count_stage(events: pa.Table, cfg: PrepareConfig) -> tuple[pa.Table, dict]:
-    events, stats = user_filter(events, cfg)
-    return _value_counts(events[F.ITEM_ID]), stats
 
 
 def item_keep_set(item_counts: pa.Table, cfg: PrepareConfig) -> tuple[pa.Array, dict]:
@@ -257,8 +256,10 @@ def item_keep_set(item_counts: pa.Table, cfg: PrepareConfig) -> tuple[pa.Array, 
     }
 
 
-def filtered_sorted(events: pa.Table, cfg: PrepareConfig, item_keep: pa.Array) -> pa.Table:
-    events, _ = user_filter(events, cfg)
+def filtered_sorted(events: pa.Table, cfg: PrepareConfig, item_keep: pa.Array, users_filtered: bool = False) -> pa.Table:
+    """Both filters applied, sorted by (user, timestamp, input order)."""
+    if not users_filtered:
+        events, _ = user_filter(events, cfg)
     if cfg.min_item_count > 1:
         events = events.filter(pc.is_in(events[F.ITEM_ID], value_set=item_keep))
     return _sort_events(events)
@@ -275,9 +276,11 @@ def _time_block(events: pa.Table) -> S.Block:
 # stage 3: windows and vocabulary counts
 
 
-def vocab_stage(events: pa.Table, source: EventSource, cfg: PrepareConfig, item_keep: pa.Array, test_day: int | None) -> dict:
-    """Training-window value counts of every feature, latest side info per item, window sizes."""
-    ev = filtered_sorted(events, cfg, item_keep)
+def vocab_stage(ev: pa.Table, source: EventSource, cfg: PrepareConfig, test_day: int | None) -> dict:
+    """Training-window value counts of every feature, latest side info per item, window sizes.
+
+    ``ev``: the events of complete users after :func:`filtered_sorted`.
+    """
     item_names, user_names = _names(source)
     block = _time_block(ev)
     a_val, a_test = S.windows(block, cfg.protocol, test_day)
@@ -297,17 +300,41 @@ def vocab_stage(events: pa.Table, source: EventSource, cfg: PrepareConfig, item_
     # latest side info of every item (for the item table) and items whose side info varies
     side = list(source.item_side)
     if side:
-        by_item = train.select([F.ITEM_ID, F.TIMESTAMP, F.ROW, *side])
-        by_item = by_item.take(pc.sort_indices(by_item, [(F.ITEM_ID, "ascending"), (F.TIMESTAMP, "ascending"), (F.ROW, "ascending")]))
-        last = np.ones(by_item.num_rows, bool)
-        if by_item.num_rows > 1:
-            it = by_item[F.ITEM_ID].combine_chunks()
-            last[:-1] = pc.not_equal(it.slice(0, len(it) - 1), it.slice(1)).to_numpy(zero_copy_only=False)
-        out["item_latest"] = by_item.filter(pa.array(last))
+        out["item_latest"] = _last_per_item(train.select([F.ITEM_ID, F.TIMESTAMP, F.ROW, *side]))
         out["item_side_pairs"] = {
             f: train.group_by([F.ITEM_ID, f]).aggregate([]) for f in side
         }
     return out
+
+
+def _last_per_item(t: pa.Table) -> pa.Table:
+    """The row of every item with the latest (timestamp, input order)."""
+    t = t.take(pc.sort_indices(t, [(F.ITEM_ID, "ascending"), (F.TIMESTAMP, "ascending"), (F.ROW, "ascending")]))
+    last = np.ones(t.num_rows, bool)
+    if t.num_rows > 1:
+        it = t[F.ITEM_ID].combine_chunks()
+        last[:-1] = pc.not_equal(it.slice(0, len(it) - 1), it.slice(1)).to_numpy(zero_copy_only=False)
+    return t.filter(pa.array(last))
+
+
+def merge_vocab_parts(parts: list[dict]) -> dict:
+    """Fold the results of several :func:`vocab_stage` calls into one (driver memory stays bounded by
+    the number of distinct values, not by the number of buckets)."""
+    if len(parts) == 1:
+        return parts[0]
+    merged: dict[str, Any] = {
+        "counts": {name: _merge_counts([p["counts"][name] for p in parts]) for name in parts[0]["counts"]},
+        "stats": {},
+    }
+    for p in parts:
+        _add(merged["stats"], p["stats"])
+    if "item_latest" in parts[0]:
+        merged["item_latest"] = _last_per_item(pa.concat_tables([p["item_latest"] for p in parts], promote_options="permissive"))
+        merged["item_side_pairs"] = {
+            f: pa.concat_tables([p["item_side_pairs"][f] for p in parts], promote_options="permissive").group_by([F.ITEM_ID, f]).aggregate([])
+            for f in parts[0]["item_side_pairs"]
+        }
+    return merged
 
 
 @dataclass
@@ -321,10 +348,11 @@ class Vocabs:
         return len(self.values[name]) + F.FIRST_CODE
 
 
-def build_vocabs(parts: list[dict], names: list[str]) -> Vocabs:
+def build_vocabs(part: dict, names: list[str]) -> Vocabs:
+    """Vocabularies from training-window counts (a merged :func:`vocab_stage` result), most frequent first."""
     values, counts = {}, {}
     for name in names:
-        merged = _merge_counts([p["counts"][name] for p in parts])
+        merged = _merge_counts([part["counts"][name]])
         merged = merged.filter(pc.is_valid(merged["value"]))
         merged = merged.take(pc.sort_indices(merged, [("count", "descending"), ("value", "ascending")]))
         values[name] = merged["value"].combine_chunks()
@@ -332,7 +360,7 @@ def build_vocabs(parts: list[dict], names: list[str]) -> Vocabs:
     return Vocabs(values, counts)
 
 
-def item_table(parts: list[dict], source: EventSource, vocabs: Vocabs) -> tuple[pa.Table, dict]:
+def item_table(part: dict, source: EventSource, vocabs: Vocabs) -> tuple[pa.Table, dict]:
     """Dense item table indexed by code (rows 0 and 1 are padding and unknown)."""
     items = vocabs.values[F.ITEM_ID]
     n = vocabs.size(F.ITEM_ID)
@@ -344,21 +372,13 @@ def item_table(parts: list[dict], source: EventSource, vocabs: Vocabs) -> tuple[
     stats = {}
     side = list(source.item_side)
     if side:
-        latest = pa.concat_tables([p["item_latest"] for p in parts if "item_latest" in p], promote_options="permissive")
-        latest = latest.take(pc.sort_indices(latest, [(F.ITEM_ID, "ascending"), (F.TIMESTAMP, "ascending"), (F.ROW, "ascending")]))
-        it = latest[F.ITEM_ID].combine_chunks()
-        last = np.ones(len(it), bool)
-        if len(it) > 1:
-            last[:-1] = pc.not_equal(it.slice(0, len(it) - 1), it.slice(1)).to_numpy(zero_copy_only=False)
-        latest = latest.filter(pa.array(last))
+        latest = part["item_latest"]
         pos = pc.index_in(items, value_set=latest[F.ITEM_ID].combine_chunks()).to_numpy(zero_copy_only=False)
         for f in side:
             raw = latest[f].combine_chunks().take(pa.array(pos))
             codes = np.concatenate([[F.PAD, F.UNKNOWN], _encode(raw, vocabs.values[f])]).astype(np.int32)
             cols[f] = pa.array(codes)
-            pairs = pa.concat_tables([p["item_side_pairs"][f] for p in parts if "item_side_pairs" in p], promote_options="permissive")
-            pairs = pairs.group_by([F.ITEM_ID, f]).aggregate([])  # distinct (item, value) over all buckets
-            per_item = _value_counts(pairs[F.ITEM_ID])
+            per_item = _value_counts(part["item_side_pairs"][f][F.ITEM_ID])  # distinct (item, value) pairs
             stats[f"items_with_varying_{f}"] = int(pc.sum(pc.greater(per_item["count"], 1)).as_py() or 0)
     return pa.table(cols), stats
 
@@ -390,10 +410,9 @@ def encode_block(ev: pa.Table, source: EventSource, vocabs: Vocabs) -> S.Block:
 
 
 def build_stage(
-    events: pa.Table, source: EventSource, cfg: PrepareConfig, item_keep: pa.Array, vocabs: Vocabs, test_day: int | None
+    ev: pa.Table, source: EventSource, cfg: PrepareConfig, vocabs: Vocabs, test_day: int | None
 ) -> tuple[dict[str, pa.Table], pa.Table, dict]:
-    """Session rows of every split for complete users, plus their user-table rows."""
-    ev = filtered_sorted(events, cfg, item_keep)
+    """Session rows of every split plus user-table rows; ``ev`` as for :func:`vocab_stage`."""
     item_names, user_names = _names(source)
     block = encode_block(ev, source, vocabs)
     p = cfg.protocol
@@ -448,19 +467,40 @@ class _Task:
         return {"i": row["i"], "out": pickle.dumps(out, protocol=5)}
 
 
-def _ray_map(fn: Callable, args: list, desc: str, progress: bool, **kwargs: Any) -> list:
+def _ray_map(fn: Callable, args: list, desc: str, progress: bool, fold: Callable | None = None, **kwargs: Any) -> list:
+    """Run ``fn(arg, **kwargs)`` for every arg as a Ray Data ``map``; results in argument order, or, with
+    ``fold(results_so_far) -> shorter list``, folded as they arrive so the driver never holds them all."""
     import ray
     from tqdm.auto import tqdm
 
     refs = {k: (ray.put(v) if isinstance(v, (pa.Array, pa.Table, Vocabs, dict)) else v) for k, v in kwargs.items()}
     items = [{"i": i, "arg": pickle.dumps(a, protocol=5)} for i, a in enumerate(args)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map(_Task(fn, **refs), num_cpus=1)
-    out: list = [None] * len(args)
+    out: list = [None] * len(args) if fold is None else []
     with tqdm(total=len(args), desc=desc, disable=not progress, unit="task") as bar:
         for row in ds.iter_rows():
-            out[row["i"]] = pickle.loads(row["out"])
+            if fold is None:
+                out[row["i"]] = pickle.loads(row["out"])
+            else:
+                out = fold(out + [pickle.loads(row["out"])])
             bar.update(1)
     return out
+
+
+FOLD_EVERY = 8  # bucket results held by the driver before they are merged
+
+
+def _fold_counts(parts: list, force: bool = False) -> list:
+    if len(parts) < FOLD_EVERY and not force:
+        return parts
+    stats: dict = {}
+    for _, st in parts:
+        _add(stats, st)
+    return [(_merge_counts([c for c, _ in parts]), stats)]
+
+
+def _fold_vocab(parts: list) -> list:
+    return parts if len(parts) < FOLD_EVERY else [merge_vocab_parts(parts)]
 
 
 def _read_bucket(files: list[str]) -> pa.Table:
@@ -469,7 +509,8 @@ def _read_bucket(files: list[str]) -> pa.Table:
 
 def _write_table(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd")
+    # no dictionary encoding: session rows are lists of codes, where it only costs time
+    pq.write_table(table, path, compression="zstd", use_dictionary=False)
 
 
 def _ray_read_task(arg: tuple, source: EventSource, cfg: PrepareConfig, n_buckets: int, tmp: str, out: str) -> dict:
@@ -492,16 +533,18 @@ def _ray_read_task(arg: tuple, source: EventSource, cfg: PrepareConfig, n_bucket
 
 
 def _ray_count_task(files: list[str], cfg: PrepareConfig) -> tuple:
-    return count_stage(_read_bucket(files), cfg)
+    events, stats = user_filter(_read_bucket(files), cfg)
+    return _value_counts(events[F.ITEM_ID]), stats
 
 
 def _ray_vocab_task(files: list[str], source: EventSource, cfg: PrepareConfig, item_keep, test_day) -> dict:
-    return vocab_stage(_read_bucket(files), source, cfg, item_keep, test_day)
+    return vocab_stage(filtered_sorted(_read_bucket(files), cfg, item_keep), source, cfg, test_day)
 
 
 def _ray_build_task(arg: tuple, source: EventSource, cfg: PrepareConfig, item_keep, vocabs, test_day, out: str) -> tuple:
     b, files = arg
-    tables, users, stats = build_stage(_read_bucket(files), source, cfg, item_keep, vocabs, test_day)
+    ev = filtered_sorted(_read_bucket(files), cfg, item_keep)
+    tables, users, stats = build_stage(ev, source, cfg, vocabs, test_day)
     for split, t in tables.items():
         _write_table(t, Path(out) / split / f"part-{b:05d}.parquet")
     return users, stats
@@ -526,15 +569,21 @@ def prepare(
     out_dir: str | os.PathLike,
     cfg: PrepareConfig | None = None,
     *,
-    engine: str = "ray",
+    engine: str = "auto",
     progress: bool = True,
     overwrite: bool = False,
     keep_tmp: bool = False,
 ) -> dict:
-    """Run the pipeline; return the manifest (also written to ``out_dir/manifest.json``)."""
+    """Run the pipeline; return the manifest (also written to ``out_dir/manifest.json``).
+
+    ``engine``: ``ray`` (the Ray Data pipeline), ``local`` (the same stages in this process), or
+    ``auto``: ``local`` when the input fits in one bucket (``rows_per_bucket`` events, estimated from
+    its size) — there the Ray pipeline would run every stage as one task and only add its start-up
+    cost — and ``ray`` otherwise, or whenever this process is already connected to a Ray cluster.
+    """
     cfg = cfg or resolve_config(source)
-    if engine not in ("ray", "local"):
-        raise ValueError(f"engine={engine!r} must be 'ray' or 'local'")
+    if engine not in ("auto", "ray", "local"):
+        raise ValueError(f"engine={engine!r} must be 'auto', 'ray' or 'local'")
     out = Path(out_dir).resolve()
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -546,6 +595,10 @@ def prepare(
     chunks = source.chunks(cfg.chunk_bytes)
     if not chunks:
         raise ValueError(f"{source.name}: the source has no data")
+    est = _estimate_rows(source, chunks)
+    n_buckets = max(1, -(-est // cfg.rows_per_bucket))
+    if engine == "auto":
+        engine = "ray" if n_buckets > 1 or _ray_connected() else "local"
     stats: dict[str, int] = {}
     rejects_by_reason: dict[str, int] = {}
     timings: dict[str, float] = {}
@@ -568,16 +621,18 @@ def prepare(
             schema = ev.schema
         events = pa.concat_tables(parts, promote_options="permissive") if parts else _empty_like_events(source, schema)
         t = lap("read", t)
-        item_counts, st = count_stage(events, cfg)
+        events, st = user_filter(events, cfg)
         _add(stats, st)
+        item_counts = _value_counts(events[F.ITEM_ID])
         item_keep, st = item_keep_set(item_counts, cfg)
         _add(stats, st)
         test_day = _test_day(stats, cfg)
         t = lap("count", t)
-        vparts = [vocab_stage(events, source, cfg, item_keep, test_day)]
-        vocabs = build_vocabs(vparts, item_names + user_names + [F.BEHAVIOR])
+        events = filtered_sorted(events, cfg, item_keep, users_filtered=True)
+        vpart = vocab_stage(events, source, cfg, test_day)
+        vocabs = build_vocabs(vpart, item_names + user_names + [F.BEHAVIOR])
         t = lap("vocab", t)
-        tables, users, st = build_stage(events, source, cfg, item_keep, vocabs, test_day)
+        tables, users, st = build_stage(events, source, cfg, vocabs, test_day)
         _add(stats, st)
         for split, tb in tables.items():
             _write_table(tb, out / split / "part-00000.parquet")
@@ -595,8 +650,6 @@ def prepare(
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         tmp = out / "_tmp"
-        est = _estimate_rows(source, chunks)
-        n_buckets = max(1, -(-est // cfg.rows_per_bucket))
         t = time.perf_counter()
         reads = _ray_map(
             _ray_read_task, list(enumerate(chunks)), "read", progress,
@@ -617,16 +670,17 @@ def prepare(
         if not bucket_files:
             raise ValueError(f"{source.name}: no events left after reading and row filters ({stats})")
         t = lap("read", t)
-        counted = _ray_map(_ray_count_task, bucket_files, "count", progress, cfg=cfg)
-        for _, st in counted:
-            _add(stats, st)
-        item_keep, st = item_keep_set(_merge_counts([c for c, _ in counted]), cfg)
+        counted = _ray_map(_ray_count_task, bucket_files, "count", progress, fold=_fold_counts, cfg=cfg)
+        item_counts, st = _fold_counts(counted, force=True)[0]
+        _add(stats, st)
+        item_keep, st = item_keep_set(item_counts, cfg)
         _add(stats, st)
         test_day = _test_day(stats, cfg)
         t = lap("count", t)
-        vparts = _ray_map(_ray_vocab_task, bucket_files, "vocabulary", progress,
+        vparts = _ray_map(_ray_vocab_task, bucket_files, "vocabulary", progress, fold=_fold_vocab,
                           source=source, cfg=cfg, item_keep=item_keep, test_day=test_day)
-        vocabs = build_vocabs(vparts, item_names + user_names + [F.BEHAVIOR])
+        vpart = merge_vocab_parts(vparts)
+        vocabs = build_vocabs(vpart, item_names + user_names + [F.BEHAVIOR])
         t = lap("vocab", t)
         built = _ray_map(_ray_build_task, list(zip(bucket_ids, bucket_files)), "build", progress,
                          source=source, cfg=cfg, item_keep=item_keep, vocabs=vocabs, test_day=test_day, out=str(out))
@@ -638,8 +692,7 @@ def prepare(
         if not keep_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    for vp in vparts:
-        _add(stats, vp["stats"])
+    _add(stats, vpart["stats"])
     # vocabularies, item and user tables
     for name, values in vocabs.values.items():
         _write_table(
@@ -647,7 +700,7 @@ def prepare(
                       "count": pa.array(vocabs.counts[name])}),
             out / "vocab" / f"{name}.parquet",
         )
-    items, st = item_table(vparts, source, vocabs)
+    items, st = item_table(vpart, source, vocabs)
     _add(stats, st)
     _write_table(items, out / "items.parquet")
     users = pa.concat_tables(user_tables, promote_options="permissive")
@@ -676,6 +729,15 @@ def prepare(
     manifest["content_hash"] = _hash_files(out, list(manifest["files"]))
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
     return manifest
+
+
+def _ray_connected() -> bool:
+    """True when this process is a Ray driver already (ray.init done, or inside `ray job submit`)."""
+    if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
+        return True
+    import sys
+
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def _merge_read_stats(stats: dict, st: dict) -> None:

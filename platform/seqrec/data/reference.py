@@ -164,8 +164,7 @@ def user_rows(g: pd.DataFrame, cfg, test_day, item_names, user_names, has_sessio
         for name in item_names:
             r[F.long_term_col(name)] = long_term_of(ev, start, name, cfg, code)
         h = list(range(max(0, start - p.hist_len), start))
-        for name in item_names:
-            r[F.hist_col(name)] = [code(name, ev[i][name]) for i in h]
+        r[F.hist_col(F.ITEM_ID)] = [code(F.ITEM_ID, ev[i][F.ITEM_ID]) for i in h]
         r[F.hist_col(F.TIMESTAMP)] = [ev[i][F.TIMESTAMP] for i in h]
         r[F.hist_col(F.BEHAVIOR)] = [code(F.BEHAVIOR, ev[i][F.BEHAVIOR]) for i in h]
         seen, targets = set(), []

@@ -17,8 +17,10 @@ with the session start are excluded); for every item feature f the most recent
 distinct values, at most ``long_term_max`` (20), most recent first.
 
 History (BST): the user's last ``hist_len`` (20) events before the session in
-sequence order, oldest first. BST's sequence at position t of a session is
-``(hist + session[:t])[-20:]``, so one row per session carries what BST needs.
+sequence order, oldest first: item id, timestamp and behaviour (side features of
+history items come from the item table, ``items.parquet``). BST's sequence at
+position t of a session is ``(hist + session[:t])[-20:]``, so one row per session
+carries what BST needs.
 
 Windows. Every user's events split at two indices, ``a_val <= a_test``:
 training events are ``[ustart, a_val)``, validation ``[a_val, a_test)``, test
@@ -327,7 +329,7 @@ def row_schema(item_names: list[str], user_names: list[str], user_raw_type) -> "
     fields += [pa.field(F.seq_col(f), ids) for f in item_names]
     fields += [pa.field(F.seq_col(F.TIMESTAMP), pa.list_(pa.int64())), pa.field(F.seq_col(F.BEHAVIOR), ids)]
     fields += [pa.field(F.long_term_col(f), ids) for f in item_names]
-    fields += [pa.field(F.hist_col(f), ids) for f in item_names]
+    fields += [pa.field(F.hist_col(F.ITEM_ID), ids)]
     fields += [pa.field(F.hist_col(F.TIMESTAMP), pa.list_(pa.int64())), pa.field(F.hist_col(F.BEHAVIOR), ids)]
     fields += [pa.field(F.TARGETS, ids)]
     return pa.schema(fields)
@@ -364,8 +366,7 @@ def rows_table(
     h_lo = np.maximum(block.ustart[cuts.user], cuts.start - protocol.hist_len)
     h_len = (cuts.start - h_lo).astype(np.int32)
     h_idx = ranges_index(h_lo, cuts.start)
-    for k, name in enumerate(item_names):
-        cols[F.hist_col(name)] = _list(block.item_feats[k, h_idx], h_len, i32)
+    cols[F.hist_col(F.ITEM_ID)] = _list(block.item_feats[0, h_idx], h_len, i32)
     cols[F.hist_col(F.TIMESTAMP)] = _list(block.ts[h_idx], h_len, i64)
     cols[F.hist_col(F.BEHAVIOR)] = _list(block.behavior[h_idx], h_len, i32)
     t_vals, t_lens = dedup_truth(block, cuts)
