@@ -112,3 +112,11 @@ def test_ray_equals_local_on_synthetic_data(tmp_path, ray_cluster):
     assert m_ray["counts"]["buckets"] >= 3
     assert m_local["counts"]["test_rows"] > 50 and m_local["counts"]["train_rows"] > 1000
     _same_output(tmp_path / "local", tmp_path / "ray")
+
+
+def test_everything_filtered_is_a_clear_error(tmp_path):
+    src = TableSource(random_events(8, n_users=10), SIDE, PROFILE)
+    with pytest.raises(ValueError, match="no events are left after the filters.*--min-item-count"):
+        prepare(src, tmp_path / "a", resolve_config(src, min_item_count=10_000), engine="local", progress=False)
+    with pytest.raises(ValueError, match="no events left after reading and row filters"):
+        prepare(src, tmp_path / "b", resolve_config(src, time_range=(0, 10)), engine="local", progress=False)

@@ -185,12 +185,6 @@ def _new_user_mask(user: pa.ChunkedArray) -> np.ndarray:
     return new
 
 
-def _empty_like_events(source: EventSource, schema: pa.Schema | None) -> pa.Table:
-    if schema is None:
-        raise ValueError(f"{source.name}: no events were read")
-    return schema.empty_table()
-
-
 # --------------------------------------------------------------------------------------------
 # stage 1: read
 
@@ -246,7 +240,14 @@ def user_filter(events: pa.Table, cfg: PrepareConfig) -> tuple[pa.Table, dict]:
 
 
 def item_keep_set(item_counts: pa.Table, cfg: PrepareConfig) -> tuple[pa.Array, dict]:
+    """Items with >= min_item_count events (after the user filter); raises if no event is left."""
     keep = item_counts.filter(pc.greater_equal(item_counts["count"], cfg.min_item_count))
+    if keep.num_rows == 0:
+        raise ValueError(
+            f"no events are left after the filters ({item_counts.num_rows} items, none with >= "
+            f"{cfg.min_item_count} events once users with > {cfg.max_user_events or 'any'} events are removed); "
+            "loosen --min-item-count, --max-user-events, --time-range or --behaviors"
+        )
     removed = item_counts.num_rows - keep.num_rows
     return keep["value"].combine_chunks(), {
         "items_before_item_filter": item_counts.num_rows,
@@ -529,7 +530,7 @@ def _ray_read_task(arg: tuple, source: EventSource, cfg: PrepareConfig, n_bucket
             path = Path(tmp) / f"bucket-{b:05d}" / f"chunk-{ordinal:06d}.parquet"
             _write_table(ev.take(pa.array(part)), path)
             files[b] = str(path)
-    return {"stats": stats, "files": files, "rejects": _reject_reason_counts(rejects), "schema": ev.schema}
+    return {"stats": stats, "files": files, "rejects": _reject_reason_counts(rejects)}
 
 
 def _ray_count_task(files: list[str], cfg: PrepareConfig) -> tuple:
@@ -610,7 +611,7 @@ def prepare(
 
     if engine == "local":
         t = time.perf_counter()
-        parts, schema = [], None
+        parts = []
         for i, c in enumerate(chunks):
             ev, rej, st = read_stage(source, c, i, cfg)
             _merge_read_stats(stats, st)
@@ -618,8 +619,9 @@ def prepare(
                 _write_table(rej, out / "rejects" / f"chunk-{i:06d}.parquet")
                 _add(rejects_by_reason, _reject_reason_counts(rej))
             parts.append(ev)
-            schema = ev.schema
-        events = pa.concat_tables(parts, promote_options="permissive") if parts else _empty_like_events(source, schema)
+        events = pa.concat_tables(parts, promote_options="permissive")
+        if events.num_rows == 0:
+            raise ValueError(f"{source.name}: no events left after reading and row filters ({stats})")
         t = lap("read", t)
         events, st = user_filter(events, cfg)
         _add(stats, st)
