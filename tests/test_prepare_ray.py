@@ -120,3 +120,15 @@ def test_everything_filtered_is_a_clear_error(tmp_path):
         prepare(src, tmp_path / "a", resolve_config(src, min_item_count=10_000), engine="local", progress=False)
     with pytest.raises(ValueError, match="no events left after reading and row filters"):
         prepare(src, tmp_path / "b", resolve_config(src, time_range=(0, 10)), engine="local", progress=False)
+
+
+def test_empty_training_window_is_not_a_crash(tmp_path):
+    # every event on the dataset's last day: no training events, so every vocabulary is empty and
+    # the test rows hold only unknown codes; prepare must still write a consistent dataset
+    t = pa.table({F.USER_ID: pa.array([1, 1, 1], pa.int64()), F.ITEM_ID: pa.array([5, 6, 7], pa.int64()),
+                  F.TIMESTAMP: pa.array([1_511_600_000, 1_511_600_060, 1_511_600_120], pa.int64()),
+                  F.BEHAVIOR: pa.array(["pv", "pv", "buy"])})
+    m = prepare(TableSource(t), tmp_path / "o", resolve_config(TableSource(t), min_item_count=1), engine="local", progress=False)
+    assert m["counts"]["train_rows"] == 0 and m["counts"]["events_test_window"] == 3
+    row = read_split(tmp_path / "o", "test").to_pylist()[0]
+    assert row[F.seq_col(F.ITEM_ID)] == [F.UNKNOWN] and row[F.TARGETS] == [F.UNKNOWN, F.UNKNOWN]

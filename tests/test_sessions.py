@@ -213,3 +213,13 @@ def test_protocol_validation_messages():
         S.Protocol(test_fraction=1.5)
     with pytest.raises(ValueError, match="max_session_len=0 must be >= 1"):
         S.Protocol(max_session_len=0)
+
+
+def test_serving_cut_is_the_latest_session():
+    # serving input: the session that holds the user's last event, even of length 1
+    for ts, expected in (([0, 60, 1000, 1060], (2, 4)), ([0, 60, 5000], (2, 3)), ([7], (0, 1))):
+        n = len(ts)
+        block = S.Block(ts=np.array(ts, np.int64), item_feats=np.zeros((1, n), np.int32), behavior=np.zeros(n, np.int32),
+                        user_feats=np.zeros((1, n), np.int32), ustart=np.array([0]), uend=np.array([n]))
+        cuts = S.serving_cuts(block, S.sessionize(block, S.Protocol()))
+        assert (int(cuts.start[0]), int(cuts.end[0])) == expected

@@ -143,10 +143,10 @@ def _value_counts(col: pa.ChunkedArray | pa.Array) -> pa.Table:
 
 
 def _merge_counts(parts: list[pa.Table]) -> pa.Table:
-    parts = [p for p in parts if p.num_rows]
-    if not parts:
-        return pa.table({"value": pa.array([], pa.int64()), "count": pa.array([], pa.int64())})
-    t = pa.concat_tables(parts, promote_options="permissive")
+    nonempty = [p for p in parts if p.num_rows]
+    if not nonempty:  # keep the value type (an empty vocabulary must still match its column)
+        return parts[0] if parts else pa.table({"value": pa.array([], pa.int64()), "count": pa.array([], pa.int64())})
+    t = pa.concat_tables(nonempty, promote_options="permissive")
     return t.group_by("value").aggregate([("count", "sum")]).rename_columns(["value", "count"])
 
 
