@@ -71,6 +71,9 @@ print(json.dumps({"first_s": times[0], "in_process_s": times[1]}))
 """
 
 
+SYNTH_RUNS: list[dict] = []  # generator runs of this invocation (reported with the others)
+
+
 def synth(work: Path, rows: int, layout: str) -> Path:
     out = work / f"synth-{rows}-{layout}"
     meta = out / "synth.json"
@@ -83,6 +86,8 @@ def synth(work: Path, rows: int, layout: str) -> Path:
                       "--layout", layout, "--no-progress"])
     if r["returncode"]:
         raise SystemExit(r["output_tail"])
+    r.pop("output_tail")
+    SYNTH_RUNS.append({"kind": "synth", "rows": rows, "layout": layout, **r})
     return out
 
 
@@ -177,7 +182,7 @@ def main() -> None:
         summary["events_per_s_100m"] = min(r["events_per_s"] for r in n100)
         summary["minutes_100m"] = round(max(r["wall_s"] for r in n100) / 60, 1)
         summary["peak_rss_gib_100m"] = max(r["peak_rss_gib"] for r in n100)
-    write_result("bench_prepare" + (f"-{args.tag}" if args.tag else ""), summary, vars(args), runs)
+    write_result("bench_prepare" + (f"-{args.tag}" if args.tag else ""), summary, vars(args), runs + SYNTH_RUNS)
 
 
 if __name__ == "__main__":

@@ -155,8 +155,6 @@ def _hash_bucket(col: pa.ChunkedArray, n_buckets: int) -> np.ndarray:
     import pandas as pd  # only the Ray engine partitions
 
     values = col.to_numpy(zero_copy_only=False)
-    if values.dtype == object:
-        values = values.astype(object)
     return (pd.util.hash_array(values) % np.uint64(n_buckets)).astype(np.int32)
 
 
@@ -169,7 +167,7 @@ def _encode(col: pa.ChunkedArray | pa.Array, vocab: pa.Array) -> np.ndarray:
     if col.type != vocab.type:
         col = col.cast(vocab.type)
     idx = pc.index_in(col, value_set=vocab)
-    return (idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32) + F.FIRST_CODE).astype(np.int32)
+    return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32) + np.int32(F.FIRST_CODE)
 
 
 def _sort_events(events: pa.Table) -> pa.Table:
@@ -235,8 +233,6 @@ def user_filter(events: pa.Table, cfg: PrepareConfig) -> tuple[pa.Table, dict]:
         if spam.num_rows:
             events = events.filter(pc.invert(pc.is_in(events[F.USER_ID], value_set=spam["value"])))
     return events, stats
-
-
 
 
 def item_keep_set(item_counts: pa.Table, cfg: PrepareConfig) -> tuple[pa.Array, dict]:
