@@ -1158,6 +1158,10 @@ class ParquetSource(_Picklable, EventSource):
                 out.append(Chunk(p, start, md.num_row_groups))
         return out
 
+    def estimate_rows(self, chunk: Chunk) -> int:
+        md = pq.ParquetFile(chunk.path).metadata  # chunks are row-group ranges: exact
+        return sum(md.row_group(g).num_rows for g in range(chunk.start, min(chunk.stop, md.num_row_groups)))
+
     def read_chunk(self, chunk: Chunk, bad_rows: BadRows = BadRows.ERROR) -> ChunkResult:
         bad_rows = BadRows(bad_rows)
         m = self.mapping
@@ -1267,6 +1271,9 @@ class SynthSource(_Picklable, EventSource):
 
     def read_chunk(self, chunk: Chunk, bad_rows: BadRows = BadRows.ERROR) -> ChunkResult:
         return self.inner.read_chunk(chunk, bad_rows)
+
+    def estimate_rows(self, chunk: Chunk) -> int:
+        return self.inner.estimate_rows(chunk)
 
     def describe(self) -> dict:
         d = self.inner.describe()

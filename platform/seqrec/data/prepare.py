@@ -547,20 +547,6 @@ def _ray_build_task(arg: tuple, source: EventSource, cfg: PrepareConfig, item_ke
     return users, stats
 
 
-def _estimate_rows(source: EventSource, chunks: list) -> int:
-    """A rough row count to size the buckets (bytes / 30 for text, row counts for Parquet)."""
-    total = 0
-    for c in chunks:
-        if c.path == "<memory>":  # TableSource: row ranges
-            total += c.stop - c.start
-        elif str(c.path).endswith(".parquet"):
-            md = pq.ParquetFile(c.path).metadata
-            total += sum(md.row_group(i).num_rows for i in range(c.start, min(c.stop, md.num_row_groups)))
-        else:
-            total += max(0, c.stop - c.start) // 30
-    return total
-
-
 def prepare(
     source: EventSource,
     out_dir: str | os.PathLike,
@@ -592,7 +578,7 @@ def prepare(
     chunks = source.chunks(cfg.chunk_bytes)
     if not chunks:
         raise ValueError(f"{source.name}: the source has no data")
-    est = _estimate_rows(source, chunks)
+    est = sum(source.estimate_rows(c) for c in chunks)
     n_buckets = max(1, -(-est // cfg.rows_per_bucket))
     if engine == "auto":
         engine = "ray" if n_buckets > 1 or _ray_connected() else "local"

@@ -56,5 +56,8 @@ class TableSource(EventSource):
         good = t.filter(pc.invert(bad))
         return ChunkResult(good, make_rejects("<memory>", lines, [reason] * len(lines), texts), t.num_rows)
 
+    def estimate_rows(self, chunk: Chunk) -> int:
+        return chunk.stop - chunk.start  # chunks are row ranges
+
     def describe(self) -> dict:
         return {"name": self.name, "rows": self.table.num_rows}
