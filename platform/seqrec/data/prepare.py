@@ -42,6 +42,7 @@ import logging
 import os
 import pickle
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -349,7 +350,7 @@ def build_vocabs(part: dict, names: list[str]) -> Vocabs:
     """Vocabularies from training-window counts (a merged :func:`vocab_stage` result), most frequent first."""
     values, counts = {}, {}
     for name in names:
-        merged = _merge_counts([part["counts"][name]])
+        merged = part["counts"][name]  # already one row per value
         merged = merged.filter(pc.is_valid(merged["value"]))
         merged = merged.take(pc.sort_indices(merged, [("count", "descending"), ("value", "ascending")]))
         values[name] = merged["value"].combine_chunks()
@@ -487,17 +488,17 @@ def _ray_map(fn: Callable, args: list, desc: str, progress: bool, fold: Callable
 FOLD_EVERY = 8  # bucket results held by the driver before they are merged
 
 
-def _fold_counts(parts: list, force: bool = False) -> list:
-    if len(parts) < FOLD_EVERY and not force:
-        return parts
+def merge_count_parts(parts: list[tuple[pa.Table, dict]]) -> tuple[pa.Table, dict]:
+    """Fold (item counts, user-filter stats) of several buckets into one."""
     stats: dict = {}
     for _, st in parts:
         _add(stats, st)
-    return [(_merge_counts([c for c, _ in parts]), stats)]
+    return _merge_counts([c for c, _ in parts]), stats
 
 
-def _fold_vocab(parts: list) -> list:
-    return parts if len(parts) < FOLD_EVERY else [merge_vocab_parts(parts)]
+def _folder(merge: Callable[[list], Any]) -> Callable[[list], list]:
+    """A ``_ray_map`` fold that merges the results held so far once there are FOLD_EVERY of them."""
+    return lambda parts: parts if len(parts) < FOLD_EVERY else [merge(parts)]
 
 
 def _read_bucket(files: list[str]) -> pa.Table:
@@ -654,14 +655,14 @@ def prepare(
         if not bucket_files:
             raise ValueError(f"{source.name}: no events left after reading and row filters ({stats})")
         t = lap("read", t)
-        counted = _ray_map(_ray_count_task, bucket_files, "count", progress, fold=_fold_counts, cfg=cfg)
-        item_counts, st = _fold_counts(counted, force=True)[0]
+        counted = _ray_map(_ray_count_task, bucket_files, "count", progress, fold=_folder(merge_count_parts), cfg=cfg)
+        item_counts, st = merge_count_parts(counted)
         _add(stats, st)
         item_keep, st = item_keep_set(item_counts, cfg)
         _add(stats, st)
         test_day = _test_day(stats, cfg)
         t = lap("count", t)
-        vparts = _ray_map(_ray_vocab_task, bucket_files, "vocabulary", progress, fold=_fold_vocab,
+        vparts = _ray_map(_ray_vocab_task, bucket_files, "vocabulary", progress, fold=_folder(merge_vocab_parts),
                           source=source, cfg=cfg, item_keep=item_keep, test_day=test_day)
         vpart = merge_vocab_parts(vparts)
         vocabs = build_vocabs(vpart, item_names + user_names + [F.BEHAVIOR])
@@ -719,8 +720,6 @@ def _ray_connected() -> bool:
     """True when this process is a Ray driver already (ray.init done, or inside `ray job submit`)."""
     if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
         return True
-    import sys
-
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
