@@ -4,6 +4,7 @@
     seqrec data synth --rows N --out DIR       write a seeded synthetic Taobao-style log
     seqrec data prepare SOURCE --out DIR       raw log → sessionized Parquet shards + manifest (Ray Data)
     seqrec data stats DIR                      print a prepared dataset's statistics
+    seqrec evaluate --data DIR --out DIR       train + evaluate matching models (SDM §4.2), several seeds
 
 Run ``seqrec <command> --help`` for every option.
 """
@@ -26,6 +27,18 @@ examples:
 On a running cluster (RAY_ADDRESS set, or `ray job submit -- seqrec data prepare ...`) the
 pipeline runs there; otherwise a local Ray instance is started. --out must be a path every
 node can write (local disk on one machine, a shared file system on a cluster).
+"""
+
+EPILOG_EVALUATE = """\
+examples:
+  seqrec evaluate --data data/ml-100k --out results/ml-100k            # every model, 3 seeds
+  seqrec evaluate --data data/ml-100k --models sdm:PSDMMAL,gru4rec --seeds 1 --out /tmp/r
+  seqrec evaluate --data data/ml-100k --models sdm:PSDMMAL --ablation heads --ablation fusion --out /tmp/abl
+  seqrec evaluate --data data/synth --models "sdm:PSDMMAL@hidden=128,lstm_layers=2#big" --out /tmp/big
+
+models: item_cf, youtube_dnn, gru4rec, narm, sdm (custom) and the paper variants sdm:SDMMA,
+sdm:PSDMMA, sdm:PSDMMAL, sdm:PSDMMAL-N, sdm:PSDMMAL-NoS. @K=V sets a model option (see
+seqrec.models.sdm.SDMConfig); #LABEL names the row.
 """
 
 
@@ -137,6 +150,35 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Print the statistics of a prepared dataset (from its manifest).")
     stats.add_argument("data_dir", help="a directory written by `seqrec data prepare`")
     stats.add_argument("--json", action="store_true", help="print the raw manifest counts as JSON")
+
+    ev = top.add_parser("evaluate", help="train matching models and evaluate them (SDM §4.2), several seeds",
+                        description="Train each model with the shared training loop on the train split, pick the best "
+                        "epoch on the validation split, and evaluate top-K retrieval on the test split "
+                        "(HitRate/Precision/Recall/F1@{20,50,100}; Hit/NDCG@{10,20,50} for --split loo datasets). "
+                        "Writes results.json, results.csv, results.md and plots/ to --out.",
+                        epilog=EPILOG_EVALUATE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("--data", required=True, help="a directory written by `seqrec data prepare`")
+    ev.add_argument("--models", help="comma-separated model entries NAME[@K=V,...][#LABEL] "
+                    "(default: item_cf and every neural baseline and SDM variant)")
+    ev.add_argument("--ablation", action="append", default=[], choices=["heads", "fusion"],
+                    help="add the paper's ablation: heads 1/2/4/8 (Table 3) or fusion types (Table 4); repeatable")
+    ev.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    ev.add_argument("--epochs", type=int, default=20, help="max epochs (default 20; early stop on validation)")
+    ev.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping (default 3)")
+    ev.add_argument("--batch-size", type=int, default=128, help="sessions per batch (default 128)")
+    ev.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001, the paper's)")
+    ev.add_argument("--hidden", type=int, default=64, help="hidden size D of every model (default 64)")
+    ev.add_argument("--loss", choices=["auto", "sampled", "full"], default="auto",
+                    help="sampled softmax, exact softmax, or auto: exact up to 50k items (default)")
+    ev.add_argument("--num-sampled", type=int, default=1000, help="negatives per batch for the sampled softmax (default 1000)")
+    ev.add_argument("--index", choices=["exact", "flat", "hnsw", "ivf"], default="exact",
+                    help="top-K retrieval for the test split: exact (torch), FAISS flat, HNSW or IVF (default exact)")
+    ev.add_argument("--exclude-seen", action="store_true",
+                    help="never recommend items of the input session, long-term subset or history (default: keep them, as the paper)")
+    ev.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ev.add_argument("--out", required=True, help="output directory for results and plots")
+    ev.add_argument("--no-plots", action="store_true", help="skip the attention and gate plots")
+    ev.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     return parser
 
 
@@ -212,9 +254,32 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from seqrec.experiment import expand_models, run_experiment
+    from seqrec.train import TrainConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds} must be >= 1")
+    entries = expand_models(args.models.split(",") if args.models else None, args.ablation)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience)
+    options = {"hidden": args.hidden, "loss": args.loss, "num_sampled": args.num_sampled}
+    report = run_experiment(args.data, entries, list(range(args.seeds)), cfg, args.out, model_options=options,
+                            index=args.index, exclude_seen=args.exclude_seen, plots=not args.no_plots,
+                            log=None if args.quiet else print)
+    print(f"\n{report['dataset']}: {report['split']} split, test split, % mean ± std over {args.seeds} seed(s)\n")
+    print(report["table"])
+    print(f"\nwrote {Path(args.out).resolve()}/results.{{md,csv,json}}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {("data", "fetch"): cmd_fetch, ("data", "synth"): cmd_synth, ("data", "prepare"): cmd_prepare, ("data", "stats"): cmd_stats}
+    handlers = {("data", "fetch"): cmd_fetch, ("data", "synth"): cmd_synth, ("data", "prepare"): cmd_prepare, ("data", "stats"): cmd_stats,
+                ("evaluate", None): cmd_evaluate}
     try:
         return handlers[(args.command, getattr(args, "data_command", None))](args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:

@@ -1,0 +1,145 @@
+"""The one batch schema: session rows (Arrow) → padded tensors, used by training, evaluation and serving.
+
+Notation: B rows, T short-term session length (the batch's own maximum), L_f long-term
+subset length of feature f, H BST history length, M ground-truth size.
+
+Session rows are written by ``seqrec data prepare`` (schema: ``seqrec.data.sessions.row_schema``);
+their column names come from :mod:`seqrec.features`. :func:`collate` pads every list column to
+the batch's own maximum length with 0 (= padding code), so a batch of short sessions stays small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from seqrec import features as F
+from seqrec.features import FeatureSpec
+
+
+@dataclass
+class Batch:
+    """Padded tensors of B session rows (right padding, code 0).
+
+    user:         {user feature: (B,)}  user_id first, then profile codes
+    seq:          {item feature: (B, T)} the short-term session, oldest first
+    seq_len:      (B,) number of real events in ``seq`` (>= 1 for model input)
+    seq_time:     (B, T) int64 timestamps of ``seq``
+    seq_behavior: (B, T) behaviour codes of ``seq``
+    long_term:    {item feature: (B, L_f)} distinct values of the 7 days before the session, most recent first
+    hist_item:    (B, H) item codes of the last behaviours before the session (BST), oldest first
+    hist_time:    (B, H) int64
+    hist_behavior:(B, H)
+    targets:      (B, M) evaluation ground truth (deduplicated item codes), (B, 0) for training rows
+    session_start:(B,) int64
+    """
+
+    user: dict[str, torch.Tensor]
+    seq: dict[str, torch.Tensor]
+    seq_len: torch.Tensor
+    seq_time: torch.Tensor
+    seq_behavior: torch.Tensor
+    long_term: dict[str, torch.Tensor]
+    hist_item: torch.Tensor
+    hist_time: torch.Tensor
+    hist_behavior: torch.Tensor
+    targets: torch.Tensor
+    session_start: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.seq_len.shape[0])
+
+    @property
+    def items(self) -> torch.Tensor:
+        """(B, T) item codes of the session."""
+        return self.seq[F.ITEM_ID]
+
+    def _map(self, fn) -> "Batch":
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = {k: fn(t) for k, t in v.items()} if isinstance(v, dict) else fn(v)
+        return Batch(**out)
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "Batch":
+        return self._map(lambda t: t.pin_memory())
+
+    def select(self, index) -> "Batch":
+        """Rows ``index`` (int, slice, list or tensor) as a new batch (padding kept)."""
+        if isinstance(index, int):
+            index = [index]
+        return self._map(lambda t: t[index])
+
+
+def _padded(column: pa.ChunkedArray | pa.Array, dtype=np.int64, width: int | None = None) -> np.ndarray:
+    """A list<int> column → (rows, width) array, right-padded with 0; width = longest list by default."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    n = len(column)
+    offsets = column.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    lengths = np.diff(offsets)
+    values = column.values.to_numpy(zero_copy_only=False)
+    # a sliced ListArray shares the parent's values: keep only this slice's range
+    values = values[offsets[0] : offsets[-1]] if n else values[:0]
+    w = int(lengths.max()) if (width is None and n) else (width or 0)
+    out = np.zeros((n, w), dtype=dtype)  # (B, T)
+    if n and w:
+        keep = np.minimum(lengths, w)
+        rows = np.repeat(np.arange(n), keep)
+        pos = np.arange(int(keep.sum())) - np.repeat(np.cumsum(keep) - keep, keep)
+        src = np.repeat(offsets[:-1] - offsets[0], keep) + pos
+        out[rows, pos] = values[src]
+    return out
+
+
+def _scalar(column) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def collate(table: pa.Table | pa.RecordBatch, spec: FeatureSpec) -> Batch:
+    """Session rows → :class:`Batch` (int64 tensors, padded to this batch's own maxima).
+
+    Raises ValueError naming the missing columns when ``table`` is not a session-row table of ``spec``.
+    """
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    item_names = [f.name for f in spec.item_features]
+    user_names = [f.name for f in spec.user_features]
+    needed = (
+        user_names
+        + [F.SEQ_LEN, F.SESSION_START, F.seq_col(F.TIMESTAMP), F.seq_col(F.BEHAVIOR), F.TARGETS]
+        + [F.seq_col(f) for f in item_names]
+        + [F.long_term_col(f) for f in item_names]
+        + [F.hist_col(F.ITEM_ID), F.hist_col(F.TIMESTAMP), F.hist_col(F.BEHAVIOR)]
+    )
+    missing = [c for c in needed if c not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"not a session-row table for this feature spec: missing columns {missing}; "
+            "read rows written by `seqrec data prepare` for the same dataset"
+        )
+    t = torch.from_numpy
+    seq_len = _scalar(table[F.SEQ_LEN])
+    width = int(seq_len.max()) if len(seq_len) else 0
+    return Batch(
+        user={u: t(_scalar(table[u])) for u in user_names},
+        seq={f: t(_padded(table[F.seq_col(f)], width=width)) for f in item_names},
+        seq_len=t(seq_len),
+        seq_time=t(_padded(table[F.seq_col(F.TIMESTAMP)], width=width)),
+        seq_behavior=t(_padded(table[F.seq_col(F.BEHAVIOR)], width=width)),
+        long_term={f: t(_padded(table[F.long_term_col(f)])) for f in item_names},
+        hist_item=t(_padded(table[F.hist_col(F.ITEM_ID)])),
+        hist_time=t(_padded(table[F.hist_col(F.TIMESTAMP)])),
+        hist_behavior=t(_padded(table[F.hist_col(F.BEHAVIOR)])),
+        targets=t(_padded(table[F.TARGETS])),
+        session_start=t(_scalar(table[F.SESSION_START])),
+    )

@@ -1,0 +1,306 @@
+"""Pieces every matching model shares: embeddings with side information, the softmax loss, the interface.
+
+Notation: B batch rows, T session length, L_f long-term length of feature f, D user/item vector
+size, E input item embedding size (sum of per-feature sizes), N items (incl. 0 = padding,
+1 = unknown), P (position, target) pairs in a batch, S sampled negatives.
+
+A matching model maps a batch to one user vector per session position, ``user_states(batch)
+-> (B, T, D)``, where position t sees only events 0..t (causal). Training scores every position
+against the next item(s) in one pass, which equals the paper's one-sample-per-prefix layout
+(``tests/test_sdm.py`` checks it). Retrieval uses the last position: ``encode_users(batch) ->
+(B, D)`` and ``item_embeddings() -> (N, D)``; score = inner product (SDM eq. 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+
+from seqrec import features as F
+from seqrec.batch import Batch
+from seqrec.features import FeatureSpec
+
+LOSSES = ("auto", "sampled", "full")
+SAMPLERS = ("log_uniform", "unigram")
+FULL_SOFTMAX_MAX_ITEMS = 50_000  # "auto" uses the exact softmax up to this catalogue size
+
+
+@dataclass
+class MatchConfig:
+    """Options every matching model has. ``features`` is the dataset's feature spec (manifest)."""
+
+    features: FeatureSpec
+    hidden: int = 64  # D: user and item vector size
+    id_dim: int = 32  # item-id input embedding size
+    side_dim: int = 16  # input embedding size of each item side feature
+    profile_dim: int = 16  # embedding size of each user profile feature
+    side_info: bool = False  # item side features in the input (SDM eq. 3); ids only when False
+    dropout: float = 0.1
+    next_n: int = 1  # targets of position t: the next ``next_n`` items of the session (PSDMMAL-N: 5)
+    loss: str = "auto"  # auto | sampled | full; auto = full softmax up to FULL_SOFTMAX_MAX_ITEMS items
+    num_sampled: int = 1000  # S negatives per batch for the sampled softmax (shared by all positions)
+    sampler: str = "log_uniform"  # log_uniform over frequency rank | unigram (item counts)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.features, dict):
+            self.features = FeatureSpec.from_dict(self.features)
+        if self.hidden < 1 or self.id_dim < 1 or self.side_dim < 1 or self.profile_dim < 1:
+            raise ValueError(
+                f"embedding sizes must be >= 1, got hidden={self.hidden}, id_dim={self.id_dim}, "
+                f"side_dim={self.side_dim}, profile_dim={self.profile_dim}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.next_n < 1:
+            raise ValueError(f"next_n={self.next_n} must be >= 1 (1 = next item only, 5 = PSDMMAL-N)")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r}; choose one of {LOSSES}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler={self.sampler!r}; choose one of {SAMPLERS}")
+        if self.num_sampled < 1:
+            raise ValueError(f"num_sampled={self.num_sampled} must be >= 1")
+        if self.features.n_items <= F.FIRST_CODE:
+            raise ValueError(f"the feature spec has no items (item_id vocab_size={self.features.n_items})")
+        if self.loss == "auto":  # resolved once, so a checkpoint records what was trained
+            self.loss = "full" if self.features.n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled"
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["features"] = self.features.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} options {unknown}; valid options: {sorted(names)}")
+        return cls(**d)
+
+    def replace(self, **changes):
+        d = self.to_dict()
+        d.update(changes)
+        return type(self).from_dict(d)
+
+
+class ItemEmbedding(nn.Module):
+    """e_i = concat of per-feature embeddings (SDM eq. 3); ids only unless ``side_info``."""
+
+    def __init__(self, spec: FeatureSpec, id_dim: int, side_dim: int, side_info: bool):
+        super().__init__()
+        feats = spec.item_features if side_info else spec.item_features[:1]
+        self.names = [f.name for f in feats]
+        self.tables = nn.ModuleDict(
+            {f.name: nn.Embedding(f.vocab_size, id_dim if f.name == F.ITEM_ID else side_dim, padding_idx=F.PAD) for f in feats}
+        )
+        self.dims = {f.name: self.tables[f.name].embedding_dim for f in feats}
+        self.dim = sum(self.dims.values())
+        for t in self.tables.values():
+            nn.init.normal_(t.weight, std=t.embedding_dim**-0.5)
+            with torch.no_grad():
+                t.weight[F.PAD].zero_()
+
+    def forward(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([self.tables[n](codes[n]) for n in self.names], dim=-1)  # (B, T, E)
+
+
+class ProfileEmbedding(nn.Module):
+    """e_u = concat of user-profile embeddings (SDM eq. 4), projected to D so it can query D-sized states.
+
+    The profile features are the spec's user features after user_id. A dataset without profile
+    columns (Taobao UserBehavior) uses the user-id embedding as its profile instead.
+    """
+
+    def __init__(self, spec: FeatureSpec, dim: int, out: int):
+        super().__init__()
+        feats = spec.user_profile or spec.user_features[:1]
+        self.names = [f.name for f in feats]
+        self.tables = nn.ModuleDict({f.name: nn.Embedding(f.vocab_size, dim, padding_idx=F.PAD) for f in feats})
+        self.proj = nn.Linear(dim * len(feats), out)
+
+    def forward(self, user: dict[str, torch.Tensor]) -> torch.Tensor:
+        z = torch.cat([self.tables[n](user[n]) for n in self.names], dim=-1)  # (B, P·dim)
+        return self.proj(z)  # (B, D)
+
+
+def causal_mask(t: int, device) -> torch.Tensor:
+    """(T, T) bool, True where query position i may see key position j (j <= i)."""
+    return torch.ones(t, t, dtype=torch.bool, device=device).tril()
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis where ``mask``; rows with no valid entry give all zeros (never NaN)."""
+    scores = scores.masked_fill(~mask, float("-inf"))
+    w = torch.softmax(scores, dim=-1)
+    return torch.nan_to_num(w, nan=0.0) * mask
+
+
+def lengths_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
+    """(B,) lengths → (B, T) bool, True on real positions."""
+    return torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def next_item_targets(items: torch.Tensor, lengths: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets of every position: the next ``n`` items of the session.
+
+    items (B, T), lengths (B,) → (rows, pos, targets) as index tensors of the P valid pairs:
+    position t of row b is paired with items[b, t+1 .. t+n] that exist and are known (code >= 2).
+    Returns (pair_index (P, 2) [row, position], target (P,)).
+    """
+    b, t = items.shape
+    rows, pos, tgt = [], [], []
+    for j in range(1, n + 1):
+        if j >= t:
+            break
+        cand = items[:, j:]  # (B, T-j) item at t+j for position t
+        valid = (torch.arange(j, t, device=items.device)[None, :] < lengths[:, None]) & (cand >= F.FIRST_CODE)
+        r, p = valid.nonzero(as_tuple=True)  # (P_j,)
+        rows.append(r)
+        pos.append(p)
+        tgt.append(cand[r, p])
+    if not rows:
+        empty = items.new_zeros(0)
+        return torch.stack([empty, empty], 1), empty
+    return torch.stack([torch.cat(rows), torch.cat(pos)], 1), torch.cat(tgt)
+
+
+class SoftmaxLoss(nn.Module):
+    """Item embeddings V (N, D) and the (sampled) softmax cross-entropy over them (SDM eq. 2).
+
+    * ``full``: exact softmax over all real items (codes >= 2).
+    * ``sampled``: S negatives shared by the batch, drawn with replacement from a log-uniform
+      distribution over frequency rank (codes are frequency-ordered, so rank = code - 2) or from
+      the unigram item counts; logits are corrected by -log(S·Q(item)) (log-Q correction, as
+      TensorFlow's ``sampled_softmax_loss``) and negatives equal to the true item are removed
+      (``remove_accidental_hits``).
+    """
+
+    def __init__(self, n_items: int, dim: int, loss: str, num_sampled: int, sampler: str):
+        super().__init__()
+        self.n_items, self.loss_kind, self.num_sampled, self.sampler = n_items, loss, num_sampled, sampler
+        self.items = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.items.weight, std=dim**-0.5)
+        # unigram sampler counts; saved with the model, filled by set_item_counts() before training
+        self.register_buffer("item_counts", torch.zeros(n_items), persistent=True)
+
+    def set_item_counts(self, counts: torch.Tensor) -> None:
+        counts = torch.as_tensor(counts, dtype=torch.float32).flatten()
+        if counts.shape[0] != self.n_items:
+            raise ValueError(f"item counts have {counts.shape[0]} entries, the item table has {self.n_items}")
+        self.item_counts.copy_(counts)
+
+    def _sample(self, s: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """S negative codes and log Q(code) for each."""
+        r = self.n_items - F.FIRST_CODE  # number of real items
+        if self.sampler == "unigram":
+            w = self.item_counts[F.FIRST_CODE :].clamp_min(0)
+            if float(w.sum()) <= 0:
+                raise ValueError("sampler='unigram' needs item counts: call set_item_counts(items.parquet counts) before training")
+            q = w / w.sum()
+            neg = torch.multinomial(q, s, replacement=True)
+            return neg + F.FIRST_CODE, torch.log(q[neg].clamp_min(1e-12))
+        u = torch.rand(s, device=device)
+        rank = (torch.exp(u * math.log(r + 1.0)) - 1.0).long().clamp_(0, r - 1)
+        return rank + F.FIRST_CODE, self.log_q_log_uniform(rank + F.FIRST_CODE)
+
+    def log_q_log_uniform(self, codes: torch.Tensor) -> torch.Tensor:
+        r = self.n_items - F.FIRST_CODE
+        k = (codes - F.FIRST_CODE).double()
+        return (torch.log((k + 2.0) / (k + 1.0)) / math.log(r + 1.0)).log().float()
+
+    def _log_q(self, codes: torch.Tensor) -> torch.Tensor:
+        if self.sampler == "unigram":
+            w = self.item_counts[F.FIRST_CODE :]
+            return torch.log((self.item_counts[codes] / w.sum()).clamp_min(1e-12))
+        return self.log_q_log_uniform(codes)
+
+    def forward(self, users: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """users (P, D), targets (P,) codes >= 2 → mean cross-entropy."""
+        if self.loss_kind == "full":
+            logits = users @ self.items.weight.T  # (P, N)
+            logits[:, : F.FIRST_CODE] = float("-inf")
+            return nnf.cross_entropy(logits, targets)
+        s = self.num_sampled
+        neg, log_q_neg = self._sample(s, users.device)  # (S,), (S,)
+        log_s = math.log(s)
+        pos_logit = (users * self.items(targets)).sum(-1) - (log_s + self._log_q(targets))  # (P,)
+        neg_logit = users @ self.items(neg).T - (log_s + log_q_neg)[None, :]  # (P, S)
+        neg_logit = neg_logit.masked_fill(neg[None, :] == targets[:, None], float("-inf"))  # accidental hits
+        logits = torch.cat([pos_logit[:, None], neg_logit], dim=1)  # (P, 1+S)
+        return nnf.cross_entropy(logits, torch.zeros_like(targets))
+
+
+@dataclass
+class LossOutput:
+    """loss: scalar mean cross-entropy over the batch's (position, target) pairs; n_targets: P."""
+
+    loss: torch.Tensor
+    n_targets: int
+
+
+class MatchingModel(nn.Module):
+    """Base of every neural matcher: subclasses implement ``user_states(batch) -> (B, T, D)``.
+
+    ``forward(batch)`` is the training loss, so DDP wrappers see a forward call.
+    """
+
+    config: MatchConfig
+    name: str = "matcher"
+
+    def __init__(self, config: MatchConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.softmax = SoftmaxLoss(c.features.n_items, c.hidden, c.loss, c.num_sampled, c.sampler)
+
+    def user_states(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> LossOutput:
+        states = self.user_states(batch)  # (B, T, D)
+        pairs, tgt = next_item_targets(batch.items, batch.seq_len, self.config.next_n)  # (P, 2), (P,)
+        if tgt.numel() == 0:
+            raise ValueError(
+                "the batch has no training targets: every session needs >= 2 known items "
+                "(training rows come from `seqrec data prepare` train/ split)"
+            )
+        users = states[pairs[:, 0], pairs[:, 1]]  # (P, D)
+        return LossOutput(self.softmax(users, tgt), int(tgt.numel()))
+
+    def encode_users(self, batch: Batch) -> torch.Tensor:
+        """(B, D) user vector after the last event of each session."""
+        if bool((batch.seq_len < 1).any()):
+            bad = int((batch.seq_len < 1).nonzero()[0, 0])
+            raise ValueError(
+                f"row {bad} has an empty session (seq_len=0): a user vector needs >= 1 event; "
+                "serve such users from the cold-start list instead"
+            )
+        states = self.user_states(batch)  # (B, T, D)
+        last = (batch.seq_len - 1).clamp_max(states.shape[1] - 1)
+        return states[torch.arange(states.shape[0], device=states.device), last]  # (B, D)
+
+    def item_embeddings(self) -> torch.Tensor:
+        """(N, D) item vectors; rows 0 (padding) and 1 (unknown) are never recommended."""
+        return self.softmax.items.weight
+
+    def describe(self) -> dict:
+        return {"model": self.name, "config": self.config.to_dict(), "parameters": sum(p.numel() for p in self.parameters())}
+
+
+__all__ = [
+    "Batch",
+    "ItemEmbedding",
+    "LossOutput",
+    "MatchConfig",
+    "MatchingModel",
+    "ProfileEmbedding",
+    "SoftmaxLoss",
+    "causal_mask",
+    "lengths_mask",
+    "masked_softmax",
+    "next_item_targets",
+]

@@ -1,0 +1,239 @@
+"""SDM and the neural matching baselines: causal = per-prefix, shapes, padding, learning, configs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as nnf
+
+from batchgen import pad_batch, prefix_batch, random_batch, tiny_spec
+from seqrec import features as F
+from seqrec.batch import Batch
+from seqrec.models import build_model, make_config, model_from_dict, model_names
+from seqrec.models.common import SoftmaxLoss, next_item_targets
+from seqrec.models.sdm import SDMConfig
+
+SPEC = tiny_spec()
+TINY = dict(hidden=16, id_dim=8, side_dim=4, profile_dim=4, heads=4)
+ALL = model_names()
+
+
+def tiny(name: str, **kw):
+    opts = dict(TINY, **kw)
+    if not name.startswith("sdm"):
+        opts.pop("heads")
+    torch.manual_seed(0)
+    return build_model(name, SPEC, **opts).eval()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_all_positions_equal_per_prefix_samples(name):
+    """One causal pass over a session = the paper's one sample per prefix (user vectors and loss)."""
+    model = tiny(name, loss="full", next_n=1)
+    batch = random_batch(SPEC, b=3, t=7, l=5, lengths=[7, 5, 2])
+    states = model.user_states(batch)  # (B, T, D)
+    vecs, targets = [], []
+    for b in range(3):
+        n = int(batch.seq_len[b])
+        for t in range(1, n + 1):
+            v = model.encode_users(prefix_batch(batch, b, t))[0]
+            torch.testing.assert_close(v, states[b, t - 1], atol=1e-5, rtol=0)
+            if t < n:
+                vecs.append(v)
+                targets.append(batch.items[b, t])
+    logits = torch.stack(vecs) @ model.item_embeddings().T
+    logits[:, :2] = float("-inf")
+    per_prefix = nnf.cross_entropy(logits, torch.stack(targets))
+    out = model(batch)
+    assert out.n_targets == len(targets) == 6 + 4 + 1
+    torch.testing.assert_close(out.loss, per_prefix, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_padding_changes_nothing(name):
+    model = tiny(name, loss="full")
+    batch = random_batch(SPEC, b=3, t=7, l=5)
+    padded = pad_batch(batch, extra_t=4, extra_l=3)
+    torch.testing.assert_close(model.encode_users(batch), model.encode_users(padded), atol=1e-6, rtol=0)
+    torch.testing.assert_close(model(batch).loss, model(padded).loss, atol=1e-6, rtol=0)
+
+
+def test_shapes_with_distinct_sizes():
+    b, t, l, d, h, n = 3, 7, 5, 16, 4, 99
+    model = tiny("sdm:PSDMMAL", hidden=d, heads=h)
+    batch = random_batch(SPEC, b=b, t=t, l=l)
+    assert model.user_states(batch).shape == (b, t, d)
+    assert model.encode_users(batch).shape == (b, d)
+    assert model.item_embeddings().shape == (n, d)
+    det = model.explain(batch)
+    assert det.self_attention.shape == (b, h, t, t)
+    assert det.user_attention.shape == (b, t, t)
+    assert det.gate.shape == (b, t, d)
+    assert {k: v.shape for k, v in det.long_term.items()} == {f.name: (b, l) for f in SPEC.item_features}
+    # causal: no weight on future positions; each valid row sums to 1
+    assert torch.all(det.self_attention.triu(1) == 0)
+    torch.testing.assert_close(det.self_attention.sum(-1), torch.ones(b, h, t))
+    assert ((det.gate > 0) & (det.gate < 1)).all()
+
+
+def test_empty_long_term_is_defined_not_nan():
+    model = tiny("sdm:PSDMMAL")
+    batch = random_batch(SPEC, b=3, t=7, l=5, lt_lengths=[0, 0, 0])
+    out = model.encode_users(batch)
+    assert torch.isfinite(out).all()
+    det = model.explain(batch)
+    assert all(float(w.abs().sum()) == 0.0 for w in det.long_term.values())
+    # a user with an empty subset gets the same p as one whose subset is all padding of another width
+    torch.testing.assert_close(model.encode_users(pad_batch(batch, 0, 4)), out)
+    torch.testing.assert_close(model(batch).loss.isfinite(), torch.tensor(True))
+
+
+def test_long_term_and_profile_are_used():
+    model = tiny("sdm:PSDMMAL")
+    a = random_batch(SPEC, seed=1)
+    b = random_batch(SPEC, seed=1)
+    b.long_term = {k: torch.flip(v, [0]) for k, v in b.long_term.items()}
+    assert not torch.allclose(model.encode_users(a), model.encode_users(b))
+    c = random_batch(SPEC, seed=1)
+    c.user = {k: (v + 1).clamp_max(3) for k, v in c.user.items()}
+    assert not torch.allclose(model.encode_users(a), model.encode_users(c))
+    # SDMMA has neither: changing them changes nothing
+    sdmma = tiny("sdm:SDMMA")
+    torch.testing.assert_close(sdmma.encode_users(a), sdmma.encode_users(b))
+    torch.testing.assert_close(sdmma.encode_users(a), sdmma.encode_users(c))
+
+
+def test_variants_are_configurations():
+    nos = tiny("sdm:PSDMMAL-NoS")
+    assert list(nos.items.tables) == [F.ITEM_ID]
+    full = tiny("sdm:PSDMMAL")
+    assert list(full.items.tables) == [f.name for f in SPEC.item_features]
+    assert tiny("sdm:SDMMA").profile is None and tiny("sdm:PSDMMA").long_term is None
+    n5 = tiny("sdm:PSDMMAL-N")
+    assert n5.config.next_n == 5
+    batch = random_batch(SPEC, lengths=[7, 5, 2])
+    assert n5(batch).n_targets == (6 + 5 + 4 + 3 + 2) + (4 + 3 + 2 + 1) + 1
+
+
+def test_next_item_targets_by_hand():
+    items = torch.tensor([[5, 6, 1, 7, 0], [8, 9, 0, 0, 0]])
+    pairs, tgt = next_item_targets(items, torch.tensor([4, 2]), n=2)
+    got = sorted(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist(), tgt.tolist()))
+    # unknown item (1) is never a target; row 1 has one pair
+    assert got == [(0, 0, 6), (0, 1, 7), (0, 2, 7), (1, 0, 9)]
+
+
+@pytest.mark.parametrize("name,loss", [("sdm:PSDMMAL", "full"), ("sdm:PSDMMAL", "sampled"), ("gru4rec", "sampled"), ("narm", "full"), ("youtube_dnn", "full")])
+def test_learns_next_item_given_previous(name, loss):
+    """Toy data: the next item is (previous + 1) mod cycle; every model should learn it."""
+    n_items = 40
+    spec = tiny_spec(n_items=n_items)
+    g = torch.Generator().manual_seed(3)
+    start = torch.randint(0, n_items - 2, (64, 1), generator=g)
+    items = (start + torch.arange(8)[None, :]) % (n_items - 2) + 2  # (64, 8)
+    batch = random_batch(spec, b=64, t=8, l=3, lengths=[8] * 64)
+    batch.seq[F.ITEM_ID] = items
+    opts = dict(TINY, loss=loss, num_sampled=20, dropout=0.0)
+    if not name.startswith("sdm"):
+        opts.pop("heads")
+    torch.manual_seed(0)
+    model = build_model(name, spec, **opts)
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    first = None
+    for _ in range(150):
+        out = model(batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        first = first if first is not None else float(out.loss.detach())
+    model.eval()
+    scores = model.user_states(batch) @ model.item_embeddings().T  # (B, T, N)
+    pred = scores[:, :-1, 2:].argmax(-1) + 2
+    acc = (pred == items[:, 1:]).float().mean()
+    assert acc > 0.9, f"{name}/{loss}: next-item accuracy {acc:.2f} (first loss {first:.2f})"
+
+
+def test_log_uniform_sampler_matches_its_distribution():
+    torch.manual_seed(0)
+    sm = SoftmaxLoss(n_items=12, dim=4, loss="sampled", num_sampled=10, sampler="log_uniform")
+    draws, log_q = sm._sample(200_000, "cpu")
+    assert draws.min() >= 2 and draws.max() <= 11
+    freq = torch.bincount(draws - 2, minlength=10).float() / draws.numel()
+    expected = torch.tensor([torch.log(torch.tensor((k + 2) / (k + 1))) / torch.log(torch.tensor(11.0)) for k in range(10)])
+    torch.testing.assert_close(freq, expected, atol=4e-3, rtol=0)
+    torch.testing.assert_close(log_q.exp(), expected[draws - 2], atol=1e-6, rtol=0)
+    assert freq[0] > freq[-1] * 5  # frequent (low codes) sampled more
+
+
+def test_unigram_sampler_and_accidental_hits():
+    torch.manual_seed(0)
+    sm = SoftmaxLoss(n_items=6, dim=4, loss="sampled", num_sampled=50_000, sampler="unigram")
+    with pytest.raises(ValueError, match="set_item_counts"):
+        sm._sample(3, "cpu")
+    sm.set_item_counts(torch.tensor([0, 0, 10, 5, 3, 2]))
+    draws, _ = sm._sample(100_000, "cpu")
+    freq = torch.bincount(draws, minlength=6).float() / draws.numel()
+    torch.testing.assert_close(freq[2:], torch.tensor([0.5, 0.25, 0.15, 0.10]), atol=5e-3, rtol=0)
+    # when every negative equals the true item, the loss is 0 (negatives removed), never NaN
+    sm.set_item_counts(torch.tensor([0, 0, 1, 0, 0, 0]))
+    loss = sm(torch.randn(3, 4), torch.tensor([2, 2, 2])).detach()
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="item counts have 3 entries"):
+        sm.set_item_counts(torch.ones(3))
+
+
+def test_config_errors_name_the_fix():
+    with pytest.raises(ValueError, match="hidden=30 must be divisible by heads=4"):
+        make_config("sdm", SPEC, hidden=30, heads=4)
+    with pytest.raises(ValueError, match="unknown SDM variant 'PSDM'"):
+        make_config("sdm:PSDM", SPEC)
+    with pytest.raises(ValueError, match="fusion='mean'"):
+        make_config("sdm", SPEC, fusion="mean")
+    with pytest.raises(ValueError, match="long_term=True needs user_profile=True"):
+        make_config("sdm", SPEC, user_profile=False, long_term=True)
+    with pytest.raises(ValueError, match="unknown model 'bert4rec'"):
+        make_config("bert4rec", SPEC)
+    with pytest.raises(ValueError, match=r"unknown GRU4RecConfig options \['heads'\]"):
+        make_config("gru4rec", SPEC, heads=2)
+    with pytest.raises(ValueError, match="only sdm has paper variants"):
+        make_config("narm:PSDMMAL", SPEC)
+    with pytest.raises(ValueError, match="empty session"):
+        tiny("sdm").encode_users(random_batch(SPEC, lengths=[3, 0, 2]))
+
+
+def test_auto_loss_resolves_by_catalogue_size():
+    assert make_config("gru4rec", SPEC).loss == "full"
+    big = tiny_spec(n_items=200_000)
+    assert make_config("gru4rec", big).loss == "sampled"
+
+
+@pytest.mark.parametrize("name", ["sdm:PSDMMAL-N", "narm"])
+def test_model_rebuilds_from_its_config_dict(name):
+    model = tiny(name)
+    copy = model_from_dict({"model": model.name, "config": model.config.to_dict()})
+    copy.load_state_dict(model.state_dict())
+    copy.eval()
+    batch = random_batch(SPEC)
+    torch.testing.assert_close(model.encode_users(batch), copy.encode_users(batch))
+    assert isinstance(SDMConfig.from_dict(tiny("sdm").config.to_dict()), SDMConfig)
+
+
+def test_batch_to_and_select():
+    batch = random_batch(SPEC)
+    one = batch.select(1)
+    assert isinstance(one, Batch) and one.size == 1 and one.seq[F.CATEGORY].shape == (1, 7)
+    assert batch.to("cpu").items.dtype == torch.long
+
+
+def test_model_modules_do_not_import_ray_faiss_fastapi():
+    code = (
+        "import sys, pkgutil, importlib, seqrec.models as m\n"
+        "for mod in pkgutil.iter_modules(m.__path__): importlib.import_module('seqrec.models.' + mod.name)\n"
+        "bad = sorted(x for x in ('ray', 'faiss', 'fastapi') if x in sys.modules)\n"
+        "assert not bad, f'seqrec.models imported {bad}'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
