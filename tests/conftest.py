@@ -15,3 +15,17 @@ def ray_cluster():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory):
+    """A small synthetic dataset prepared with the default protocol (dataset-day split, validation on)."""
+    from seqrec.data.prepare import prepare, resolve_config
+    from seqrec.data.loaders import open_source
+    from seqrec.data.synth import generate
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate(root / "events", 20_000, seed=5, users=200, items=400, progress=False)
+    src = open_source(str(root / "events"), "synth", None)
+    prepare(src, root / "prep", resolve_config(src, min_item_count=2), engine="local", progress=False)
+    return root / "prep"

@@ -237,3 +237,15 @@ def test_model_modules_do_not_import_ray_faiss_fastapi():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_fused_attention_equals_the_explicit_one():
+    """Training uses fused scaled-dot-product attention; explain() the explicit softmax that returns weights."""
+    model = tiny("sdm:PSDMMAL")
+    h = torch.randn(3, 7, 16)
+    fused, none = model.attention(h, weights=False)
+    explicit, w = model.attention(h, weights=True)
+    assert none is None and w.shape == (3, 4, 7, 7)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
+    unscaled = tiny("sdm:PSDMMAL", attn_scale=False)
+    torch.testing.assert_close(unscaled.attention(h)[0], unscaled.attention(h, weights=True)[0], atol=1e-5, rtol=0)

@@ -32,7 +32,7 @@ node can write (local disk on one machine, a shared file system on a cluster).
 EPILOG_EVALUATE = """\
 examples:
   seqrec evaluate --data data/ml-100k --out results/ml-100k            # every model, 3 seeds
-  seqrec evaluate --data data/ml-100k --models sdm:PSDMMAL,gru4rec --seeds 1 --out /tmp/r
+  seqrec evaluate --data data/ml-100k --models sdm:PSDMMAL gru4rec --seeds 1 --out /tmp/r
   seqrec evaluate --data data/ml-100k --models sdm:PSDMMAL --ablation heads --ablation fusion --out /tmp/abl
   seqrec evaluate --data data/synth --models "sdm:PSDMMAL@hidden=128,lstm_layers=2#big" --out /tmp/big
 
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Writes results.json, results.csv, results.md and plots/ to --out.",
                         epilog=EPILOG_EVALUATE, formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("--data", required=True, help="a directory written by `seqrec data prepare`")
-    ev.add_argument("--models", help="comma-separated model entries NAME[@K=V,...][#LABEL] "
+    ev.add_argument("--models", nargs="+", metavar="MODEL", help="model entries NAME[@K=V,...][#LABEL], space-separated "
                     "(default: item_cf and every neural baseline and SDM variant)")
     ev.add_argument("--ablation", action="append", default=[], choices=["heads", "fusion"],
                     help="add the paper's ablation: heads 1/2/4/8 (Table 3) or fusion types (Table 4); repeatable")
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001, the paper's)")
     ev.add_argument("--hidden", type=int, default=64, help="hidden size D of every model (default 64)")
     ev.add_argument("--loss", choices=["auto", "sampled", "full"], default="auto",
-                    help="sampled softmax, exact softmax, or auto: exact up to 50k items (default)")
+                    help="sampled softmax, exact softmax, or auto: exact up to 5,000 items (default)")
     ev.add_argument("--num-sampled", type=int, default=1000, help="negatives per batch for the sampled softmax (default 1000)")
     ev.add_argument("--index", choices=["exact", "flat", "hnsw", "ivf"], default="exact",
                     help="top-K retrieval for the test split: exact (torch), FAISS flat, HNSW or IVF (default exact)")
@@ -264,7 +264,7 @@ def cmd_evaluate(args) -> int:
         torch.set_num_threads(args.threads)
     if args.seeds < 1:
         raise ValueError(f"--seeds {args.seeds} must be >= 1")
-    entries = expand_models(args.models.split(",") if args.models else None, args.ablation)
+    entries = expand_models(args.models, args.ablation)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience)
     options = {"hidden": args.hidden, "loss": args.loss, "num_sampled": args.num_sampled}
     report = run_experiment(args.data, entries, list(range(args.seeds)), cfg, args.out, model_options=options,

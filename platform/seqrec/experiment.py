@@ -103,7 +103,7 @@ def summarize(runs: list[dict]) -> dict:
 def table_columns(protocol: str) -> list[str]:
     if protocol == "loo":
         return [f"{m}@{k}" for m in ("Hit", "NDCG") for k in default_ks(protocol)]
-    return [f"{m}@{k}" for m in ("HitRate", "Recall", "Precision", "F1") for k in (50, 100, 20)]
+    return [f"{m}@{k}" for m in ("HitRate", "Recall", "Precision", "F1") for k in default_ks(protocol)]
 
 
 def markdown_table(summary: dict, protocol: str, labels: list[str]) -> str:
@@ -114,6 +114,16 @@ def markdown_table(summary: dict, protocol: str, labels: list[str]) -> str:
         cells = [f"{100 * s[c]['mean']:.2f} ± {100 * s[c]['std']:.2f}" for c in cols]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def item_counts(data_dir: str | Path, n_items: int) -> np.ndarray:
+    """(N,) training-window count of every item code, from items.parquet (the unigram sampler's weights)."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(Path(data_dir) / "items.parquet", columns=["code", "count"])
+    counts = np.zeros(n_items, np.float64)
+    counts[t["code"].to_numpy()] = t["count"].to_numpy()
+    return counts
 
 
 def run_experiment(
@@ -161,6 +171,8 @@ def run_experiment(
             else:
                 torch.manual_seed(seed)
                 model = build_model(e.name, spec, **{**common, **e.options})
+                if model.config.loss == "sampled" and model.config.sampler == "unigram":
+                    model.softmax.set_item_counts(torch.from_numpy(item_counts(data_dir, spec.n_items)))
                 cfg = TrainConfig(**{**train_cfg.to_dict(), "seed": seed})
                 validate = None
                 if val is not None:

@@ -26,7 +26,7 @@ from seqrec.features import FeatureSpec
 
 LOSSES = ("auto", "sampled", "full")
 SAMPLERS = ("log_uniform", "unigram")
-FULL_SOFTMAX_MAX_ITEMS = 50_000  # "auto" uses the exact softmax up to this catalogue size
+FULL_SOFTMAX_MAX_ITEMS = 5_000  # "auto" uses the exact softmax up to this catalogue size (CPU cost grows with N)
 
 
 @dataclass

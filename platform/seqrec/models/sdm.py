@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as nnf
 from torch import nn
 
 from seqrec import features as F
@@ -121,13 +122,20 @@ class CausalSelfAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.scale = 1.0 / math.sqrt(self.d_k) if scale else 1.0
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, D) → (LayerNorm(x + MultiHead(x)), per-head weights (B, H, T, T) if ``weights``)."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=-1)  # 3 × (B, T, D)
         q, k, v = (z.view(b, t, self.heads, self.d_k).transpose(1, 2) for z in (q, k, v))  # (B, H, T, d_k)
-        scores = (q @ k.transpose(-1, -2)) * self.scale  # (B, H, T, T)
-        att = masked_softmax(scores, causal_mask(t, x.device))  # (B, H, T, T)
-        heads = (self.dropout(att) @ v).transpose(1, 2).reshape(b, t, d)  # (B, T, H·d_k)
+        att = None
+        if weights:
+            scores = (q @ k.transpose(-1, -2)) * self.scale  # (B, H, T, T)
+            att = masked_softmax(scores, causal_mask(t, x.device))  # (B, H, T, T)
+            heads = self.dropout(att) @ v  # (B, H, T, d_k)
+        else:  # the same product, fused (no (B, H, T, T) tensor kept for backward)
+            p = self.dropout.p if self.training else 0.0
+            heads = nnf.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, scale=self.scale)  # (B, H, T, d_k)
+        heads = heads.transpose(1, 2).reshape(b, t, d)  # (B, T, H·d_k)
         return self.norm(x + self.dropout(self.out(heads))), att
 
 
@@ -215,7 +223,7 @@ class SDM(MatchingModel):
     def _forward(self, batch: Batch, details: bool = False):
         x = self.input_dropout(self.items(batch.seq))  # (B, T, E)
         h = self.lstm(x)  # (B, T, D)
-        xh, self_att = self.attention(h)  # (B, T, D), (B, H, T, T)
+        xh, self_att = self.attention(h, weights=details)  # (B, T, D), (B, H, T, T) or None
         e_u = self.profile(batch.user) if self.profile is not None else None  # (B, D)
         user_att = None
         if e_u is not None:
