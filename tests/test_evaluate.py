@@ -148,3 +148,14 @@ def test_unigram_sampler_gets_item_counts(tiny_prepared):
     report = run_experiment(tiny_prepared, expand_models(["gru4rec@loss=sampled,sampler=unigram,num_sampled=50"]), [0],
                             TrainConfig(epochs=1, batch_size=64), None, model_options=TINY, log=None)
     assert report["runs"][0]["history"][0]["targets"] > 0
+
+
+def test_without_validation_the_last_epoch_is_kept(tmp_path, tiny_prepared):
+    src = open_source(str(tiny_prepared.parent / "events"), "synth", None)
+    out = tmp_path / "noval"
+    prepare(src, out, resolve_config(src, min_item_count=2, val=False), engine="local", progress=False)
+    report = run_experiment(out, expand_models(["gru4rec"]), [0], TrainConfig(epochs=2, batch_size=64), None,
+                            model_options=TINY, log=None)
+    assert report["selection"].startswith("last epoch") and report["runs"][0]["best_epoch"] == 2
+    with pytest.raises(FileNotFoundError):
+        run_experiment(tmp_path / "missing", expand_models(["gru4rec"]), [0], TrainConfig(epochs=1), None, log=None)
