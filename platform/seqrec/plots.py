@@ -43,19 +43,20 @@ def plot_attention(model, table: pa.Table, spec: FeatureSpec, path: Path, row: i
         f"{int(batch.items[0, i])}" + (f"\n{side[:4]} {int(batch.seq[side][0, i])}" if side else "") for i in range(t)
     ]
     heads = det.self_attention[0, :, t - 1, :t].numpy()  # (H, T) last position's weights per head
-    rows = [heads]
-    names = [f"head {h + 1}" for h in range(heads.shape[0])]
+    panels = [(heads, [f"head {h + 1}" for h in range(heads.shape[0])], "self-attention (eq. 8)")]
     if det.user_attention is not None:
-        rows.append(det.user_attention[0, t - 1 : t, :t].numpy())  # (1, T)
-        names.append("user attn")
-    mat = np.concatenate(rows)  # (H[+1], T)
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * t + 2), 0.5 * len(names) + 2))
-    im = ax.imshow(mat, aspect="auto", cmap="Blues", vmin=0, vmax=max(float(mat.max()), 1e-6))
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xticks(range(t), labels, fontsize=7)
-    ax.set_xlabel(f"session items (item code{', ' + side + ' code' if side else ''}), oldest → newest")
-    fig.colorbar(im, ax=ax, label="attention weight")
-    ax.set_title(title or "SDM multi-head self-attention of the last position (paper Fig. 4)")
+        panels.append((det.user_attention[0, t - 1 : t, :t].numpy(), ["user"], "user attention (eq. 10)"))  # (1, T)
+    ratios = [len(p[1]) + 0.6 for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 0.7 * t + 2.5), 0.45 * sum(ratios) + 2.2),
+                             gridspec_kw={"height_ratios": ratios}, squeeze=False)
+    for ax, (mat, names, what) in zip(axes[:, 0], panels):
+        im = ax.imshow(mat, aspect="auto", cmap="Blues", vmin=0, vmax=max(float(mat.max()), 1e-6))  # own scale per panel
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xticks(range(t), labels if ax is axes[-1, 0] else [""] * t, fontsize=7)
+        ax.set_title(what, fontsize=9, loc="left")
+        fig.colorbar(im, ax=ax, label="weight", fraction=0.03, pad=0.01)
+    axes[-1, 0].set_xlabel(f"session items (item code{', ' + side + ' code' if side else ''}), oldest → newest")
+    fig.suptitle(title or "SDM attention of the last position (paper Fig. 4)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
