@@ -78,7 +78,7 @@ class Batch:
         return self._map(lambda t: t[index])
 
 
-def _padded(column: pa.ChunkedArray | pa.Array, dtype=np.int64, width: int | None = None) -> np.ndarray:
+def pad_lists(column: pa.ChunkedArray | pa.Array, dtype=np.int64, width: int | None = None) -> np.ndarray:
     """A list<int> column → (rows, width) array, right-padded with 0; width = longest list by default."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
@@ -132,14 +132,14 @@ def collate(table: pa.Table | pa.RecordBatch, spec: FeatureSpec) -> Batch:
     width = int(seq_len.max()) if len(seq_len) else 0
     return Batch(
         user={u: t(_scalar(table[u])) for u in user_names},
-        seq={f: t(_padded(table[F.seq_col(f)], width=width)) for f in item_names},
+        seq={f: t(pad_lists(table[F.seq_col(f)], width=width)) for f in item_names},
         seq_len=t(seq_len),
-        seq_time=t(_padded(table[F.seq_col(F.TIMESTAMP)], width=width)),
-        seq_behavior=t(_padded(table[F.seq_col(F.BEHAVIOR)], width=width)),
-        long_term={f: t(_padded(table[F.long_term_col(f)])) for f in item_names},
-        hist_item=t(_padded(table[F.hist_col(F.ITEM_ID)])),
-        hist_time=t(_padded(table[F.hist_col(F.TIMESTAMP)])),
-        hist_behavior=t(_padded(table[F.hist_col(F.BEHAVIOR)])),
-        targets=t(_padded(table[F.TARGETS])),
+        seq_time=t(pad_lists(table[F.seq_col(F.TIMESTAMP)], width=width)),
+        seq_behavior=t(pad_lists(table[F.seq_col(F.BEHAVIOR)], width=width)),
+        long_term={f: t(pad_lists(table[F.long_term_col(f)])) for f in item_names},
+        hist_item=t(pad_lists(table[F.hist_col(F.ITEM_ID)])),
+        hist_time=t(pad_lists(table[F.hist_col(F.TIMESTAMP)])),
+        hist_behavior=t(pad_lists(table[F.hist_col(F.BEHAVIOR)])),
+        targets=t(pad_lists(table[F.TARGETS])),
         session_start=t(_scalar(table[F.SESSION_START])),
     )

@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from seqrec import features as F
-from seqrec.batch import _padded, collate
+from seqrec.batch import pad_lists, collate
 from seqrec.features import FeatureSpec
 from seqrec.metrics import loo_metrics, matching_metrics
 
@@ -47,13 +47,13 @@ def selection_metric(protocol: str) -> str:
 
 def seen_items(table: pa.Table) -> np.ndarray:
     """(U, E) the item codes each row has already seen (session, long-term, history), 0-padded."""
-    parts = [_padded(table[c]) for c in (F.seq_col(F.ITEM_ID), F.long_term_col(F.ITEM_ID), F.hist_col(F.ITEM_ID))]
+    parts = [pad_lists(table[c]) for c in (F.seq_col(F.ITEM_ID), F.long_term_col(F.ITEM_ID), F.hist_col(F.ITEM_ID))]
     return np.concatenate(parts, axis=1)
 
 
 def truth_of(table: pa.Table) -> np.ndarray:
     """(U, M) ground truth item codes, 0-padded."""
-    return _padded(table[F.TARGETS])
+    return pad_lists(table[F.TARGETS])
 
 
 @torch.no_grad()
@@ -109,7 +109,7 @@ def evaluate_matcher(
 
 def item_cf_inputs(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Trigger sequences for item-CF: the BST history followed by the session (most recent last)."""
-    hist, seq = _padded(table[F.hist_col(F.ITEM_ID)]), _padded(table[F.seq_col(F.ITEM_ID)])
+    hist, seq = pad_lists(table[F.hist_col(F.ITEM_ID)]), pad_lists(table[F.seq_col(F.ITEM_ID)])
     h_len, s_len = (hist > 0).sum(1), (seq > 0).sum(1)
     width = hist.shape[1] + seq.shape[1]
     out = np.zeros((len(hist), width), np.int64)  # (U, H+T) left-aligned: hist then session
@@ -124,7 +124,7 @@ def item_cf_inputs(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 def fit_item_cf(train: pa.Table, spec: FeatureSpec, **options):
     from seqrec.models.itemcf import ItemCF, ItemCFConfig
 
-    seqs = _padded(train[F.seq_col(F.ITEM_ID)])
+    seqs = pad_lists(train[F.seq_col(F.ITEM_ID)])
     return ItemCF(ItemCFConfig(**options)).fit(seqs, train[F.SEQ_LEN].to_numpy().astype(np.int64), spec.n_items)
 
 
