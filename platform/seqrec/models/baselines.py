@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from seqrec.batch import Batch
-from seqrec.models.common import ItemEmbedding, MatchConfig, MatchingModel, ProfileEmbedding, causal_mask
+from seqrec.models.common import MatchConfig, MatchingModel, ProfileEmbedding, causal_mask
 
 
 @dataclass
@@ -41,7 +41,6 @@ class YouTubeDNN(MatchingModel):
     def __init__(self, config: YouTubeDNNConfig):
         super().__init__(config)
         c = config
-        self.items = ItemEmbedding(c.features, c.id_dim, c.side_dim, c.side_info)
         self.profile = ProfileEmbedding(c.features, c.profile_dim, c.hidden) if c.user_profile else None
         layers, width = [], self.items.dim + (c.hidden if c.user_profile else 0)
         for i in range(c.tower_layers):
@@ -75,7 +74,6 @@ class GRU4Rec(MatchingModel):
     def __init__(self, config: GRU4RecConfig):
         super().__init__(config)
         c = config
-        self.items = ItemEmbedding(c.features, c.id_dim, c.side_dim, c.side_info)
         self.dropout = nn.Dropout(c.dropout)
         self.gru = nn.GRU(self.items.dim, c.hidden, num_layers=c.layers, batch_first=True, dropout=c.dropout if c.layers > 1 else 0.0)
 
@@ -96,7 +94,6 @@ class NARM(MatchingModel):
     def __init__(self, config: NARMConfig):
         super().__init__(config)
         c = config
-        self.items = ItemEmbedding(c.features, c.id_dim, c.side_dim, c.side_info)
         self.dropout = nn.Dropout(c.dropout)
         self.gru = nn.GRU(self.items.dim, c.hidden, batch_first=True)
         self.a1 = nn.Linear(c.hidden, c.hidden, bias=False)

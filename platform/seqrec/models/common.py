@@ -256,6 +256,7 @@ class MatchingModel(nn.Module):
         self.config = config
         c = config
         self.softmax = SoftmaxLoss(c.features.n_items, c.hidden, c.loss, c.num_sampled, c.sampler)
+        self.items = ItemEmbedding(c.features, c.id_dim, c.side_dim, c.side_info)  # input e_i of every matcher
 
     def user_states(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -211,7 +211,6 @@ class SDM(MatchingModel):
     def __init__(self, config: SDMConfig):
         super().__init__(config)
         c = config
-        self.items = ItemEmbedding(c.features, c.id_dim, c.side_dim, c.side_info)
         self.input_dropout = nn.Dropout(c.dropout)
         self.lstm = StackedLSTM(self.items.dim, c.hidden, c.lstm_layers, c.dropout)
         self.attention = CausalSelfAttention(c.hidden, c.heads, c.dropout, c.attn_scale)
