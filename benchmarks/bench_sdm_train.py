@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine_info, write_result  # noqa: E402
+from common import REPO, write_result  # noqa: E402
 
 from seqrec.batch import Batch  # noqa: E402
 from seqrec.data.prepare import load_manifest, read_split  # noqa: E402

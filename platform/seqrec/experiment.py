@@ -174,10 +174,9 @@ def run_experiment(
                 if model.config.loss == "sampled" and model.config.sampler == "unigram":
                     model.softmax.set_item_counts(torch.from_numpy(item_counts(data_dir, spec.n_items)))
                 cfg = TrainConfig(**{**train_cfg.to_dict(), "seed": seed})
-                validate = None
-                if val is not None:
-                    def validate(m, _val=val):
-                        return evaluate_matcher(m, _val, spec, protocol, index="exact", exclude_seen=exclude_seen, device=cfg.device)
+                validate = None if val is None else (
+                    lambda m: evaluate_matcher(m, val, spec, protocol, index="exact", exclude_seen=exclude_seen, device=cfg.device)
+                )
                 say(f"== {e.label} seed {seed}")
                 res = fit(model, train, spec, cfg, validate=validate, select=select if validate else None, log=log)
                 fit_s = time.perf_counter() - t0

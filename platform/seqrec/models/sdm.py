@@ -42,7 +42,6 @@ from seqrec.models.common import (
     MatchingModel,
     ProfileEmbedding,
     causal_mask,
-    lengths_mask,
     masked_softmax,
 )
 
