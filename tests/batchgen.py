@@ -49,3 +49,53 @@ def prefix_batch(batch: Batch, row: int, t: int) -> Batch:
                  seq_time=cut(one.seq_time), seq_behavior=cut(one.seq_behavior), long_term=one.long_term,
                  hist_item=one.hist_item, hist_time=one.hist_time, hist_behavior=one.hist_behavior,
                  targets=one.targets, session_start=one.session_start)
+
+
+def with_history(batch: Batch, lengths, seed: int = 1, h: int | None = None) -> Batch:
+    """``batch`` with a BST history of the given lengths per row (right-padded to ``h``), before each session."""
+    g = torch.Generator().manual_seed(seed)
+    b = batch.size
+    h = h if h is not None else max(max(lengths), 1)
+    n_items = int(batch.items.max()) + 1
+    pos = torch.arange(h)[None, :] < torch.tensor(lengths)[:, None]
+    items = torch.randint(2, max(n_items, 3), (b, h), generator=g) * pos
+    start = batch.seq_time[:, :1] - 10_000
+    times = (start + torch.cumsum(torch.randint(0, 5000, (b, h), generator=g), 1) - 5000 * h) * pos
+    one = batch.select(slice(None))
+    one.hist_item, one.hist_time, one.hist_behavior = items, times, pos.long() * 3
+    return one
+
+
+def item_side_table(spec: FeatureSpec, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random item table for a ranker: (N, n_side) side codes (row 1 = unknown) and (N,) counts."""
+    g = torch.Generator().manual_seed(seed)
+    side = torch.stack([torch.randint(2, f.vocab_size, (spec.n_items,), generator=g) for f in spec.item_side], 1)
+    side[0], side[1] = 0, 1
+    counts = torch.rand(spec.n_items, generator=g) + 0.1
+    counts[:2] = 0
+    return side, counts
+
+
+def category_sessions(spec: FeatureSpec, side: torch.Tensor, b: int, t: int, seed: int) -> Batch:
+    """Toy CTR data: each session's items all share one category (side feature 0), the category a
+    function of the user's first profile feature (so a model without the sequence can learn it from
+    the profile × category cross); no history."""
+    g = torch.Generator().manual_seed(seed)
+    cats = side[:, 0]
+    by_cat = {int(c): (cats == c).nonzero()[:, 0] for c in cats.unique() if c >= 2}
+    keys = sorted(k for k, v in by_cat.items() if len(v) >= 2)
+    user = {f.name: torch.randint(2, f.vocab_size, (b,), generator=g) for f in spec.user_features}
+    profile = user[spec.user_features[1].name]
+    rows = []
+    for i in range(b):
+        pool = by_cat[keys[int(profile[i]) % len(keys)]]
+        rows.append(pool[torch.randint(len(pool), (t,), generator=g)])
+    items = torch.stack(rows)
+    seq = {spec.item_features[0].name: items}
+    for j, f in enumerate(spec.item_side):
+        seq[f.name] = side[items, j]
+    times = 1_600_000_000 + torch.cumsum(torch.randint(1, 300, (b, t), generator=g), 1)
+    z = torch.zeros(b, 0, dtype=torch.long)
+    lt = {f.name: z for f in spec.item_features}
+    return Batch(user=user, seq=seq, seq_len=torch.full((b,), t), seq_time=times, seq_behavior=torch.full((b, t), 2),
+                 long_term=lt, hist_item=z, hist_time=z, hist_behavior=z, targets=z, session_start=times[:, 0])

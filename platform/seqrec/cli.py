@@ -35,10 +35,15 @@ examples:
   seqrec evaluate --data data/ml-100k --models sdm:PSDMMAL gru4rec --seeds 1 --out /tmp/r
   seqrec evaluate --data data/ml-100k --models sdm:PSDMMAL --ablation heads --ablation fusion --out /tmp/abl
   seqrec evaluate --data data/synth --models "sdm:PSDMMAL@hidden=128,lstm_layers=2#big" --out /tmp/big
+  seqrec evaluate --data data/ml-100k --models wdl wdl_seq din bst "bst@blocks=2#BST b=2" --out /tmp/rank
+  seqrec evaluate --data data/ml-100k --models sdm:PSDMMAL bst din --pipeline --out /tmp/two-stage
 
-models: item_cf, youtube_dnn, gru4rec, narm, sdm (custom) and the paper variants sdm:SDMMA,
-sdm:PSDMMA, sdm:PSDMMAL, sdm:PSDMMAL-N, sdm:PSDMMAL-NoS. @K=V sets a model option (see
-seqrec.models.sdm.SDMConfig); #LABEL names the row.
+matchers: item_cf, youtube_dnn, gru4rec, narm, sdm (custom) and the paper variants sdm:SDMMA,
+sdm:PSDMMA, sdm:PSDMMAL, sdm:PSDMMAL-N, sdm:PSDMMAL-NoS (options: seqrec.models.sdm.SDMConfig).
+rankers: bst, wdl, wdl_seq, din (options: seqrec.models.bst.BSTConfig, e.g. bst@blocks=2,
+positions=sinusoid,output=all,mlp=256-128-64). @K=V sets a model option; #LABEL names the row. Matchers get
+HitRate/Recall/Precision/F1@K, rankers AUC/GAUC/log loss; --pipeline adds the two-stage table
+(the first matcher's top --candidates re-ranked by each ranker).
 """
 
 
@@ -175,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="top-K retrieval for the test split: exact (torch), FAISS flat, HNSW or IVF (default exact)")
     ev.add_argument("--exclude-seen", action="store_true",
                     help="never recommend items of the input session, long-term subset or history (default: keep them, as the paper)")
+    ev.add_argument("--rank-batch-size", type=int, default=32,
+                    help="rankers: sessions per batch (each expands to one sample per position plus negatives; default 32)")
+    ev.add_argument("--rank-epochs", type=int, default=5, help="rankers: max epochs (default 5; the paper trains 1)")
+    ev.add_argument("--rank-negatives", type=int, default=4,
+                    help="rankers: popularity negatives per positive in the AUC evaluation (default 4)")
+    ev.add_argument("--pipeline", action="store_true",
+                    help="two-stage table: the first neural matcher retrieves --candidates, each ranker re-ranks them")
+    ev.add_argument("--candidates", type=int, default=300, help="matcher candidates per user for --pipeline (default 300)")
     ev.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ev.add_argument("--out", required=True, help="output directory for results and plots")
     ev.add_argument("--no-plots", action="store_true", help="skip the attention and gate plots")
@@ -266,10 +279,12 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"--seeds {args.seeds} must be >= 1")
     entries = expand_models(args.models, args.ablation)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience)
+    rank_cfg = TrainConfig(epochs=args.rank_epochs, batch_size=args.rank_batch_size, lr=args.lr, patience=args.patience)
     options = {"hidden": args.hidden, "loss": args.loss, "num_sampled": args.num_sampled}
     report = run_experiment(args.data, entries, list(range(args.seeds)), cfg, args.out, model_options=options,
                             index=args.index, exclude_seen=args.exclude_seen, plots=not args.no_plots,
-                            log=None if args.quiet else print)
+                            log=None if args.quiet else print, rank_train=rank_cfg, rank_negatives=args.rank_negatives,
+                            pipeline=args.pipeline, candidates=args.candidates)
     print(f"\n{report['dataset']}: {report['split']} split, test split, % mean ± std over {args.seeds} seed(s)\n")
     print(report["table"])
     print(f"\nwrote {Path(args.out).resolve()}/results.{{md,csv,json}}")

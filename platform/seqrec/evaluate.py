@@ -1,4 +1,4 @@
-"""Offline evaluation of matching models (SDM §4.2) on a prepared dataset.
+"""Offline evaluation of matching models (SDM §4.2), ranking models (BST §3) and the two-stage pipeline.
 
 Two protocols, decided by how the dataset was prepared (``manifest.config.split``):
 
@@ -13,6 +13,16 @@ Retrieval ranks every real item (codes >= 2) by inner product with the user vect
 removed from the ranking (the paper keeps them; so does the default). ``index`` is ``exact``
 (torch matmul), ``flat`` (FAISS IndexFlatIP, identical to exact up to ties) or an approximate
 FAISS index (``hnsw``, ``ivf``).
+
+Rankers are measured by AUC, per-user GAUC and log loss (``seqrec.metrics.ranking_metrics``) on
+the evaluation rows: each row's context is its whole input (history, then the first 25% of its
+test window), its positives are its ground-truth items and its negatives ``negatives`` items per
+positive drawn from the training popularity (never a ground-truth item of the row), with a fixed
+seed so every model sees the same samples. The recommendation moment is the row's last input event.
+
+The two-stage pipeline (``two_stage``): the matcher retrieves the top ``candidates`` (300, SDM's
+online setting) per row, the ranker re-scores them, and the matching metrics are computed on the
+ranker's top K, next to the matcher's own top K.
 """
 
 from __future__ import annotations
@@ -105,6 +115,148 @@ def evaluate_matcher(
     items = model.item_embeddings().detach().float().cpu().numpy()
     exclude = seen_items(table) if exclude_seen else None
     return metrics_from_topk(retrieve(users, items, max(ks), index, exclude), table, protocol, ks)
+
+
+def item_table(data_dir, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """From ``items.parquet``: (N, n_side) side-feature codes of every item code and (N,) training counts."""
+    import pyarrow.parquet as pq
+    from pathlib import Path
+
+    side_names = [f.name for f in spec.item_side]
+    t = pq.read_table(Path(data_dir) / "items.parquet", columns=["code", "count", *side_names])
+    code = t["code"].to_numpy().astype(np.int64)
+    if code.max(initial=-1) >= spec.n_items:
+        raise ValueError(f"items.parquet has item code {code.max()} but the feature spec has {spec.n_items} items")
+    side = np.zeros((spec.n_items, len(side_names)), np.int64)
+    for j, n in enumerate(side_names):
+        side[code, j] = t[n].to_numpy()
+    side[F.UNKNOWN] = F.UNKNOWN  # an unknown item has unknown side features
+    counts = np.zeros(spec.n_items, np.float64)
+    counts[code] = t["count"].to_numpy()
+    return side, counts
+
+
+def prepare_ranker(model, data_dir, spec: FeatureSpec):
+    """Fill a ranker's item table (side features, popularity) from the prepared dataset."""
+    side, counts = item_table(data_dir, spec)
+    model.set_item_table(torch.from_numpy(side), torch.from_numpy(counts))
+    return model
+
+
+def rank_eval_samples(table: pa.Table, counts: np.ndarray, negatives: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(U, C) candidates and (U, C) labels: each row's known ground-truth items (label 1) and
+    ``negatives`` popularity-drawn items per positive that are not in its ground truth (label 0).
+
+    Rows without a known ground-truth item get no candidates (all padding). Fixed ``seed``: every
+    model is measured on the same samples.
+    """
+    if negatives < 1:
+        raise ValueError(f"negatives={negatives} must be >= 1 per positive")
+    truth = truth_of(table)
+    w = np.asarray(counts, np.float64).copy()
+    w[: F.FIRST_CODE] = 0
+    if w.sum() <= 0:
+        raise ValueError("item counts are all zero: cannot draw popularity negatives")
+    p = w / w.sum()
+    rng = np.random.default_rng(seed)
+    pos = [np.unique(r[r >= F.FIRST_CODE]) for r in truth]
+    width = max((len(x) * (1 + negatives) for x in pos), default=0)
+    cands = np.zeros((len(truth), width), np.int64)
+    labels = np.zeros((len(truth), width), np.float32)
+    for i, x in enumerate(pos):  # per row: a few thousand rows, not a hot path
+        need = len(x) * negatives
+        neg = np.zeros(0, np.int64)
+        while len(neg) < need:
+            draw = rng.choice(len(p), size=2 * need + 8, p=p)
+            neg = np.concatenate([neg, draw[~np.isin(draw, x)]])
+        row = np.concatenate([x, neg[:need]])
+        cands[i, : len(row)] = row
+        labels[i, : len(x)] = 1.0
+    return cands, labels
+
+
+@torch.no_grad()
+def score_table(model, table: pa.Table, spec: FeatureSpec, candidates: np.ndarray, budget: int = 16_384, device: str = "cpu") -> np.ndarray:
+    """(U, C) ranker logits of ``candidates`` for every row of ``table`` (codes < 2 get -inf).
+
+    Rows are scored in batches of about ``budget`` (row, candidate) pairs.
+    """
+    model.eval()
+    out = np.full(candidates.shape, -np.inf, np.float32)
+    step = max(1, budget // max(1, candidates.shape[1]))
+    for start in range(0, table.num_rows, step):
+        rows = slice(start, start + step)
+        c = torch.from_numpy(np.maximum(candidates[rows], 0)).to(device)
+        batch = collate(table.slice(start, step), spec).to(device)
+        out[rows] = model.score(batch, c).float().cpu().numpy()
+    out[candidates < F.FIRST_CODE] = -np.inf
+    return out
+
+
+def chunk_candidates(candidates: np.ndarray, width: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split each row's real candidates (codes >= 2, packed at the row's start) into rows of ``width``.
+
+    Returns (source row (K,), chunked candidates (K, width), flat index (K, width) into
+    ``candidates.ravel()``, -1 on padding), so rows with few candidates are not padded to the longest.
+    """
+    n = (candidates >= F.FIRST_CODE).sum(1)
+    per_row = -(-n // width)  # chunks per row (ceil)
+    row = np.repeat(np.arange(len(candidates)), per_row)
+    first = np.repeat(np.cumsum(per_row) - per_row, per_row)
+    j = (np.arange(len(row)) - first) * width  # first candidate of each chunk within its row
+    col = j[:, None] + np.arange(width)[None, :]
+    ok = col < n[row][:, None]
+    flat = np.where(ok, row[:, None] * candidates.shape[1] + col, -1)
+    chunks = np.where(ok, candidates.ravel()[np.maximum(flat, 0)], 0)
+    return row, chunks, flat
+
+
+def evaluate_ranker(model, table: pa.Table, spec: FeatureSpec, counts: np.ndarray, negatives: int = 4, seed: int = 0, device: str = "cpu") -> dict:
+    """AUC, GAUC (per row = per user) and log loss of a ranker on evaluation rows."""
+    from seqrec.metrics import ranking_metrics
+
+    if table.num_rows == 0:
+        raise ValueError("no evaluation rows: the split is empty (prepare with validation on, or evaluate on test)")
+    cands, labels = rank_eval_samples(table, counts, negatives, seed)
+    row, chunks, flat = chunk_candidates(cands)
+    logits = score_table(model, table.take(row), spec, chunks, device=device)
+    ok = flat >= 0
+    idx = flat[ok]
+    groups = idx // max(1, cands.shape[1])
+    return ranking_metrics(labels.ravel()[idx], logits[ok].astype(np.float64), groups)
+
+
+def rerank(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """(U, k) candidates ordered by descending ranker score (stable: ties keep the matcher's order)."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    out = np.take_along_axis(candidates, order, axis=1)
+    return np.where(np.take_along_axis(scores, order, axis=1) > -np.inf, out, -1)
+
+
+def two_stage(
+    matcher,
+    rankers: dict,
+    table: pa.Table,
+    spec: FeatureSpec,
+    protocol: str,
+    candidates: int = 300,
+    ks=None,
+    index: str = "exact",
+    exclude_seen: bool = False,
+    device: str = "cpu",
+) -> dict:
+    """{"matcher": metrics of its own top K, name: metrics after ``rankers[name]`` re-ranks its top ``candidates``}."""
+    ks = tuple(ks or default_ks(protocol))
+    if candidates < max(ks):
+        raise ValueError(f"candidates={candidates} must be >= the largest K={max(ks)}")
+    users = encode_table(matcher, table, spec, device=device)
+    items = matcher.item_embeddings().detach().float().cpu().numpy()
+    top = retrieve(users, items, candidates, index, seen_items(table) if exclude_seen else None)  # (U, candidates)
+    out = {"matcher": metrics_from_topk(top[:, : max(ks)], table, protocol, ks)}
+    for name, ranker in rankers.items():
+        scores = score_table(ranker, table, spec, top, device=device)
+        out[name] = metrics_from_topk(rerank(scores, top, max(ks)), table, protocol, ks)
+    return out
 
 
 def item_cf_inputs(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:

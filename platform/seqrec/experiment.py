@@ -27,12 +27,15 @@ from seqrec.evaluate import (
     default_ks,
     evaluate_item_cf,
     evaluate_matcher,
+    evaluate_ranker,
     fit_item_cf,
+    prepare_ranker,
     protocol_of,
     selection_metric,
+    two_stage,
 )
 from seqrec.features import FeatureSpec
-from seqrec.models import build_model, make_config, model_names
+from seqrec.models import build_model, is_ranker, make_config, model_names
 from seqrec.train import TrainConfig, fit
 
 ITEM_CF = "item_cf"
@@ -100,18 +103,23 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-def table_columns(protocol: str) -> list[str]:
+RANK_COLUMNS = ["AUC", "GAUC", "LogLoss"]
+
+
+def table_columns(protocol: str, ks=None) -> list[str]:
+    ks = tuple(ks or default_ks(protocol))
     if protocol == "loo":
-        return [f"{m}@{k}" for m in ("Hit", "NDCG") for k in default_ks(protocol)]
-    return [f"{m}@{k}" for m in ("HitRate", "Recall", "Precision", "F1") for k in default_ks(protocol)]
+        return [f"{m}@{k}" for m in ("Hit", "NDCG") for k in ks]
+    return [f"{m}@{k}" for m in ("HitRate", "Recall", "Precision", "F1") for k in ks]
 
 
-def markdown_table(summary: dict, protocol: str, labels: list[str]) -> str:
-    cols = table_columns(protocol)
-    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+def markdown_table(summary: dict, columns: list[str], labels: list[str], percent: bool = True) -> str:
+    """Rows ``labels`` × ``columns`` as mean ± std (× 100 when ``percent``)."""
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    scale, fmt = (100.0, ".2f") if percent else (1.0, ".4f")
     for label in labels:
         s = summary[label]
-        cells = [f"{100 * s[c]['mean']:.2f} ± {100 * s[c]['std']:.2f}" for c in cols]
+        cells = [f"{scale * s[c]['mean']:{fmt}} ± {scale * s[c]['std']:{fmt}}" for c in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -138,8 +146,19 @@ def run_experiment(
     item_cf_options: dict | None = None,
     plots: bool = True,
     log: Callable[[str], None] | None = print,
+    rank_options: dict | None = None,
+    rank_train: TrainConfig | None = None,
+    rank_negatives: int = 4,
+    pipeline: bool = False,
+    candidates: int = 300,
 ) -> dict:
-    """Train/evaluate every entry × seed; write results to ``out_dir`` (if given) and return the report."""
+    """Train/evaluate every entry × seed; write results to ``out_dir`` (if given) and return the report.
+
+    Matchers (``model_options``, ``train_cfg``) get the matching metrics; rankers (``rank_options``,
+    ``rank_train``, default ``train_cfg``) get AUC/GAUC/log loss on ``rank_negatives`` popularity
+    negatives per positive. With ``pipeline`` the first neural matcher's top ``candidates`` are
+    re-ranked by every ranker of the same seed (the two-stage table).
+    """
     data_dir = Path(data_dir)
     manifest = load_manifest(data_dir)
     spec = FeatureSpec.from_dict(manifest["feature_spec"])
@@ -150,49 +169,79 @@ def run_experiment(
     if val is not None and val.num_rows == 0:
         val = None
     common = dict(model_options or {})
+    rank_common = {"tz_offset_s": manifest["config"]["protocol"].get("tz_offset_s", 0), **(rank_options or {})}
+    rank_train = rank_train or train_cfg
+
+    def options_of(e: ModelEntry) -> dict:
+        return {**(rank_common if is_ranker(e.name) else common), **e.options}
+
     # check every configuration before spending time on training
     for e in entries:
         if e.name != ITEM_CF:
-            make_config(e.name, spec, **{**common, **e.options})
+            make_config(e.name, spec, **options_of(e))
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise ValueError(f"model labels must be unique, got {labels}; add #LABEL to an entry")
+    matcher_entries = [e for e in entries if e.name != ITEM_CF and not is_ranker(e.name)]
+    ranker_entries = [e for e in entries if is_ranker(e.name)]
+    if pipeline and (not matcher_entries or not ranker_entries):
+        raise ValueError("--pipeline needs a neural matcher (e.g. sdm:PSDMMAL) and at least one ranker (bst, din, wdl, wdl_seq) in --models")
+    counts = item_counts(data_dir, spec.n_items) if ranker_entries else None
     say = log or (lambda _s: None)
     runs: list[dict] = []
     first_models: dict[str, torch.nn.Module] = {}
+    kept: dict[tuple[str, int], torch.nn.Module] = {}  # (label, seed) → model, for the pipeline
     for e in entries:
+        ranker = is_ranker(e.name)
         for seed in ([seeds[0]] if e.name == ITEM_CF else seeds):
             t0 = time.perf_counter()
             if e.name == ITEM_CF:
                 cf = fit_item_cf(train, spec, **{**(item_cf_options or {}), **e.options})
                 fit_s = time.perf_counter() - t0
                 test_m = evaluate_item_cf(cf, test, protocol, exclude_seen=exclude_seen)
-                run = {"label": e.label, "model": e.name, "seed": None, "options": e.options, "fit_s": fit_s, "test": test_m}
+                run = {"label": e.label, "model": e.name, "kind": "matcher", "seed": None, "options": e.options, "fit_s": fit_s, "test": test_m}
             else:
                 torch.manual_seed(seed)
-                model = build_model(e.name, spec, **{**common, **e.options})
-                if model.config.loss == "sampled" and model.config.sampler == "unigram":
-                    model.softmax.set_item_counts(torch.from_numpy(item_counts(data_dir, spec.n_items)))
-                cfg = TrainConfig(**{**train_cfg.to_dict(), "seed": seed})
-                validate = None if val is None else (
-                    lambda m: evaluate_matcher(m, val, spec, protocol, index="exact", exclude_seen=exclude_seen, device=cfg.device)
-                )
+                model = build_model(e.name, spec, **options_of(e))
+                base = rank_train if ranker else train_cfg
+                cfg = TrainConfig(**{**base.to_dict(), "seed": seed})
+                if ranker:
+                    prepare_ranker(model, data_dir, spec)
+                    metric = "AUC"
+                    evaluate = lambda m, table: evaluate_ranker(m, table, spec, counts, rank_negatives, seed=0, device=cfg.device)  # noqa: E731
+                else:
+                    if model.config.loss == "sampled" and model.config.sampler == "unigram":
+                        model.softmax.set_item_counts(torch.from_numpy(item_counts(data_dir, spec.n_items)))
+                    metric = select
+                    evaluate = lambda m, table, final=False: evaluate_matcher(  # noqa: E731
+                        m, table, spec, protocol, index=index if final else "exact", exclude_seen=exclude_seen, device=cfg.device
+                    )
+                validate = None if val is None else (lambda m: evaluate(m, val))
                 say(f"== {e.label} seed {seed}")
-                res = fit(model, train, spec, cfg, validate=validate, select=select if validate else None, log=log)
+                res = fit(model, train, spec, cfg, validate=validate, select=metric if validate else None, log=log)
                 fit_s = time.perf_counter() - t0
-                test_m = evaluate_matcher(model, test, spec, protocol, index=index, exclude_seen=exclude_seen, device=cfg.device)
+                test_m = evaluate(model, test) if ranker else evaluate(model, test, final=True)
                 run = {
-                    "label": e.label, "model": e.name, "seed": seed, "options": e.options, "fit_s": fit_s,
-                    "config": model.config.to_dict() | {"features": None},
-                    "best_epoch": res.best_epoch, "val_" + select: res.best_metric,
+                    "label": e.label, "model": e.name, "kind": "ranker" if ranker else "matcher", "seed": seed,
+                    "options": e.options, "fit_s": fit_s, "config": model.config.to_dict() | {"features": None},
+                    "best_epoch": res.best_epoch, "val_" + metric: res.best_metric,
                     "targets_per_s": float(np.mean([h.targets_per_s for h in res.history])),
                     "history": res.to_dict()["history"], "test": test_m,
                 }
                 first_models.setdefault(e.label, model)
+                if pipeline:
+                    kept[(e.label, seed)] = model
             runs.append(run)
-            key = "Hit@20" if protocol == "loo" else "HitRate@50"
+            key = "AUC" if ranker else ("Hit@20" if protocol == "loo" else "HitRate@50")
             say(f"{e.label} seed {run['seed']}: test {key} {test_m[key]:.4f} ({run['fit_s']:.1f}s)")
     summary = summarize(runs)
+    match_labels = [e.label for e in entries if not is_ranker(e.name)]
+    rank_labels = [e.label for e in ranker_entries]
+    tables = []
+    if match_labels:
+        tables.append(markdown_table(summary, table_columns(protocol), match_labels))
+    if rank_labels:
+        tables.append(markdown_table(summary, RANK_COLUMNS, rank_labels, percent=False))
     report = {
         "dataset": manifest["source"]["name"] if isinstance(manifest.get("source"), dict) else str(data_dir),
         "data_dir": str(data_dir),
@@ -202,26 +251,34 @@ def run_experiment(
         "vocab_hash": manifest.get("vocab_hash"),
         "seeds": seeds,
         "train": train_cfg.to_dict(),
+        "rank_train": rank_train.to_dict(),
         "model_options": common,
+        "rank_options": rank_common,
+        "rank_negatives": rank_negatives,
         "index": index,
         "exclude_seen": exclude_seen,
-        "selection": select if val is not None else "last epoch (no validation split)",
+        "selection": (f"{select} (matchers), AUC (rankers)" if val is not None else "last epoch (no validation split)"),
         "labels": labels,
         "summary": summary,
         "runs": runs,
-        "table": markdown_table(summary, protocol, labels),
+        "table": "\n\n".join(tables),
     }
+    if pipeline:
+        report["two_stage"] = _two_stage(kept, matcher_entries[0], ranker_entries, seeds, test, spec, protocol,
+                                         candidates, index, exclude_seen, train_cfg.device, say)
+        report["table"] += "\n\n" + report["two_stage"]["table"]
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
         with open(out / "results.csv", "w", newline="") as f:
             w = csv.writer(f)
-            metrics = sorted(next(iter(summary.values())))
+            metrics = sorted({m for v in summary.values() for m in v})
             w.writerow(["model", "runs"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")])
             for label in labels:
                 s = summary[label]
-                w.writerow([label, s[metrics[0]]["n"]] + [f"{s[m][x]:.6f}" for m in metrics for x in ("mean", "std")])
+                n = next(iter(s.values()))["n"]
+                w.writerow([label, n] + [f"{s[m][x]:.6f}" if m in s else "" for m in metrics for x in ("mean", "std")])
         (out / "results.md").write_text(_markdown_report(report))
         if plots:
             report["plots"] = _plots(first_models, spec, test, out / "plots", say)
@@ -229,14 +286,47 @@ def run_experiment(
     return report
 
 
+PIPELINE_KS = {"window": (20, 50), "loo": (10, 20)}
+
+
+def _two_stage(kept, matcher: ModelEntry, rankers: list[ModelEntry], seeds, test, spec, protocol, candidates, index, exclude_seen, device, say) -> dict:
+    """Per seed: the matcher's top ``candidates`` re-ranked by each ranker; mean ± std over seeds."""
+    ks = PIPELINE_KS[protocol]
+    runs = []
+    for seed in seeds:
+        res = two_stage(kept[(matcher.label, seed)], {r.label: kept[(r.label, seed)] for r in rankers}, test, spec,
+                        protocol, candidates=candidates, ks=ks, index=index, exclude_seen=exclude_seen, device=device)
+        named = {(matcher.label if k == "matcher" else f"{matcher.label} + {k}"): v for k, v in res.items()}
+        runs.extend({"label": k, "seed": seed, "test": v} for k, v in named.items())
+        first = table_columns(protocol, ks)[0]
+        say(f"two-stage seed {seed}: " + ", ".join(f"{k} {first} {v[first]:.4f}" for k, v in named.items()))
+    summary = summarize(runs)
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    return {
+        "matcher": matcher.label,
+        "rankers": [r.label for r in rankers],
+        "candidates": candidates,
+        "ks": list(ks),
+        "summary": summary,
+        "runs": runs,
+        "table": markdown_table(summary, table_columns(protocol, ks), labels),
+    }
+
+
 def _markdown_report(report: dict) -> str:
     head = (
-        f"# Matching results: {report['dataset']} ({report['split']} split, {report['protocol']} protocol)\n\n"
-        f"Test split, mean ± std over seeds {report['seeds']} (item-CF is deterministic: one run), in %. "
-        f"Best epoch by validation {report['selection']}; retrieval index: {report['index']}; "
+        f"# Results: {report['dataset']} ({report['split']} split, {report['protocol']} protocol)\n\n"
+        f"Test split, mean ± std over seeds {report['seeds']} (item-CF is deterministic: one run); matching "
+        f"metrics in %, ranking metrics (AUC, GAUC, log loss) as fractions on {report['rank_negatives']} popularity "
+        f"negatives per positive. Best epoch by validation {report['selection']}; retrieval index: {report['index']}; "
         f"seen items excluded: {report['exclude_seen']}.\n\n"
     )
-    return head + report["table"] + "\n"
+    tail = ""
+    if "two_stage" in report:
+        ts = report["two_stage"]
+        tail = (f"\n\nTwo-stage: {ts['matcher']} retrieves the top {ts['candidates']}, each ranker re-ranks them; "
+                f"the first row is the matcher's own order.\n")
+    return head + report["table"] + tail + "\n"
 
 
 def _plots(models: dict, spec: FeatureSpec, test, out: Path, say) -> list[str]:

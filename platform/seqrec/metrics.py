@@ -32,6 +32,20 @@ the target in ``topk`` (none if absent):
   so the ideal DCG is 1).
 
 A target of 1 (unknown) is a miss but counts in the denominator.
+
+Ranking metrics (CTR-style, one score per (user, item) sample), n samples with
+``labels`` in {0, 1} (bool, int or float), real-valued ``scores`` / ``logits``
+and integer user ``groups``:
+
+* ``AUC``  = probability that a random positive scores above a random negative,
+  a tie counting 1/2 (Mann–Whitney U with average ranks over tied scores;
+  one sort, O(n log n));
+* ``GAUC`` = the AUC within each group (user), averaged with weights = the
+  group's number of samples, over the groups holding at least one positive and
+  one negative (DIN, Zhou et al. 2018); single-class groups are skipped and
+  ``GAUC_users`` counts the groups used;
+* ``LogLoss`` = mean binary cross-entropy of sigmoid(logits), probabilities
+  clipped to [eps, 1 - eps].
 """
 
 from __future__ import annotations
@@ -148,3 +162,151 @@ def loo_metrics(topk, target, ks: Sequence[int] = (10, 20, 50)) -> dict[str, flo
         inside = rank < k
         out |= {f"Hit@{k}": float(inside.mean()), f"NDCG@{k}": float(np.where(inside, gain, 0.0).mean())}
     return out
+
+
+# --------------------------------------------------------------------------- ranking metrics
+
+
+def _vec(a, name: str) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch tensor
+        a = a.detach().cpu().numpy()
+    a = np.asarray(a)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one value per sample), got shape {a.shape}")
+    return a
+
+
+def _same_length(a: np.ndarray, b: np.ndarray, na: str, nb: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{na} has shape {a.shape} but {nb} has shape {b.shape}; pass one value per sample in both")
+
+
+def _labels(labels) -> np.ndarray:
+    """(n,) int64 0/1 labels from bool, int or float 0/1 values."""
+    y = _vec(labels, "labels")
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"labels must be numeric 0/1 (bool, int or float), got dtype {y.dtype}")
+    bad = ~((y == 0) | (y == 1))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"labels must be 0 or 1, got {y[i].item()!r} at index {i} ({int(bad.sum())} invalid values)")
+    return y.astype(np.int64)
+
+
+def _scores(scores, name: str) -> np.ndarray:
+    s = _vec(scores, name)
+    if s.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be numeric, got dtype {s.dtype}")
+    bad = ~np.isfinite(s)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{name} must be finite, got {s[i].item()!r} at index {i} ({int(bad.sum())} non-finite values)")
+    return s
+
+
+def _labels_scores(labels, scores, name: str = "scores") -> tuple[np.ndarray, np.ndarray]:
+    y, s = _labels(labels), _scores(scores, name)
+    _same_length(y, s, "labels", name)
+    return y, s
+
+
+def auc(labels, scores) -> float:
+    """ROC AUC (Mann–Whitney U, ties count 1/2): P(score of a random positive > score of a random negative)."""
+    y, s = _labels_scores(labels, scores)
+    n, pos = len(y), int(y.sum())
+    neg = n - pos
+    if pos == 0 or neg == 0:
+        raise ValueError(f"AUC needs at least one positive and one negative label, got {pos} positives and {neg} negatives")
+    order = np.argsort(s)  # stability is irrelevant: ties are averaged
+    s, y = s[order], y[order]
+    start = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each tie run
+    count = np.diff(np.r_[start, n])
+    rank2 = 2 * start + count + 1  # 2 x the 1-based average rank of the run (exact integers)
+    r2 = int((np.add.reduceat(y, start) * rank2).sum())  # 2 x rank sum of the positives
+    return (r2 - pos * (pos + 1)) / (2 * pos * neg)
+
+
+def _gauc(labels, scores, groups) -> tuple[float, int, int, int, int]:
+    """(gauc or nan, groups used, groups, positives, samples): the work behind :func:`gauc`."""
+    y, s = _labels_scores(labels, scores)
+    g = _vec(groups, "groups")
+    if g.dtype.kind not in "biu":
+        raise TypeError(f"groups must hold integer group (user) ids, got dtype {g.dtype}; cast it with .astype(np.int64)")
+    _same_length(y, g, "labels", "groups")
+    n = len(y)
+    if n == 0:
+        return float("nan"), 0, 0, 0, 0
+    order = np.lexsort((s, g))  # by group, then score
+    g, s, y = g[order], s[order], y[order]
+    gnew = np.r_[True, g[1:] != g[:-1]]
+    gstart = np.flatnonzero(gnew)  # first sample of each group
+    tnew = gnew | np.r_[True, s[1:] != s[:-1]]
+    tstart = np.flatnonzero(tnew)  # first sample of each (group, score) tie run
+    tcount = np.diff(np.r_[tstart, n])
+    run_group = np.cumsum(gnew)[tstart] - 1  # group index of each tie run
+    rank2 = 2 * (tstart - gstart[run_group]) + tcount + 1  # 2 x average rank within the group
+    run_r2 = np.add.reduceat(y, tstart) * rank2  # int64
+    r2 = np.add.reduceat(run_r2, np.flatnonzero(gnew[tstart]))  # (G,) 2 x positives' rank sum
+    size = np.diff(np.r_[gstart, n])
+    pos = np.add.reduceat(y, gstart)
+    neg = size - pos
+    used = (pos > 0) & (neg > 0)
+    k = int(used.sum())
+    if k == 0:
+        return float("nan"), 0, len(gstart), int(pos.sum()), n
+    p, q, w = pos[used], neg[used], size[used]
+    a = (r2[used] - p * (p + 1)) / (2.0 * p * q)
+    return float((w * a).sum() / w.sum()), k, len(gstart), int(pos.sum()), n
+
+
+def gauc(labels, scores, groups) -> tuple[float, int]:
+    """Group AUC (DIN): per-group AUC weighted by group size over groups with both classes; (gauc, groups used)."""
+    value, used, n_groups, pos, n = _gauc(labels, scores, groups)
+    if used == 0:
+        raise ValueError(
+            f"GAUC needs at least one group with both a positive and a negative label; none of the {n_groups} groups "
+            f"has both ({pos} positives, {n - pos} negatives in total)"
+        )
+    return value, used
+
+
+def log_loss(labels, probs, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy, ``probs`` clipped to [eps, 1 - eps]."""
+    if not 0 < eps < 0.5:
+        raise ValueError(f"eps={eps} must be in (0, 0.5)")
+    y, p = _labels_scores(labels, probs, "probs")
+    if len(y) == 0:
+        raise ValueError("log_loss needs at least one sample, got 0")
+    bad = (p < 0) | (p > 1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"probs must be in [0, 1], got {p[i].item()!r} at index {i} ({int(bad.sum())} values outside); "
+            "pass probabilities, not logits"
+        )
+    p = np.clip(p.astype(np.float64), eps, 1.0 - eps)
+    return float(-np.mean(np.where(y == 1, np.log(p), np.log1p(-p))))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function (no overflow for large |x|)."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def ranking_metrics(labels, logits, groups) -> dict[str, float | int]:
+    """AUC, GAUC (+ GAUC_users), LogLoss of sigmoid(logits), samples, positives; see the module docstring.
+
+    GAUC is nan and GAUC_users 0 when no group holds both classes.
+    """
+    y, s = _labels_scores(labels, logits, "logits")
+    value, used = _gauc(y, s, groups)[:2]
+    return {
+        "AUC": auc(y, s),
+        "GAUC": value,
+        "GAUC_users": used,
+        "LogLoss": log_loss(y, _sigmoid(s)),
+        "samples": int(len(y)),
+        "positives": int(y.sum()),
+    }

@@ -2,6 +2,9 @@
 
 Matchers share one interface (``seqrec.models.common.MatchingModel``): ``model(batch)`` is the
 training loss, ``encode_users(batch) -> (B, D)``, ``item_embeddings() -> (N, D)``.
+Rankers share another (``seqrec.models.ranking.Ranker``): ``model(batch)`` is the training loss
+too (binary cross-entropy on samples generated from the same session rows), and
+``score(batch, candidates) -> (B, C)``. Both train with the one loop in ``seqrec.train``.
 
 ``build_model("sdm:PSDMMAL-N", features, hidden=64)`` builds any registered model; the name before
 the colon is the model, the part after it an SDM paper variant. ``model_from_dict(d)`` rebuilds a
@@ -12,7 +15,10 @@ from __future__ import annotations
 
 from seqrec.features import FeatureSpec
 from seqrec.models.baselines import NARM, GRU4Rec, GRU4RecConfig, NARMConfig, YouTubeDNN, YouTubeDNNConfig
+from seqrec.models.bst import BST, BSTConfig
 from seqrec.models.common import MatchConfig, MatchingModel
+from seqrec.models.rank_baselines import DIN, WDL, DINConfig, WDLConfig, WDLSeq, WDLSeqConfig
+from seqrec.models.ranking import RankConfig, Ranker
 from seqrec.models.sdm import SDM, VARIANTS, SDMConfig
 
 MATCHERS: dict[str, tuple[type[MatchingModel], type[MatchConfig]]] = {
@@ -21,18 +27,29 @@ MATCHERS: dict[str, tuple[type[MatchingModel], type[MatchConfig]]] = {
     "gru4rec": (GRU4Rec, GRU4RecConfig),
     "narm": (NARM, NARMConfig),
 }
+RANKERS: dict[str, tuple[type[Ranker], type[RankConfig]]] = {
+    "bst": (BST, BSTConfig),
+    "wdl": (WDL, WDLConfig),
+    "wdl_seq": (WDLSeq, WDLSeqConfig),
+    "din": (DIN, DINConfig),
+}
+MODELS = {**MATCHERS, **RANKERS}
+
+
+def is_ranker(name: str) -> bool:
+    return name.partition(":")[0] in RANKERS
 
 
 def model_names() -> list[str]:
     """Every name ``build_model`` accepts (besides ``item_cf``, which is not a neural model)."""
-    return [f"sdm:{v}" for v in VARIANTS] + list(MATCHERS)
+    return [f"sdm:{v}" for v in VARIANTS] + list(MATCHERS) + list(RANKERS)
 
 
-def make_config(name: str, features: FeatureSpec | dict, **options) -> MatchConfig:
+def make_config(name: str, features: FeatureSpec | dict, **options) -> MatchConfig | RankConfig:
     model, _, variant = name.partition(":")
-    if model not in MATCHERS:
+    if model not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {model_names()} or item_cf")
-    cls = MATCHERS[model][1]
+    cls = MODELS[model][1]
     if variant:
         if model != "sdm":
             raise ValueError(f"{name!r}: only sdm has paper variants (sdm:{'|'.join(VARIANTS)})")
@@ -40,18 +57,33 @@ def make_config(name: str, features: FeatureSpec | dict, **options) -> MatchConf
     return cls.from_dict({"features": features, **options})
 
 
-def build_model(name: str, features: FeatureSpec | dict, **options) -> MatchingModel:
+def build_model(name: str, features: FeatureSpec | dict, **options) -> MatchingModel | Ranker:
     config = make_config(name, features, **options)
-    return MATCHERS[name.partition(":")[0]][0](config)
+    return MODELS[name.partition(":")[0]][0](config)
 
 
-def model_from_dict(d: dict) -> MatchingModel:
+def model_from_dict(d: dict) -> MatchingModel | Ranker:
     """Rebuild an (untrained) model from ``{"model": name, "config": config.to_dict()}``."""
     name = d["model"]
-    if name not in MATCHERS:
-        raise ValueError(f"checkpoint names model {name!r}, which this seqrec does not have; known: {sorted(MATCHERS)}")
-    model_cls, config_cls = MATCHERS[name]
+    if name not in MODELS:
+        raise ValueError(f"checkpoint names model {name!r}, which this seqrec does not have; known: {sorted(MODELS)}")
+    model_cls, config_cls = MODELS[name]
     return model_cls(config_cls.from_dict(d["config"]))
 
 
-__all__ = ["MATCHERS", "SDM", "SDMConfig", "VARIANTS", "build_model", "make_config", "model_from_dict", "model_names"]
+__all__ = [
+    "BST",
+    "BSTConfig",
+    "MATCHERS",
+    "MODELS",
+    "RANKERS",
+    "Ranker",
+    "SDM",
+    "SDMConfig",
+    "VARIANTS",
+    "build_model",
+    "is_ranker",
+    "make_config",
+    "model_from_dict",
+    "model_names",
+]

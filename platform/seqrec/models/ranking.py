@@ -1,0 +1,505 @@
+"""Pieces every ranking model (BST, WDL, WDL(+Seq), DIN) shares: samples, "other features", the MLP, the interface.
+
+Notation: B session rows, R contexts (one user at one moment), C candidates per context, S behaviour
+window (BST: the last 20 behaviours), E token size (item id + sequence side features), N items.
+
+A ranker scores (context, candidate) pairs: the context is a user's last S behaviours before a
+moment, the profile and the moment itself; the candidate is an item. Both training and
+inference go through :class:`RankInput`, built from the one batch schema (:class:`seqrec.batch.Batch`):
+
+* training (``model(batch)``): every position t of every session row is a context; its positive
+  candidate is the item at t (label 1), its negatives are items drawn from the training
+  popularity (label 0); the window is the last S behaviours before t (the row's BST history,
+  then the session up to t-1), the moment is the time of the last behaviour of the window
+  (``moment="last"``, the default) or the positive's own timestamp (``moment="target"``, BST
+  §2.1's t(v_t)). The default matches inference, which knows only the events so far: a model
+  trained on the clicks' own times saw gaps that never occur at inference (synthetic data: val AUC
+  0.827 with ``target`` vs 0.837 with ``last``, BST 6 epochs).
+  Samples are generated on the fly from session rows: no per-sample table is stored or re-read.
+* inference (``model.score(batch, candidates)``): each row is one context (its whole input:
+  history then session) scoring C given candidates at the time of its last event (serving: the
+  request). The context part (profile, window, context features) is encoded once per row and
+  shared by all its candidates.
+
+The item side features of any item code (its category, brand, ...) come from an item table held
+by the model (buffer ``item_side``, filled from the prepared dataset's ``items.parquet`` by
+:meth:`Ranker.set_item_table`), so a window of bare item ids — a BST history, a serving request —
+gets its categories the same way everywhere.
+
+"Other features" (BST Table 1): user profile, candidate item features, context (hour of day,
+weekday, behaviour of the last event) and hashed cross features (profile × candidate category,
+first profile feature × candidate item id).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+
+from seqrec import features as F
+from seqrec.batch import Batch
+from seqrec.features import FeatureSpec
+from seqrec.models.common import LossOutput
+
+TIME_BUCKETS = 40  # 0 = padding, 1 = same second, k = 2 + floor(log2(gap in s)) up to ~8,700 years
+HOURS, WEEKDAYS = 24, 7
+MOMENTS = ("target", "last")
+
+
+def widths(value, name: str) -> tuple[int, ...]:
+    """Layer widths from a sequence or a string such as ``"1024-512-256"`` (how model entries on the CLI spell it)."""
+    if isinstance(value, int):
+        value = (value,)
+    if isinstance(value, str):
+        value = [v for v in value.replace("x", "-").replace("/", "-").strip("[]()").replace(",", "-").split("-") if v]
+    try:
+        return tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r}: expected layer widths such as 1024-512-256") from None
+
+
+@dataclass
+class RankConfig:
+    """Options every ranker has. ``features`` is the dataset's feature spec (manifest)."""
+
+    features: FeatureSpec
+    window: int = 20  # S: behaviours before the candidate (BST Table 3: sequence length 20)
+    id_dim: int = 32  # item-id embedding size in the sequence tokens
+    side_dim: int = 16  # size of each sequence side feature embedding (BST: category_id)
+    seq_side: int = 1  # item side features in a sequence token: the first ``seq_side`` of the spec (BST: 1 = category)
+    other_dim: int = 16  # embedding size of each "other feature"
+    mlp: tuple = (1024, 512, 256)  # BST Table 3
+    dropout: float = 0.2
+    negatives: int = 1  # popularity-sampled negatives per positive in training
+    cross_buckets: int = 1 << 14  # hash buckets of each cross feature
+    tz_offset_s: int = 0  # local time offset for the hour/weekday context features (from the manifest)
+    moment: str = "last"  # training samples' recommendation time: last = the last behaviour's | target = the positive's own (BST §2.1)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.features, dict):
+            self.features = FeatureSpec.from_dict(self.features)
+        self.mlp = widths(self.mlp, "mlp")
+        if self.window < 1:
+            raise ValueError(f"window={self.window} must be >= 1 behaviours")
+        if min(self.id_dim, self.side_dim, self.other_dim) < 1:
+            raise ValueError(f"embedding sizes must be >= 1, got id_dim={self.id_dim}, side_dim={self.side_dim}, other_dim={self.other_dim}")
+        if not 0 <= self.seq_side <= len(self.features.item_side):
+            raise ValueError(
+                f"seq_side={self.seq_side}: the dataset has {len(self.features.item_side)} item side features "
+                f"{[f.name for f in self.features.item_side]}; use 0..{len(self.features.item_side)}"
+            )
+        if not self.mlp or min(self.mlp) < 1:
+            raise ValueError(f"mlp={self.mlp} must list >= 1 positive layer widths, e.g. (1024, 512, 256)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.negatives < 1:
+            raise ValueError(f"negatives={self.negatives} must be >= 1 per positive")
+        if self.cross_buckets < 2:
+            raise ValueError(f"cross_buckets={self.cross_buckets} must be >= 2")
+        if self.features.n_items <= F.FIRST_CODE:
+            raise ValueError(f"the feature spec has no items (item_id vocab_size={self.features.n_items})")
+        if self.moment not in MOMENTS:
+            raise ValueError(f"moment={self.moment!r}; choose one of {MOMENTS}")
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["features"] = self.features.to_dict()
+        d["mlp"] = list(self.mlp)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} options {unknown}; valid options: {sorted(names)}")
+        return cls(**d)
+
+    def replace(self, **changes):
+        d = self.to_dict()
+        d.update(changes)
+        return type(self).from_dict(d)
+
+
+@dataclass
+class RankInput:
+    """R contexts × C candidates, the input of every ranker.
+
+    user:          {user feature: (R,)} codes (user_id first, then profile)
+    window:        (R, S) item codes of the last S behaviours, oldest first, LEFT-padded with 0
+    window_time:   (R, S) int64 timestamps of ``window``
+    last_behavior: (R,) behaviour code of the most recent behaviour (0 if the window is empty)
+    time:          (R,) int64 the moment of the recommendation
+    candidates:    (R, C) item codes; 0 = padding (scored, but ignored by the loss)
+    labels:        (R, C) float 0/1 (training and evaluation), or None
+    """
+
+    user: dict[str, torch.Tensor]
+    window: torch.Tensor
+    window_time: torch.Tensor
+    last_behavior: torch.Tensor
+    time: torch.Tensor
+    candidates: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.window.shape[0])
+
+
+def behaviour_stream(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's behaviours as one left-aligned stream: BST history, then the session.
+
+    Returns (items, times, behaviours) (B, H+T) zero-padded on the right, the history lengths (B,)
+    and the total lengths (B,).
+    """
+    hist_len = (batch.hist_item != F.PAD).sum(1)  # (B,)
+    seq_len = batch.seq_len
+    b, h = batch.hist_item.shape
+    t = batch.items.shape[1]
+    idx = torch.arange(h + t, device=seq_len.device)[None, :].expand(b, -1)  # (B, H+T)
+    from_hist = idx < hist_len[:, None]
+    seq_idx = (idx - hist_len[:, None]).clamp(0, max(t - 1, 0))
+    valid = idx < (hist_len + seq_len)[:, None]
+
+    def merge(hist: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        s = seq.gather(1, seq_idx) if t else torch.zeros_like(idx)
+        if h:
+            s = torch.where(from_hist, hist.gather(1, idx.clamp(max=h - 1)), s)
+        return s * valid
+
+    return (
+        merge(batch.hist_item, batch.items),
+        merge(batch.hist_time, batch.seq_time),
+        merge(batch.hist_behavior, batch.seq_behavior),
+        hist_len,
+        hist_len + seq_len,
+    )
+
+
+def windows(stream: tuple[torch.Tensor, ...], rows: torch.Tensor, ends: torch.Tensor, size: int):
+    """The ``size`` behaviours before stream position ``ends`` (exclusive) of ``rows``, left-padded.
+
+    Returns (items, times) (P, S) and the last behaviour's code (P,).
+    """
+    items, times, behav = stream[:3]
+    offs = ends[:, None] - size + torch.arange(size, device=ends.device)[None, :]  # (P, S)
+    ok = offs >= 0
+    offs = offs.clamp_min(0)
+    w_items = items[rows[:, None], offs] * ok
+    w_times = times[rows[:, None], offs] * ok
+    last = torch.where(ends > 0, behav[rows, (ends - 1).clamp_min(0)], torch.zeros_like(ends))
+    return w_items, w_times, last
+
+
+def time_buckets(gap: torch.Tensor, n: int = TIME_BUCKETS) -> torch.Tensor:
+    """Seconds between a behaviour and the candidate → log-scale bucket (BST §2.1 positional feature).
+
+    1 = same second (or a negative gap from clock skew), k = 2 + floor(log2(gap)) for gap >= 1 s,
+    capped at n - 1; 0 is left for padding.
+    """
+    g = gap.clamp_min(0).double()
+    b = torch.where(g >= 1, 2 + torch.floor(torch.log2(g.clamp_min(1))), torch.ones_like(g))
+    return b.clamp_max(n - 1).long()
+
+
+def hash_cross(a: torch.Tensor, b: torch.Tensor, salt: int, buckets: int) -> torch.Tensor:
+    """Deterministic hash of a pair of codes into [0, buckets) (no int64 overflow for codes < 2^31)."""
+    x = (a * 1_000_003 + b) * 31 + salt  # < 2^63 for codes < 2^31
+    x = (x ^ (x >> 17)) % 2_147_483_629  # fold to < 2^31, then mix once more
+    x = (x * 40_503) ^ (x >> 13)
+    return x % buckets
+
+
+class OtherFeatures(nn.Module):
+    """BST's "Other Features": embeddings of profile, context, candidate item and cross features.
+
+    ``context(inp) -> (R, Pc)`` holds what is shared by a context's candidates (profile, hour,
+    weekday, last behaviour); ``candidate(inp, side) -> (R, C, Pk)`` what depends on the
+    candidate (its item features and the crosses). ``wide`` gives each of those sparse features a
+    scalar weight as well (the wide part of WDL).
+    """
+
+    def __init__(self, config: RankConfig, wide: bool = False):
+        super().__init__()
+        c, spec = config, config.features
+        d = c.other_dim
+        self.profile = [f.name for f in (spec.user_profile or spec.user_features[:1])]
+        self.side = [f.name for f in spec.item_side]
+        self.buckets, self.tz = c.cross_buckets, c.tz_offset_s
+        vocab = {f.name: f.vocab_size for f in spec.user_features + spec.item_features}
+        # cross features: every profile feature × the candidate's first side feature (BST: gender ×
+        # category_id), and the first profile feature × the candidate item id (BST: age × item_id)
+        self.crosses = [(p, self.side[0]) for p in self.profile] if self.side else []
+        self.crosses.append((self.profile[0], F.ITEM_ID))
+        sizes = {
+            **{f"user:{p}": vocab[p] for p in self.profile},
+            "ctx:hour": HOURS + 1,
+            "ctx:weekday": WEEKDAYS + 1,
+            "ctx:behavior": spec.behavior.vocab_size,
+            **{f"item:{s}": vocab[s] for s in self.side},
+            **{f"cross:{p}*{q}": c.cross_buckets for p, q in self.crosses},
+        }
+        self.deep = nn.ModuleDict({k.replace(":", "_").replace("*", "_x_"): nn.Embedding(n, d) for k, n in sizes.items()})
+        self.wide = nn.ModuleDict({k.replace(":", "_").replace("*", "_x_"): nn.Embedding(n, 1) for k, n in sizes.items()}) if wide else None
+        if wide:
+            self.wide_item = nn.Embedding(spec.n_items, 1)  # the candidate id itself, a wide-only feature
+            for t in list(self.wide.values()) + [self.wide_item]:
+                nn.init.zeros_(t.weight)
+        self.context_keys = [k for k in sizes if k.startswith(("user:", "ctx:"))]
+        self.candidate_keys = [k for k in sizes if k.startswith(("item:", "cross:"))]
+        self.context_dim = d * len(self.context_keys)
+        self.candidate_dim = d * len(self.candidate_keys)
+
+    @staticmethod
+    def _key(k: str) -> str:
+        return k.replace(":", "_").replace("*", "_x_")
+
+    def _context_codes(self, inp: RankInput) -> dict[str, torch.Tensor]:
+        local = inp.time + self.tz
+        codes = {f"user:{p}": inp.user[p] for p in self.profile}
+        codes["ctx:hour"] = torch.div(local, 3600, rounding_mode="floor") % HOURS + 1
+        codes["ctx:weekday"] = (torch.div(local, 86400, rounding_mode="floor") + 3) % WEEKDAYS + 1  # 1 = Monday
+        codes["ctx:behavior"] = inp.last_behavior
+        return codes  # each (R,)
+
+    def _candidate_codes(self, inp: RankInput, side: torch.Tensor) -> dict[str, torch.Tensor]:
+        """side: (R, C, n_side) side codes of the candidates."""
+        codes = {f"item:{s}": side[..., i] for i, s in enumerate(self.side)}
+        for j, (p, q) in enumerate(self.crosses):
+            other = inp.candidates if q == F.ITEM_ID else side[..., self.side.index(q)]
+            codes[f"cross:{p}*{q}"] = hash_cross(inp.user[p][:, None], other, j, self.buckets)
+        return codes  # each (R, C)
+
+    def context(self, inp: RankInput) -> torch.Tensor:
+        codes = self._context_codes(inp)
+        return torch.cat([self.deep[self._key(k)](codes[k]) for k in self.context_keys], dim=-1)  # (R, Pc)
+
+    def candidate(self, inp: RankInput, side: torch.Tensor) -> torch.Tensor:
+        if not self.candidate_keys:
+            return side.new_zeros(*inp.candidates.shape, 0, dtype=torch.float32)
+        codes = self._candidate_codes(inp, side)
+        return torch.cat([self.deep[self._key(k)](codes[k]) for k in self.candidate_keys], dim=-1)  # (R, C, Pk)
+
+    def wide_logit(self, inp: RankInput, side: torch.Tensor) -> torch.Tensor:
+        """(R, C) the wide part: a weight per sparse feature value and per candidate id, summed."""
+        ctx = self._context_codes(inp)
+        cand = self._candidate_codes(inp, side)
+        out = self.wide_item(inp.candidates)[..., 0]
+        out = out + sum(self.wide[self._key(k)](v)[..., 0] for k, v in ctx.items())[:, None]
+        return out + sum(self.wide[self._key(k)](v)[..., 0] for k, v in cand.items())
+
+
+class MLPHead(nn.Module):
+    """MLP over concat(context part, candidate part) → logit, LeakyReLU between layers (BST §2.3).
+
+    The first layer is split into a context half, computed once per context, and a candidate
+    half, computed per candidate; their sum equals one Linear over the concatenation, and scoring
+    300 candidates of one user does not redo the user's half 300 times.
+    """
+
+    def __init__(self, context_dim: int, candidate_dim: int, widths: tuple, dropout: float):
+        super().__init__()
+        h = widths[0]
+        self.first_context = nn.Linear(context_dim, h) if context_dim else None
+        self.first_candidate = nn.Linear(candidate_dim, h, bias=context_dim == 0)
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.LeakyReLU(), nn.Dropout(dropout), nn.Linear(a, b)]
+        layers += [nn.LeakyReLU(), nn.Dropout(dropout), nn.Linear(widths[-1], 1)]
+        self.rest = nn.Sequential(*layers)
+
+    def forward(self, context: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        """context (R, Pc), candidate (R, C, Pk) → (R, C) logits."""
+        z = self.first_candidate(candidate)
+        if self.first_context is not None:
+            z = z + self.first_context(context)[:, None, :]
+        return self.rest(z)[..., 0]
+
+
+class TokenEmbedding(nn.Module):
+    """A behaviour token: concat(item-id embedding, embeddings of the first ``seq_side`` side features)."""
+
+    def __init__(self, config: RankConfig):
+        super().__init__()
+        spec = config.features
+        self.side_names = [f.name for f in spec.item_side[: config.seq_side]]
+        self.item = nn.Embedding(spec.n_items, config.id_dim, padding_idx=F.PAD)
+        self.side = nn.ModuleList(nn.Embedding(f.vocab_size, config.side_dim, padding_idx=F.PAD) for f in spec.item_side[: config.seq_side])
+        self.dim = config.id_dim + config.side_dim * config.seq_side
+        for t in [self.item, *self.side]:
+            nn.init.normal_(t.weight, std=t.embedding_dim**-0.5)
+            with torch.no_grad():
+                t.weight[F.PAD].zero_()
+
+    def forward(self, items: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+        """items (...,), side (..., n_side) → (..., E)."""
+        parts = [self.item(items)] + [emb(side[..., i]) for i, emb in enumerate(self.side)]
+        return torch.cat(parts, dim=-1)
+
+
+class Ranker(nn.Module):
+    """Base of every ranker: subclasses implement :meth:`encode` (the sequence part).
+
+    ``forward(batch)`` is the training loss (binary cross-entropy, BST eq. 9) on samples generated
+    from session rows, so DDP wrappers see a forward call and the shared training loop
+    (``seqrec.train``) trains rankers and matchers alike. ``score(batch, candidates) -> (B, C)``
+    gives logits for inference; ``logits(inp) -> (R, C)`` works on a prepared :class:`RankInput`.
+    """
+
+    config: RankConfig
+    name: str = "ranker"
+    wide: bool = False  # WDL's wide part
+
+    def __init__(self, config: RankConfig):
+        super().__init__()
+        self.config = config
+        spec = config.features
+        self.n_side = len(spec.item_side)
+        # item code → side codes (N, n_side) and training popularity (N,): saved with the model,
+        # filled from items.parquet by set_item_table() before training
+        self.register_buffer("item_side", torch.zeros(spec.n_items, self.n_side, dtype=torch.int32), persistent=True)
+        self.register_buffer("item_counts", torch.zeros(spec.n_items), persistent=True)
+        self.tokens = TokenEmbedding(config)
+        self.other = OtherFeatures(config, wide=self.wide)
+
+    # --- item table -----------------------------------------------------------------------------
+    def set_item_table(self, side: torch.Tensor, counts: torch.Tensor) -> None:
+        """side (N, n_side) codes of every item's side features; counts (N,) training-window counts."""
+        side = torch.as_tensor(side).to(torch.int32)
+        counts = torch.as_tensor(counts, dtype=torch.float32).flatten()
+        n = self.config.features.n_items
+        if tuple(side.shape) != (n, self.n_side) or counts.shape[0] != n:
+            raise ValueError(
+                f"item table shapes side={tuple(side.shape)} counts={tuple(counts.shape)} do not match the "
+                f"model's {n} items × {self.n_side} side features; pass the same dataset's items.parquet"
+            )
+        self.item_side.copy_(side)
+        self.item_counts.copy_(counts)
+
+    def side_of(self, items: torch.Tensor) -> torch.Tensor:
+        """(...,) item codes → (..., n_side) side codes."""
+        return self.item_side[items].long()
+
+    # --- samples --------------------------------------------------------------------------------
+    def sample_negatives(self, n: int, device) -> torch.Tensor:
+        w = self.item_counts[F.FIRST_CODE :]
+        if float(w.sum()) <= 0:
+            raise ValueError("ranker has no item popularity: call set_item_table(items.parquet) before training")
+        return torch.multinomial(w, n, replacement=True).to(device) + F.FIRST_CODE
+
+    def training_input(self, batch: Batch) -> RankInput:
+        """Every known position of every session with >= 1 behaviour before it: 1 positive + negatives."""
+        stream = behaviour_stream(batch)
+        hist_len = stream[3]
+        t = batch.items.shape[1]
+        pos = torch.arange(t, device=batch.seq_len.device)[None, :]
+        ok = (pos < batch.seq_len[:, None]) & (batch.items >= F.FIRST_CODE) & ((hist_len[:, None] + pos) >= 1)
+        rows, p = ok.nonzero(as_tuple=True)  # (P,)
+        if rows.numel() == 0:
+            raise ValueError("the batch has no ranking samples: every position needs >= 1 earlier behaviour and a known item")
+        ends = hist_len[rows] + p
+        w_items, w_times, last = windows(stream, rows, ends, self.config.window)
+        positive = batch.items[rows, p]
+        k = self.config.negatives
+        neg = self.sample_negatives(positive.numel() * k, positive.device).view(-1, k)
+        cands = torch.cat([positive[:, None], neg], dim=1)  # (P, 1+k)
+        labels = torch.zeros(cands.shape, device=cands.device)
+        labels[:, 0] = 1.0
+        # a negative that equals the positive is an accidental hit: padding, ignored by the loss
+        cands[:, 1:] = cands[:, 1:].masked_fill(neg == positive[:, None], F.PAD)
+        return RankInput(
+            user={u: v[rows] for u, v in batch.user.items()},
+            window=w_items,
+            window_time=w_times,
+            last_behavior=last,
+            time=batch.seq_time[rows, p] if self.config.moment == "target" else stream[1][rows, ends - 1],
+            candidates=cands,
+            labels=labels,
+        )
+
+    def inference_input(self, batch: Batch, candidates: torch.Tensor, labels: torch.Tensor | None = None) -> RankInput:
+        """Each row's whole input (history, then session) as one context, at its last event's time."""
+        if candidates.dim() != 2 or candidates.shape[0] != batch.size:
+            raise ValueError(f"candidates must be (B={batch.size}, C) item codes, got shape {tuple(candidates.shape)}")
+        stream = behaviour_stream(batch)
+        ends = stream[4]
+        if bool((ends < 1).any()):
+            bad = int((ends < 1).nonzero()[0, 0])
+            raise ValueError(f"row {bad} has no behaviours: ranking needs >= 1 event (serve such users from the cold-start list)")
+        rows = torch.arange(batch.size, device=ends.device)
+        w_items, w_times, last = windows(stream, rows, ends, self.config.window)
+        return RankInput(
+            user=dict(batch.user),
+            window=w_items,
+            window_time=w_times,
+            last_behavior=last,
+            time=stream[1][rows, ends - 1],
+            candidates=candidates,
+            labels=labels,
+        )
+
+    # --- model ----------------------------------------------------------------------------------
+    def encode(self, inp: RankInput, cand_tokens: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # pragma: no cover
+        """The sequence part: (context-level (R, X) or None, candidate-level (R, C, Y) or None)."""
+        raise NotImplementedError
+
+    def logits(self, inp: RankInput) -> torch.Tensor:
+        """(R, C) click logits."""
+        cand_side = self.side_of(inp.candidates)  # (R, C, n_side)
+        cand_tokens = self.tokens(inp.candidates, cand_side[..., : self.config.seq_side])  # (R, C, E)
+        seq_ctx, seq_cand = self.encode(inp, cand_tokens)
+        ctx = [self.other.context(inp)] + ([seq_ctx] if seq_ctx is not None else [])
+        cand = [self.other.candidate(inp, cand_side)] + ([seq_cand] if seq_cand is not None else [])
+        out = self.head(torch.cat(ctx, -1), torch.cat(cand, -1))
+        if self.wide:
+            out = out + self.other.wide_logit(inp, cand_side)
+        return out
+
+    def forward(self, batch: Batch) -> LossOutput:
+        inp = self.training_input(batch)
+        logits = self.logits(inp)
+        mask = (inp.candidates != F.PAD).float()
+        loss = nnf.binary_cross_entropy_with_logits(logits, inp.labels, weight=mask, reduction="sum") / mask.sum()
+        return LossOutput(loss, int(mask.sum()))
+
+    @torch.no_grad()
+    def score(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
+        """(B, C) logits of ``candidates`` (B, C) for each row's user at its last event."""
+        return self.logits(self.inference_input(batch, candidates))
+
+    def window_side(self, inp: RankInput) -> torch.Tensor:
+        return self.side_of(inp.window)[..., : self.config.seq_side]  # (R, S, seq_side)
+
+    def describe(self) -> dict:
+        return {"model": self.name, "config": self.config.to_dict(), "parameters": sum(p.numel() for p in self.parameters())}
+
+
+def sinusoid_table(n: int, dim: int) -> torch.Tensor:
+    """(n, dim) fixed sinusoidal position encodings (Vaswani et al. 2017)."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    i = torch.arange(0, dim, 2, dtype=torch.float32)
+    angle = pos / torch.pow(10000.0, i / dim)
+    table = torch.zeros(n, dim)
+    table[:, 0::2] = torch.sin(angle)
+    table[:, 1::2] = torch.cos(angle[:, : dim // 2])
+    return table
+
+
+__all__ = [
+    "MLPHead",
+    "OtherFeatures",
+    "RankConfig",
+    "RankInput",
+    "Ranker",
+    "TIME_BUCKETS",
+    "TokenEmbedding",
+    "behaviour_stream",
+    "hash_cross",
+    "sinusoid_table",
+    "time_buckets",
+    "windows",
+]
