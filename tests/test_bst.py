@@ -216,3 +216,35 @@ def test_bad_configs_and_inputs_get_clear_errors():
     empty.seq_len = torch.tensor([7, 4, 0])
     with pytest.raises(ValueError, match="row 2 has no behaviours"):
         model.score(empty, torch.full((3, 2), 5))
+
+
+def test_hard_negatives_come_from_the_matchers_top_items():
+    from seqrec.models.ranking import MatcherNegatives
+
+    spec = tiny_spec()
+    torch.manual_seed(0)
+    matcher = build_model("sdm:PSDMMAL", spec, hidden=8, id_dim=4, side_dim=2, profile_dim=2).eval()
+    model = make("wdl", spec, negatives=1, hard_negatives=2)
+    batch = batch_with_history(spec)
+    with pytest.raises(ValueError, match="hard_negatives=2 needs a source"):
+        model.training_input(batch)
+    model.set_negative_source(MatcherNegatives(matcher, 2, top=5))
+    inp = model.training_input(batch)
+    assert inp.candidates.shape[1] == 1 + 1 + 2
+    ref = reference_samples(batch, model.config.window)
+    with torch.no_grad():
+        states = matcher.user_states(batch)
+        scores = states @ matcher.item_embeddings().T  # (B, T, N)
+    for i, x in enumerate(ref):
+        hard = inp.candidates[i, 2:]
+        if x["p"] == 0:
+            assert hard.eq(0).all()  # no matcher state before the session's first event
+            continue
+        s = scores[x["row"], x["p"] - 1].clone()
+        s[:2] = float("-inf")
+        s[x["positive"]] = float("-inf")
+        top5 = set(s.topk(5).indices.tolist())
+        assert set(hard.tolist()) <= top5 and len(set(hard.tolist())) == 2 and x["positive"] not in hard.tolist()
+    assert "matcher" not in model.state_dict() and not any(k.startswith("negative_source") for k in model.state_dict())
+    model.train()
+    model(batch).loss.backward()

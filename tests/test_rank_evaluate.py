@@ -162,3 +162,14 @@ def test_cli_pipeline(tiny_prepared, tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "| youtube_dnn + din |" in out and "| din |" in out and "AUC" in out
+
+
+def test_hard_negatives_use_the_first_matcher(tiny_prepared):
+    report = run_experiment(tiny_prepared, expand_models(["youtube_dnn", "wdl@hard_negatives=1"]), [0],
+                            TrainConfig(epochs=1, batch_size=64), None, model_options={"hidden": 8},
+                            rank_options=RANK_TINY, log=None, rank_negatives=1)
+    run = report["runs"][1]
+    assert run["config"]["hard_negatives"] == 1 and run["history"][0]["targets"] > 0
+    with pytest.raises(ValueError, match="needs a neural matcher listed before it"):
+        run_experiment(tiny_prepared, expand_models(["wdl@hard_negatives=1", "youtube_dnn"]), [0], TrainConfig(epochs=1),
+                       None, rank_options=RANK_TINY, log=None)

@@ -36,6 +36,7 @@ from seqrec.evaluate import (
 )
 from seqrec.features import FeatureSpec
 from seqrec.models import build_model, is_ranker, make_config, model_names
+from seqrec.models.ranking import MatcherNegatives
 from seqrec.train import TrainConfig, fit
 
 ITEM_CF = "item_cf"
@@ -191,6 +192,7 @@ def run_experiment(
     runs: list[dict] = []
     first_models: dict[str, torch.nn.Module] = {}
     kept: dict[tuple[str, int], torch.nn.Module] = {}  # (label, seed) → model, for the pipeline
+    first_matcher: dict[int, torch.nn.Module] = {}  # seed → the first neural matcher (hard negatives)
     for e in entries:
         ranker = is_ranker(e.name)
         for seed in ([seeds[0]] if e.name == ITEM_CF else seeds):
@@ -207,6 +209,13 @@ def run_experiment(
                 cfg = TrainConfig(**{**base.to_dict(), "seed": seed})
                 if ranker:
                     prepare_ranker(model, data_dir, spec)
+                    if model.config.hard_negatives:
+                        if seed not in first_matcher:
+                            raise ValueError(
+                                f"{e.label}: hard_negatives={model.config.hard_negatives} needs a neural matcher listed "
+                                "before it in --models (e.g. sdm:PSDMMAL bst@hard_negatives=1)"
+                            )
+                        model.set_negative_source(MatcherNegatives(first_matcher[seed], model.config.hard_negatives))
                     metric = "AUC"
                     evaluate = lambda m, table: evaluate_ranker(m, table, spec, counts, rank_negatives, seed=0, device=cfg.device)  # noqa: E731
                 else:
@@ -229,6 +238,8 @@ def run_experiment(
                     "history": res.to_dict()["history"], "test": test_m,
                 }
                 first_models.setdefault(e.label, model)
+                if not ranker:
+                    first_matcher.setdefault(seed, model)
                 if pipeline:
                     kept[(e.label, seed)] = model
             runs.append(run)

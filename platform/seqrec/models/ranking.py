@@ -74,6 +74,7 @@ class RankConfig:
     mlp: tuple = (1024, 512, 256)  # BST Table 3
     dropout: float = 0.2
     negatives: int = 1  # popularity-sampled negatives per positive in training
+    hard_negatives: int = 0  # extra negatives per positive from a matcher's top items (needs set_negative_source)
     cross_buckets: int = 1 << 14  # hash buckets of each cross feature
     tz_offset_s: int = 0  # local time offset for the hour/weekday context features (from the manifest)
     moment: str = "last"  # training samples' recommendation time: last = the last behaviour's | target = the positive's own (BST §2.1)
@@ -97,6 +98,8 @@ class RankConfig:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         if self.negatives < 1:
             raise ValueError(f"negatives={self.negatives} must be >= 1 per positive")
+        if self.hard_negatives < 0:
+            raise ValueError(f"hard_negatives={self.hard_negatives} must be >= 0")
         if self.cross_buckets < 2:
             raise ValueError(f"cross_buckets={self.cross_buckets} must be >= 2")
         if self.features.n_items <= F.FIRST_CODE:
@@ -385,6 +388,12 @@ class Ranker(nn.Module):
         return self.item_side[items].long()
 
     # --- samples --------------------------------------------------------------------------------
+    negative_source = None  # callable(batch, rows, positions, positives) -> (P, hard_negatives) codes; not saved
+
+    def set_negative_source(self, source) -> None:
+        """Where ``hard_negatives`` come from, e.g. :class:`MatcherNegatives` over a trained SDM."""
+        self.negative_source = source
+
     def sample_negatives(self, n: int, device) -> torch.Tensor:
         w = self.item_counts[F.FIRST_CODE :]
         if float(w.sum()) <= 0:
@@ -406,7 +415,15 @@ class Ranker(nn.Module):
         positive = batch.items[rows, p]
         k = self.config.negatives
         neg = self.sample_negatives(positive.numel() * k, positive.device).view(-1, k)
-        cands = torch.cat([positive[:, None], neg], dim=1)  # (P, 1+k)
+        if self.config.hard_negatives:
+            if self.negative_source is None:
+                raise ValueError(
+                    f"hard_negatives={self.config.hard_negatives} needs a source: call set_negative_source(MatcherNegatives(matcher)) "
+                    "(seqrec evaluate does it with the first matcher of --models)"
+                )
+            hard = self.negative_source(batch, rows, p, positive).to(neg)  # (P, h), 0 where none
+            neg = torch.cat([neg, hard], dim=1)
+        cands = torch.cat([positive[:, None], neg], dim=1)  # (P, 1+k[+h])
         labels = torch.zeros(cands.shape, device=cands.device)
         labels[:, 0] = 1.0
         # a negative that equals the positive is an accidental hit: padding, ignored by the loss
@@ -478,6 +495,43 @@ class Ranker(nn.Module):
         return {"model": self.name, "config": self.config.to_dict(), "parameters": sum(p.numel() for p in self.parameters())}
 
 
+class MatcherNegatives:
+    """Hard negatives from a trained matcher (SDM): for the sample at session position t, the
+    matcher's user vector after event t-1 retrieves its top ``top`` items (exact inner product),
+    and ``n`` of them, other than the positive, are drawn uniformly. Positions without a matcher
+    state (t = 0: the window is history only) get padding, i.e. no hard negative.
+
+    Exact scoring costs P × N per batch: fine for catalogues up to ~10^5 items; beyond that, mine
+    the negatives offline with the FAISS index instead. Not an ``nn.Module``: the matcher is not
+    trained, moved or saved with the ranker.
+    """
+
+    def __init__(self, matcher: nn.Module, n: int, top: int = 50):
+        if n < 1 or top < n + 1:
+            raise ValueError(f"MatcherNegatives needs n >= 1 and top >= n + 1, got n={n}, top={top}")
+        self.matcher, self.n, self.top = matcher, n, top
+
+    @torch.no_grad()
+    def __call__(self, batch: Batch, rows: torch.Tensor, positions: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        was_training = self.matcher.training
+        self.matcher.eval()
+        states = self.matcher.user_states(batch)  # (B, T, D)
+        self.matcher.train(was_training)
+        items = self.matcher.item_embeddings()  # (N, D)
+        out = torch.zeros(rows.numel(), self.n, dtype=torch.long, device=rows.device)
+        has = positions >= 1
+        if not bool(has.any()):
+            return out
+        u = states[rows[has], positions[has] - 1]  # (P', D)
+        scores = u @ items.T  # (P', N)
+        scores[:, : F.FIRST_CODE] = float("-inf")
+        scores[torch.arange(u.shape[0], device=u.device), positives[has]] = float("-inf")
+        top = scores.topk(min(self.top, scores.shape[1] - F.FIRST_CODE - 1), dim=1).indices  # (P', top)
+        pick = torch.rand(top.shape, device=top.device).argsort(dim=1)[:, : self.n]
+        out[has] = top.gather(1, pick)
+        return out
+
+
 def sinusoid_table(n: int, dim: int) -> torch.Tensor:
     """(n, dim) fixed sinusoidal position encodings (Vaswani et al. 2017)."""
     pos = torch.arange(n, dtype=torch.float32)[:, None]
@@ -491,6 +545,7 @@ def sinusoid_table(n: int, dim: int) -> torch.Tensor:
 
 __all__ = [
     "MLPHead",
+    "MatcherNegatives",
     "OtherFeatures",
     "RankConfig",
     "RankInput",

@@ -1,0 +1,101 @@
+"""Ranking quality (BST Table 4 style) and the two-stage table, on ml-100k and synthetic data.
+
+    python benchmarks/quality_ranking.py --dataset ml-100k --split loo --threads 1
+    python benchmarks/quality_ranking.py --dataset synth --rows 150000 --split dataset-day --threads 1
+
+Prepares the dataset under benchmarks/work/ (as ``quality_matching.py``), then runs
+``seqrec.experiment.run_experiment`` — the code behind ``seqrec evaluate --pipeline`` — with a
+matcher (SDM PSDMMAL) and the rankers WDL, WDL(+Seq), DIN and BST with b = 1, 2, 3, over N seeds.
+Writes two files:
+
+* ``benchmarks/results/quality_ranking_<dataset>.json``: AUC, GAUC and log loss per ranker
+  (mean in ``summary``, mean ± std in ``params.table``, every run with its history in ``runs``),
+  and the paper's expected order (BST ≥ DIN ≥ WDL(+Seq) ≥ WDL) as measured booleans;
+* ``benchmarks/results/two_stage_<dataset>.json``: SDM's own top K against SDM's top
+  ``--candidates`` re-ranked by each ranker, HitRate/Recall/Precision/F1@K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info, write_result  # noqa: E402
+from quality_matching import WORK, prepared  # noqa: E402
+
+from seqrec.experiment import expand_models, run_experiment  # noqa: E402
+from seqrec.train import TrainConfig  # noqa: E402
+
+RANKERS = ("wdl#WDL", "wdl_seq#WDL(+Seq)", "din#DIN", "bst#BST b=1", "bst@blocks=2#BST b=2", "bst@blocks=3#BST b=3")
+ORDER = ("BST b=1", "DIN", "WDL(+Seq)", "WDL")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=["ml-100k", "synth"], required=True)
+    p.add_argument("--split", choices=["dataset-day", "user-day", "loo"], required=True)
+    p.add_argument("--rows", type=int, default=150_000, help="synthetic events (default 150,000)")
+    p.add_argument("--matcher", default="sdm:PSDMMAL#SDM", help="the first stage (default sdm:PSDMMAL)")
+    p.add_argument("--rankers", nargs="+", default=list(RANKERS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=8, help="ranker max epochs (default 8)")
+    p.add_argument("--match-epochs", type=int, default=10)
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32, help="ranker sessions per batch (default 32)")
+    p.add_argument("--mlp", default="1024-512-256", help="ranker MLP widths (default: the paper's 1024-512-256)")
+    p.add_argument("--negatives", type=int, default=4, help="popularity negatives per positive in the AUC evaluation")
+    p.add_argument("--candidates", type=int, default=300)
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--suffix", default="")
+    args = p.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = prepared(args.dataset, args.split, args.rows)
+    entries = expand_models([args.matcher, *args.rankers])
+    seeds = list(range(args.seeds))
+    ds = args.dataset.replace("-", "") + (f"_{args.suffix}" if args.suffix else "")
+    report = run_experiment(
+        data, entries, seeds, TrainConfig(epochs=args.match_epochs, batch_size=128, patience=args.patience),
+        WORK / f"quality_ranking_{ds}", model_options={"hidden": 64}, rank_options={"mlp": args.mlp},
+        rank_train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience),
+        rank_negatives=args.negatives, pipeline=True, candidates=args.candidates, plots=False,
+    )
+    rankers = [e.label for e in entries[1:]]
+    s = report["summary"]
+    summary = {label: {k: round(s[label][k]["mean"], 5) for k in ("AUC", "GAUC", "LogLoss")} for label in rankers}
+    order = [x for x in ORDER if x in s]
+    summary["expectations"] = {
+        f"{a}_AUC_ge_{b}": s[a]["AUC"]["mean"] >= s[b]["AUC"]["mean"] for a, b in zip(order[:-1], order[1:])
+    }
+    params = {k: report[k] for k in ("dataset", "protocol", "split", "content_hash", "vocab_hash", "seeds", "train",
+                                      "rank_train", "rank_options", "rank_negatives", "selection")}
+    params["command"] = "python benchmarks/quality_ranking.py " + " ".join(sys.argv[1:])
+    params["rows"] = args.rows if args.dataset == "synth" else None
+
+    tables = report["table"].split("\n\n")
+    params["table"] = next(t for t in tables if "| AUC |" in t)
+    runs = [r for r in report["runs"] if r["kind"] == "ranker"]
+    machine = machine_info()
+    write_result(f"quality_ranking_{ds}", summary, params, runs, machine)
+    ts = report["two_stage"]
+    matcher = ts["matcher"]
+    first = ts["ks"][0]
+    hit = "Hit" if report["protocol"] == "loo" else "HitRate"
+    two = {label: {k: round(v["mean"], 5) for k, v in m.items()} for label, m in ts["summary"].items()}
+    two["expectations"] = {
+        f"{label}_raises_{hit}@{first}": ts["summary"][label][f"{hit}@{first}"]["mean"] > ts["summary"][matcher][f"{hit}@{first}"]["mean"]
+        for label in ts["summary"] if label != matcher
+    }
+    tparams = dict(params, table=ts["table"], candidates=ts["candidates"], ks=ts["ks"], matcher=matcher)
+    tparams["matcher_run"] = [{k: r[k] for k in ("label", "seed", "best_epoch", "test")} for r in report["runs"] if r["kind"] == "matcher"]
+    write_result(f"two_stage_{ds}", two, tparams, ts["runs"], machine)
+    print(params["table"] + "\n\n" + ts["table"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
