@@ -29,8 +29,30 @@ SAMPLERS = ("log_uniform", "unigram")
 FULL_SOFTMAX_MAX_ITEMS = 5_000  # "auto" uses the exact softmax up to this catalogue size (CPU cost grows with N)
 
 
+class ModelConfig:
+    """Dict round trip of a model-config dataclass with a ``features`` field (what checkpoints store)."""
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["features"] = self.features.to_dict()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} options {unknown}; valid options: {sorted(names)}")
+        return cls(**d)
+
+    def replace(self, **changes):
+        d = self.to_dict()
+        d.update(changes)
+        return type(self).from_dict(d)
+
+
 @dataclass
-class MatchConfig:
+class MatchConfig(ModelConfig):
     """Options every matching model has. ``features`` is the dataset's feature spec (manifest)."""
 
     features: FeatureSpec
@@ -68,23 +90,6 @@ class MatchConfig:
         if self.loss == "auto":  # resolved once, so a checkpoint records what was trained
             self.loss = "full" if self.features.n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled"
 
-    def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["features"] = self.features.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} options {unknown}; valid options: {sorted(names)}")
-        return cls(**d)
-
-    def replace(self, **changes):
-        d = self.to_dict()
-        d.update(changes)
-        return type(self).from_dict(d)
 
 
 class ItemEmbedding(nn.Module):
@@ -298,6 +303,7 @@ __all__ = [
     "LossOutput",
     "MatchConfig",
     "MatchingModel",
+    "ModelConfig",
     "ProfileEmbedding",
     "SoftmaxLoss",
     "causal_mask",

@@ -43,9 +43,6 @@ class DINConfig(RankConfig):
         if not self.attention_hidden or min(self.attention_hidden) < 1:
             raise ValueError(f"attention_hidden={self.attention_hidden} must list >= 1 positive widths")
 
-    def to_dict(self) -> dict:
-        return super().to_dict() | {"attention_hidden": list(self.attention_hidden)}
-
 
 class WDL(Ranker):
     name = "wdl"

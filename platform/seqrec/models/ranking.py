@@ -33,7 +33,7 @@ first profile feature × candidate item id).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as nnf
@@ -42,7 +42,7 @@ from torch import nn
 from seqrec import features as F
 from seqrec.batch import Batch
 from seqrec.features import FeatureSpec
-from seqrec.models.common import LossOutput
+from seqrec.models.common import LossOutput, ModelConfig
 
 TIME_BUCKETS = 40  # 0 = padding, 1 = same second, k = 2 + floor(log2(gap in s)) up to ~8,700 years
 HOURS, WEEKDAYS = 24, 7
@@ -62,7 +62,7 @@ def widths(value, name: str) -> tuple[int, ...]:
 
 
 @dataclass
-class RankConfig:
+class RankConfig(ModelConfig):
     """Options every ranker has. ``features`` is the dataset's feature spec (manifest)."""
 
     features: FeatureSpec
@@ -106,25 +106,6 @@ class RankConfig:
             raise ValueError(f"the feature spec has no items (item_id vocab_size={self.features.n_items})")
         if self.moment not in MOMENTS:
             raise ValueError(f"moment={self.moment!r}; choose one of {MOMENTS}")
-
-    def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["features"] = self.features.to_dict()
-        d["mlp"] = list(self.mlp)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} options {unknown}; valid options: {sorted(names)}")
-        return cls(**d)
-
-    def replace(self, **changes):
-        d = self.to_dict()
-        d.update(changes)
-        return type(self).from_dict(d)
 
 
 @dataclass
