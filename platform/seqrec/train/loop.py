@@ -56,25 +56,33 @@ class TrainConfig:
         return asdict(self)
 
 
+def grouped_batches(pool: pa.Table, spec: FeatureSpec, batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
+    """One pool of rows → batches of similar session length, in random order (SDM §4.4).
+
+    The pool is sorted by ``seq_len`` and cut into batches of ``batch_size`` rows (the last may be
+    smaller); the batches are yielded in random order. The Ray Train loop feeds streamed pools
+    from Ray Data through this same function.
+    """
+    lengths = pool[F.SEQ_LEN].to_numpy()
+    idx = np.argsort(lengths, kind="stable")
+    chunks = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    for j in rng.permutation(len(chunks)):
+        yield collate(pool.take(chunks[j]), spec)
+
+
 def length_grouped_batches(
     table: pa.Table, spec: FeatureSpec, batch_size: int, rng: np.random.Generator, pool: int = 32
 ) -> Iterator[Batch]:
-    """Shuffled batches of rows with similar session lengths.
+    """Shuffled batches of rows with similar session lengths, from an in-memory table.
 
-    Rows are shuffled, cut into pools of ``pool × batch_size`` rows, each pool is sorted by
-    ``seq_len`` and cut into batches, and the batches of a pool are yielded in random order.
-    Every row appears exactly once per pass.
+    Rows are shuffled, cut into pools of ``pool × batch_size`` rows, and each pool goes through
+    :func:`grouped_batches`. Every row appears exactly once per pass.
     """
     n = table.num_rows
-    lengths = table[F.SEQ_LEN].to_numpy()
     perm = rng.permutation(n)
     step = batch_size * pool
     for start in range(0, n, step):
-        idx = perm[start : start + step]
-        idx = idx[np.argsort(lengths[idx], kind="stable")]
-        chunks = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
-        for j in rng.permutation(len(chunks)):
-            yield collate(table.take(chunks[j]), spec)
+        yield from grouped_batches(table.take(perm[start : start + step]), spec, batch_size, rng)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
