@@ -62,6 +62,7 @@ def save_checkpoint(
     metrics: dict | None = None,
     history: list | None = None,
     train: dict | None = None,
+    extra: dict | None = None,
 ) -> Path:
     """Write a checkpoint directory (created if missing); ``model`` may be DDP-wrapped."""
     path = Path(path)
@@ -87,6 +88,7 @@ def save_checkpoint(
         "dataset": dataset,
         "parameters": sum(p.numel() for p in m.parameters()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra or {}),
     }
     _atomic_write(path / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=1, default=str)))
     return path

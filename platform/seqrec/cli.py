@@ -4,7 +4,9 @@
     seqrec data synth --rows N --out DIR       write a seeded synthetic Taobao-style log
     seqrec data prepare SOURCE --out DIR       raw log → sessionized Parquet shards + manifest (Ray Data)
     seqrec data stats DIR                      print a prepared dataset's statistics
-    seqrec evaluate --data DIR --out DIR       train + evaluate matching models (SDM §4.2), several seeds
+    seqrec evaluate --data DIR --out DIR       train + evaluate matchers, rankers and the two stages, several seeds
+    seqrec train MODEL --data DIR --workers N  distributed training on Ray Train (checkpoints, resume, exports)
+    seqrec index build --run DIR               FAISS index over a trained matcher's exported item vectors
 
 Run ``seqrec <command> --help`` for every option.
 """
@@ -44,6 +46,24 @@ rankers: bst, wdl, wdl_seq, din (options: seqrec.models.bst.BSTConfig, e.g. bst@
 positions=sinusoid,output=all,mlp=256-128-64). @K=V sets a model option; #LABEL names the row. Matchers get
 HitRate/Recall/Precision/F1@K, rankers AUC/GAUC/log loss; --pipeline adds the two-stage table
 (the first matcher's top --candidates re-ranked by each ranker).
+"""
+
+
+EPILOG_TRAIN = """\
+examples:
+  seqrec train sdm:PSDMMAL --data data/ml-100k --workers 2 --cpus-per-worker 0.5 --epochs 20
+  seqrec train bst --data data/ml-100k --workers 2 --option mlp=256-128-64 --name bst-ml
+  seqrec train sdm --data data/taobao --workers 8 --gpu --amp bf16 --config configs/sdm.yaml
+  ray job submit --working-dir . -- seqrec train sdm:PSDMMAL --data /shared/data/ml-100k --storage /shared/runs
+
+A run lives in <storage>/<name>: Ray Train's checkpoint_epoch-N directories (seqrec checkpoints:
+model config + weights + optimizer + epoch/step + the dataset's content and vocabulary hashes),
+tensorboard/, training_curve.png, run.json and export/ (the best checkpoint's model, and for a
+matcher its item vectors; `seqrec index build` adds the FAISS index). Re-running the same
+--name with the same --storage resumes from the last checkpoint. A --config YAML holds any
+seqrec.train.distributed.TrainJob field (model, data, options, epochs, workers, ...); flags
+given on the command line win. With RAY_ADDRESS set (or under `ray job submit`) the run uses
+that cluster; otherwise a local Ray instance is started.
 """
 
 
@@ -192,6 +212,38 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="output directory for results and plots")
     ev.add_argument("--no-plots", action="store_true", help="skip the attention and gate plots")
     ev.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+    tr = top.add_parser("train", help="distributed training on Ray Train fed by Ray Data (checkpoints, resume, exports)",
+                        description="Train one model on a prepared dataset with N Ray Train workers (DDP), streaming the "
+                        "training split with Ray Data; report per-epoch validation metrics, keep the best checkpoints, "
+                        "resume after failures, and export the best model for serving.",
+                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("model", nargs="?", help="sdm | sdm:VARIANT | gru4rec | narm | youtube_dnn | bst | din | wdl | wdl_seq "
+                    "(or `model:` in --config)")
+    tr.add_argument("--data", help="a directory written by `seqrec data prepare` (or `data:` in --config)")
+    tr.add_argument("--config", help="YAML file of training options (seqrec.train.distributed.TrainJob fields)")
+    tr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a model option, e.g. heads=2; repeatable")
+    tr.add_argument("--workers", type=int, help="Ray Train workers (default 1; 0 = in this process, no workers)")
+    tr.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (NCCL); default CPU (gloo)")
+    tr.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (default 1; fractions allowed)")
+    tr.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision on GPU (default auto: bf16 where supported)")
+    tr.add_argument("--epochs", type=int, help="max epochs (default 10)")
+    tr.add_argument("--batch-size", type=int, help="session rows per worker batch (default 256)")
+    tr.add_argument("--lr", type=float, help="Adam learning rate (default 0.001)")
+    tr.add_argument("--patience", type=int, help="epochs without validation gain before stopping (default 3)")
+    tr.add_argument("--seed", type=int, help="random seed (default 0)")
+    tr.add_argument("--name", help="run name (default MODEL-DATASET); the same name resumes")
+    tr.add_argument("--storage", help="where runs live (default runs/; a shared path on a cluster)")
+    tr.add_argument("--keep-checkpoints", type=int, help="best N checkpoints kept by the validation metric (default 2)")
+    tr.add_argument("--max-failures", type=int, help="worker-group restarts from the last checkpoint (default 1)")
+
+    ix = top.add_parser("index", help="FAISS index over a trained matcher's item vectors",
+                        description="Build the retrieval index of a training run's export (<run>/export).")
+    ixs = ix.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
+    ib = ixs.add_parser("build", help="build <run>/export/index from <run>/export/item_embeddings.npy")
+    ib.add_argument("--run", required=True, help="a run directory written by `seqrec train` (or its export/ directory)")
+    ib.add_argument("--kind", choices=["flat", "hnsw", "ivf"], default="hnsw", help="index type (default hnsw)")
+    ib.add_argument("--gpu", action="store_true", help="build on the GPU (faiss GPU build)")
     return parser
 
 
@@ -291,12 +343,50 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from seqrec.experiment import parse_model
+    from seqrec.train.distributed import TrainJob, run_training
+
+    options = {}
+    for kv in args.option:
+        entry = parse_model(f"{args.model or 'sdm'}@{kv}")
+        options.update(entry.options)
+    flags = {"model": args.model, "data": args.data, "workers": args.workers, "gpu": args.gpu,
+             "cpus_per_worker": args.cpus_per_worker, "amp": args.amp, "epochs": args.epochs, "batch_size": args.batch_size,
+             "lr": args.lr, "patience": args.patience, "seed": args.seed, "name": args.name, "storage": args.storage,
+             "keep_checkpoints": args.keep_checkpoints, "max_failures": args.max_failures}
+    if args.config:
+        job = TrainJob.from_yaml(args.config, options=options, **flags)
+    else:
+        if not args.model or not args.data:
+            raise ValueError("seqrec train needs MODEL and --data (or a --config file that names them)")
+        job = TrainJob.from_dict({k: v for k, v in flags.items() if v is not None} | {"options": options})
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level="WARNING")
+    summary = run_training(job)
+    print(f"export: {summary['export']['files']} in {summary['run_dir']}/export")
+    return 0
+
+
+def cmd_index_build(args) -> int:
+    from seqrec.export import build_index
+
+    run = Path(args.run)
+    export = run if (run / "export.json").exists() else run / "export"
+    info = build_index(export, kind=args.kind, use_gpu=args.gpu)
+    print(f"built a {info['kind']} index over {info['items']:,} items of {info['model']} (epoch {info['epoch']}) in {info['path']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {("data", "fetch"): cmd_fetch, ("data", "synth"): cmd_synth, ("data", "prepare"): cmd_prepare, ("data", "stats"): cmd_stats,
-                ("evaluate", None): cmd_evaluate}
+                ("evaluate", None): cmd_evaluate, ("train", None): cmd_train, ("index", "build"): cmd_index_build}
     try:
-        return handlers[(args.command, getattr(args, "data_command", None))](args)
+        sub = getattr(args, "data_command", None) or getattr(args, "index_command", None)
+        return handlers[(args.command, sub)](args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         # user errors: one clear line, no traceback (set SEQREC_DEBUG=1 for one)
         import os

@@ -89,15 +89,36 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, grad_clip: float | None) -> tuple[float, int]:
-    """One optimisation step on ``batch``; returns (loss, number of targets). ``model`` may be DDP-wrapped."""
+def train_step(
+    model: torch.nn.Module,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    grad_clip: float | None,
+    amp_dtype: torch.dtype | None = None,
+    scaler: "torch.amp.GradScaler | None" = None,
+) -> tuple[float, int]:
+    """One optimisation step on ``batch``; returns (loss, number of targets). ``model`` may be DDP-wrapped.
+
+    ``amp_dtype`` (bfloat16 / float16) runs the forward pass under ``torch.autocast``; float16
+    needs a ``scaler`` (``torch.amp.GradScaler``) so small gradients do not underflow.
+    """
     model.train()
-    out = model(batch)
+    device_type = batch.seq_len.device.type
+    with torch.autocast(device_type=device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        out = model(batch)
     optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
+    if scaler is not None:
+        scaler.scale(out.loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        out.loss.backward()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     loss = float(out.loss.detach())
     if not math.isfinite(loss):
         raise FloatingPointError(f"training loss became {loss}; lower the learning rate (lr) or check the input data")
