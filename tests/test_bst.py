@@ -109,6 +109,20 @@ def test_bst_fast_path_equals_full_sequence():
     tokens = model.tokens(inp.candidates, model.side_of(inp.candidates)[..., :1])
     with torch.no_grad():
         torch.testing.assert_close(model.encode(inp, tokens, fast=True)[1], model.encode(inp, tokens, fast=False)[1], atol=1e-5, rtol=1e-5)
+    # b = 2: the last block at the candidate's row only equals the last row of the full block
+    deep = make("bst b=2", spec)
+    with torch.no_grad():
+        got = deep.encode(inp, tokens)[1]
+        r, c = inp.candidates.shape
+        w_pos, c_pos = deep.positions(inp)
+        window = torch.cat([deep.tokens(inp.window, deep.window_side(inp)), w_pos], dim=-1)
+        cand = torch.cat([tokens, c_pos.expand(r, c, -1)], dim=-1)
+        for j in range(c):
+            x = torch.cat([window, cand[:, j : j + 1]], dim=1)
+            mask = torch.cat([inp.window != 0, torch.ones(r, 1, dtype=torch.bool)], dim=1)
+            for block in deep.blocks:
+                x = block(x, mask)
+            torch.testing.assert_close(got[:, j], x[:, -1], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("label", list(CONFIGS))

@@ -21,7 +21,8 @@ Notation: R contexts, C candidates per context, S behaviour window (20), E token
 Scoring many candidates of one user: with one block and the target output (the paper's deployed
 configuration) only the candidate's row of the block is needed, and its keys/values split into
 the window's (computed once per context) and the candidate's own; :meth:`BST.encode` takes that
-path, and otherwise runs the full sequence once per candidate. Both give the same numbers
+path, and otherwise runs the full sequence once per candidate (with the target output, the
+last block still computes only the candidate's row). All paths give the same numbers
 (``tests/test_bst.py``).
 """
 
@@ -171,10 +172,14 @@ class BST(Ranker):
         s, d = window.shape[1], window.shape[2]
         x = torch.cat([window[:, None].expand(r, c, s, d), cand[:, :, None]], dim=2).reshape(r * c, s + 1, d)
         key_mask = torch.cat([mask[:, None].expand(r, c, s), mask.new_ones(r, c, 1)], dim=2).reshape(r * c, s + 1)
+        if self.config.output == "target":
+            # blocks 1..b-1 on every token; the last block only at the candidate's row (all that is read)
+            for block in self.blocks[:-1]:
+                x = block(x, key_mask)
+            out = self.blocks[-1].candidate_only(x[:, :s], key_mask[:, :s], x[:, s:])  # (R·C, 1, d)
+            return None, out.reshape(r, c, d)
         for block in self.blocks:
             x = block(x, key_mask)
-        if self.config.output == "target":
-            return None, x[:, -1].reshape(r, c, d)
         return None, (x * key_mask[..., None]).reshape(r, c, (s + 1) * d)
 
 
