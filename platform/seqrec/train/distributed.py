@@ -172,6 +172,7 @@ def train_fn_per_worker(config: dict) -> None:
 
     job = TrainJob.from_dict(config["job"])
     run_dir = Path(config["run_dir"])
+    _quiet_data()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(job.seed)  # identical initial weights on every rank
@@ -286,6 +287,7 @@ def run_training(job: TrainJob, log=print) -> dict:
     from seqrec.export import export_checkpoint
     from seqrec.models import is_ranker
 
+    _quiet_data()
     manifest = load_manifest(job.data)  # fails early, with a clear message, on a wrong --data
     build(job)  # and so does a bad model option, before any worker starts
     storage = Path(job.storage).resolve()
@@ -366,6 +368,15 @@ def plot_history(history: list[dict], path: Path, title: str = "", select: str |
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _quiet_data() -> None:
+    """No Ray Data progress bars: a training log is one line per epoch."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
 
 
 def _scalars(d: dict) -> dict:
