@@ -30,6 +30,7 @@ def job(data, tmp_path, **kw) -> TrainJob:
     return TrainJob(**{**base, **kw})
 
 
+@pytest.mark.slow  # several TorchTrainer.fit runs (~30 s each on 2 idle cores)
 def test_two_workers_follow_the_one_worker_loss_curve(ray_cluster, tiny_prepared, tmp_path):
     """Same global batch (2 × 16 vs 1 × 32) and seed: DDP averages the two halves' gradients."""
     one = run_training(job(tiny_prepared, tmp_path, name="w1", workers=1, batch_size=32, epochs=3), log=None)
@@ -44,6 +45,7 @@ def test_two_workers_follow_the_one_worker_loss_curve(ray_cluster, tiny_prepared
     assert abs(one["history"][0]["targets"] - two["history"][0]["targets"]) <= 0.02 * one["history"][0]["targets"]
 
 
+@pytest.mark.slow  # several TorchTrainer.fit runs (~30 s each on 2 idle cores)
 def test_outputs_of_a_run(ray_cluster, tiny_prepared, tmp_path):
     from seqrec.cli import main
 
@@ -86,6 +88,7 @@ def _kill_when(status: Path, rank: int, epoch: int, killed: list, sig=signal.SIG
     return t
 
 
+@pytest.mark.slow  # several TorchTrainer.fit runs (~30 s each on 2 idle cores)
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tiny_prepared, tmp_path):
     j = job(tiny_prepared, tmp_path, name="ft", workers=2, batch_size=16, epochs=3, max_failures=2)
     killed: list = []
@@ -103,6 +106,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tiny_prep
     assert json.loads((tmp_path / "runs" / "ft" / "status" / "worker-1.json").read_text())["pid"] != killed[0]["pid"]
 
 
+@pytest.mark.slow  # several TorchTrainer.fit runs (~30 s each on 2 idle cores)
 def test_a_stopped_run_continues_when_run_again(ray_cluster, tiny_prepared, tmp_path):
     import ray.train
 
