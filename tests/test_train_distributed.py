@@ -110,7 +110,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tiny_prep
 def test_a_stopped_run_continues_when_run_again(ray_cluster, tiny_prepared, tmp_path):
     import ray.train
 
-    j = job(tiny_prepared, tmp_path, name="again", workers=1, epochs=3, max_failures=0)
+    j = job(tiny_prepared, tmp_path, name="again", workers=1, epochs=3, max_failures=0, keep_checkpoints=3)
     killed: list = []
     watcher = _kill_when(tmp_path / "runs" / "again" / "status", rank=0, epoch=2, killed=killed)
     with pytest.raises(ray.train.TrainingFailedError):
