@@ -6,9 +6,10 @@ Data: the synthetic 300k-event dataset (prepared under benchmarks/work/ if missi
 measurement is a real ``TorchTrainer.fit`` on a local Ray cluster, fed by Ray Data from the
 prepared Parquet shards:
 
-* **ingest only**: the workers iterate their dataset shard exactly as training does (pools of
-  ``batch × group_pool`` rows, length-grouped batches, ``collate`` to padded tensors) and count
-  the next-item targets, with no model: the most Ray Data + collate can deliver;
+* **ingest only**: the workers iterate their dataset shard exactly as training does
+  (``iter_torch_batches`` of ``batch × group_pool``-row pools through the 8,192-row local shuffle
+  buffer, ``PoolCollate`` into length-grouped padded batches) and count the next-item targets,
+  with no model: the most Ray Data + collate can deliver;
 * **SDM** (PSDMMAL, the default configuration) with 1 and 2 workers (DDP over gloo): training
   targets/s of the second epoch (the first includes start-up), from the run's history;
 * **BST** (b = 1, the paper's MLP) with 1 worker: samples/s (positives + negatives).
@@ -39,15 +40,20 @@ def ingest_fn(config: dict) -> None:
 
     from seqrec.data.prepare import load_manifest
     from seqrec.features import FeatureSpec
-    from seqrec.train.loop import grouped_batches
+    from seqrec.train.distributed import PoolCollate
 
     spec = FeatureSpec.from_dict(load_manifest(config["data"])["feature_spec"])
     shard = ray.train.get_dataset_shard("train")
     rng = np.random.default_rng(0)
+    bs = config["batch_size"]
     for epoch in range(1, config["epochs"] + 1):
         t0, targets, rows = time.perf_counter(), 0, 0
-        for pool in shard.iter_batches(batch_format="pyarrow", batch_size=config["batch_size"] * 32, prefetch_batches=2):
-            for batch in grouped_batches(pool, spec, config["batch_size"], rng):
+        # the training loop's ingest, verbatim (seqrec.train.distributed.train_fn_per_worker)
+        pools = shard.iter_torch_batches(batch_size=bs * 32, collate_fn=PoolCollate(spec, bs), prefetch_batches=2,
+                                         local_shuffle_buffer_size=8192, local_shuffle_seed=epoch)
+        for batches in pools:
+            for j in rng.permutation(len(batches)):
+                batch = batches[j]
                 targets += int((batch.seq_len - 1).clamp_min(0).sum())
                 rows += batch.size
         dt = time.perf_counter() - t0

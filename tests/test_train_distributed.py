@@ -123,6 +123,46 @@ def test_a_stopped_run_continues_when_run_again(ray_cluster, tiny_prepared, tmp_
     assert read_meta(tmp_path / "runs" / "again" / "checkpoint_epoch-0001")["created"] == first["created"]
 
 
+def test_a_worker_group_larger_than_the_cluster_fails_at_once(ray_cluster, tiny_prepared, tmp_path):
+    """Ray Train would wait for the placement group forever; seqrec names the shortfall instead."""
+    with pytest.raises(ValueError, match=r"CPU 6 needed, 2 in the cluster.*--wait-for-resources"):
+        run_training(job(tiny_prepared, tmp_path, name="big", workers=3, cpus_per_worker=2.0), log=None)
+    with pytest.raises(ValueError, match=r"GPU 1 needed, 0 in the cluster"):
+        run_training(job(tiny_prepared, tmp_path, name="gpu", gpu=True), log=None)
+    assert not (tmp_path / "runs" / "big").exists()
+
+
+@pytest.mark.slow  # two TorchTrainer.fit runs
+def test_evaluate_trains_each_model_through_ray_train(ray_cluster, tiny_prepared, tmp_path):
+    """`seqrec evaluate --trainer ray`: each model is a Ray Train run, and the model tested is its best checkpoint."""
+    from seqrec.cli import main
+    from seqrec.data.prepare import load_manifest, read_split
+    from seqrec.evaluate import evaluate_matcher, protocol_of
+    from seqrec.features import FeatureSpec
+
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--data", str(tiny_prepared), "--models", "sdm:PSDMMAL@hidden=8,heads=2", "bst@mlp=16-8,heads=2",
+                 "--pipeline", "--seeds", "1", "--epochs", "2", "--rank-epochs", "1", "--batch-size", "32",
+                 "--trainer", "ray", "--workers", "2", "--cpus-per-worker", "0.5", "--out", str(out), "--no-plots", "--quiet"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["trainer"] == "ray" and report["ray_train"]["workers"] == 2
+    sdm, bst = report["runs"]
+    for run in (sdm, bst):
+        run_dir = Path(run["run_dir"])
+        assert run_dir.parent == out / "train" and (run_dir / "export" / "export.json").exists()
+        assert run["history"][0]["workers"] == 2 and run["history"][0]["targets"] > 0
+    assert [h["epoch"] for h in sdm["history"]] == [1, 2] and [h["epoch"] for h in bst["history"]] == [1]
+    assert 0.0 <= bst["test"]["AUC"] <= 1.0 and "two_stage" in report
+    # the matcher that was tested is the run's best checkpoint
+    manifest = load_manifest(tiny_prepared)
+    spec = FeatureSpec.from_dict(manifest["feature_spec"])
+    best = json.loads((Path(sdm["run_dir"]) / "run.json").read_text())["best_checkpoint"]
+    model, meta = load_checkpoint(best)
+    assert meta["epoch"] == sdm["best_epoch"]
+    again = evaluate_matcher(model, read_split(tiny_prepared, "test"), spec, protocol_of(manifest))
+    assert again["HitRate@50"] == pytest.approx(sdm["test"]["HitRate@50"])
+
+
 def test_training_jobs_validate_their_options(tiny_prepared, tmp_path):
     with pytest.raises(ValueError, match="amp='bf16' needs --gpu"):
         TrainJob(model="bst", data=str(tiny_prepared), amp="bf16")
@@ -132,3 +172,21 @@ def test_training_jobs_validate_their_options(tiny_prepared, tmp_path):
     cfg.write_text("model: bst\ndata: %s\nepochs: 4\noptions: {mlp: 16-8}\n" % tiny_prepared)
     j = TrainJob.from_yaml(cfg, epochs=None, workers=2, options={"heads": 4})
     assert (j.model, j.epochs, j.workers, j.options) == ("bst", 4, 2, {"mlp": "16-8", "heads": 4})
+
+
+def test_experiments_on_ray_train_check_their_options_before_training(tiny_prepared, tmp_path):
+    from seqrec.experiment import expand_models, run_experiment
+    from seqrec.train import TrainConfig
+
+    entries = expand_models(["sdm:PSDMMAL@hidden=8", "bst@mlp=16-8"])
+    cfg = TrainConfig(epochs=1, batch_size=32)
+    with pytest.raises(ValueError, match="batch size 32 does not split evenly over 3 workers"):
+        run_experiment(tiny_prepared, entries, [0], cfg, tmp_path, trainer="ray", ray_train={"workers": 3}, log=None)
+    with pytest.raises(ValueError, match="needs an output directory"):
+        run_experiment(tiny_prepared, entries, [0], cfg, None, trainer="ray", log=None)
+    with pytest.raises(ValueError, match="trainer='spark'"):
+        run_experiment(tiny_prepared, entries, [0], cfg, tmp_path, trainer="spark", log=None)
+    with pytest.raises(ValueError, match="hard_negatives draws negatives"):
+        run_experiment(tiny_prepared, expand_models(["sdm:PSDMMAL", "bst@hard_negatives=1"]), [0], cfg, tmp_path,
+                       trainer="ray", log=None)
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written

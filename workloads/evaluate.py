@@ -3,25 +3,21 @@
     python workloads/evaluate.py --data data/ml-100k --out results/ml-100k [seqrec evaluate options]
     ray job submit --working-dir . -- python workloads/evaluate.py --data /shared/ml-100k --out /shared/results
 
-It takes exactly the options of ``seqrec evaluate`` (run it with ``--help``). Training is the
-shared single-process loop (``seqrec.train.fit``) on the node that runs the job; the distributed
-version of the same loop is ``seqrec train`` (Ray Train). Works without installing seqrec: the
-package is imported from ``platform/``.
+It takes exactly the options of ``seqrec evaluate`` (run it with ``--help``). With
+``--trainer ray`` each model trains on Ray Train workers across the cluster (``--workers N``,
+``--gpu``); with the default ``--trainer local`` it trains in the job's driver process. Works
+without installing seqrec: the package is shipped to every worker (``_job.connect``).
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _job import connect
 
 
 def main() -> int:
-    try:
-        import seqrec  # noqa: F401  installed with `pip install -e .`
-    except ImportError:
-        sys.path.insert(0, str(ROOT / "platform"))
+    connect()
     from seqrec.cli import main as cli
 
     return cli(["evaluate", *sys.argv[1:]])

@@ -11,22 +11,12 @@ and the workers run the same code. ``--out`` and SOURCE must be visible to every
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _job import connect
 
 
 def main() -> int:
-    try:
-        import seqrec  # installed with `pip install -e .`
-    except ImportError:
-        sys.path.insert(0, str(ROOT / "platform"))
-        import seqrec
-    import ray
-
-    if not ray.is_initialized():
-        # ship the package the driver imported, so every worker runs the same code
-        ray.init(runtime_env={"py_modules": [str(Path(seqrec.__file__).parent)]})
+    connect()
     from seqrec.cli import main as cli
 
     args = sys.argv[1:]

@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pipeline", action="store_true",
                     help="two-stage table: the first neural matcher retrieves --candidates, each ranker re-ranks them")
     ev.add_argument("--candidates", type=int, default=300, help="matcher candidates per user for --pipeline (default 300)")
+    ev.add_argument("--trainer", choices=["local", "ray"], default="local",
+                    help="local: train in this process; ray: train each model on Ray Train workers fed by Ray Data "
+                    "(runs, checkpoints and exports under OUT/train/)")
+    ev.add_argument("--workers", type=int, default=1, help="--trainer ray: Ray Train workers per model (default 1)")
+    ev.add_argument("--cpus-per-worker", type=float, default=1.0, help="--trainer ray: CPUs per worker (default 1)")
+    ev.add_argument("--gpu", action="store_true", help="--trainer ray: one GPU per worker")
     ev.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ev.add_argument("--out", required=True, help="output directory for results and plots")
     ev.add_argument("--no-plots", action="store_true", help="skip the attention and gate plots")
@@ -236,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--storage", help="where runs live (default runs/; a shared path on a cluster)")
     tr.add_argument("--keep-checkpoints", type=int, help="best N checkpoints kept by the validation metric (default 2)")
     tr.add_argument("--max-failures", type=int, help="worker-group restarts from the last checkpoint (default 1)")
+    tr.add_argument("--wait-for-resources", action="store_true", default=None,
+                    help="wait for an autoscaler to add nodes when the cluster is too small (default: fail at once)")
 
     ix = top.add_parser("index", help="FAISS index over a trained matcher's item vectors",
                         description="Build the retrieval index of a training run's export (<run>/export).")
@@ -336,7 +344,8 @@ def cmd_evaluate(args) -> int:
     report = run_experiment(args.data, entries, list(range(args.seeds)), cfg, args.out, model_options=options,
                             index=args.index, exclude_seen=args.exclude_seen, plots=not args.no_plots,
                             log=None if args.quiet else print, rank_train=rank_cfg, rank_negatives=args.rank_negatives,
-                            pipeline=args.pipeline, candidates=args.candidates)
+                            pipeline=args.pipeline, candidates=args.candidates, trainer=args.trainer,
+                            ray_train={"workers": args.workers, "cpus_per_worker": args.cpus_per_worker, "gpu": args.gpu})
     print(f"\n{report['dataset']}: {report['split']} split, test split, % mean ± std over {args.seeds} seed(s)\n")
     print(report["table"])
     print(f"\nwrote {Path(args.out).resolve()}/results.{{md,csv,json}}")
@@ -354,7 +363,8 @@ def cmd_train(args) -> int:
     flags = {"model": args.model, "data": args.data, "workers": args.workers, "gpu": args.gpu,
              "cpus_per_worker": args.cpus_per_worker, "amp": args.amp, "epochs": args.epochs, "batch_size": args.batch_size,
              "lr": args.lr, "patience": args.patience, "seed": args.seed, "name": args.name, "storage": args.storage,
-             "keep_checkpoints": args.keep_checkpoints, "max_failures": args.max_failures}
+             "keep_checkpoints": args.keep_checkpoints, "max_failures": args.max_failures,
+             "wait_for_resources": args.wait_for_resources}
     if args.config:
         job = TrainJob.from_yaml(args.config, options=options, **flags)
     else:

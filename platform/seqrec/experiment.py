@@ -1,8 +1,10 @@
 """Train and evaluate a list of matching models on a prepared dataset over several seeds.
 
 Used by ``seqrec evaluate`` and ``workloads/evaluate.py``. Every neural model trains with the
-shared loop (``seqrec.train.fit``), picks its best epoch on the validation split, and is measured
-on the test split; item-CF is deterministic and runs once. Results: ``results.json`` (every run,
+shared loop, picks its best epoch on the validation split, and is measured on the test split. The
+loop runs in this process (``trainer="local"``, ``seqrec.train.fit``) or on Ray Train workers fed
+by Ray Data (``trainer="ray"``, :func:`seqrec.train.distributed.run_training`; each model × seed is
+one run under ``<out>/train/``, and its best checkpoint is the model evaluated); item-CF is deterministic and runs once. Results: ``results.json`` (every run,
 its history and the mean ± std summary), ``results.csv`` and ``results.md``; plots of SDM's
 attention and gate (``plots/``).
 
@@ -152,6 +154,8 @@ def run_experiment(
     rank_negatives: int = 4,
     pipeline: bool = False,
     candidates: int = 300,
+    trainer: str = "local",
+    ray_train: dict | None = None,
 ) -> dict:
     """Train/evaluate every entry × seed; write results to ``out_dir`` (if given) and return the report.
 
@@ -159,6 +163,11 @@ def run_experiment(
     ``rank_train``, default ``train_cfg``) get AUC/GAUC/log loss on ``rank_negatives`` popularity
     negatives per positive. With ``pipeline`` the first neural matcher's top ``candidates`` are
     re-ranked by every ranker of the same seed (the two-stage table).
+
+    ``trainer="ray"`` trains each model on Ray Train (``ray_train``: ``TrainJob`` fields such as
+    ``workers``, ``cpus_per_worker``, ``gpu``, ``amp``); it needs ``out_dir``, where the runs go.
+    The batch sizes stay global: each of N workers takes ``batch_size / N`` rows, so both trainers
+    take the same optimisation steps.
     """
     data_dir = Path(data_dir)
     manifest = load_manifest(data_dir)
@@ -188,6 +197,17 @@ def run_experiment(
     if pipeline and (not matcher_entries or not ranker_entries):
         raise ValueError("--pipeline needs a neural matcher (e.g. sdm:PSDMMAL) and at least one ranker (bst, din, wdl, wdl_seq) in --models")
     counts = item_counts(data_dir, spec.n_items) if ranker_entries else None
+    if trainer not in ("local", "ray"):
+        raise ValueError(f"trainer={trainer!r}; choose local (this process) or ray (Ray Train workers)")
+    if trainer == "ray" and out_dir is None:
+        raise ValueError("trainer='ray' needs an output directory: its training runs are written under <out>/train")
+    if trainer == "ray" and any(make_config(e.name, spec, **options_of(e)).hard_negatives for e in ranker_entries):
+        raise ValueError("hard_negatives draws negatives from a matcher trained in this process; use the local trainer for it")
+    workers = max(1, (ray_train or {}).get("workers", 1)) if trainer == "ray" else 1
+    for what, c in (("batch size", train_cfg), ("ranking batch size", rank_train)):
+        if c.batch_size % workers:
+            raise ValueError(f"{what} {c.batch_size} does not split evenly over {workers} workers; the experiment's "
+                             "batch size is the global one (each worker takes batch_size / workers rows)")
     say = log or (lambda _s: None)
     runs: list[dict] = []
     first_models: dict[str, torch.nn.Module] = {}
@@ -227,16 +247,20 @@ def run_experiment(
                     )
                 validate = None if val is None else (lambda m: evaluate(m, val))
                 say(f"== {e.label} seed {seed}")
-                res = fit(model, train, spec, cfg, validate=validate, select=metric if validate else None, log=log)
+                if trainer == "ray":
+                    model, trained = _train_on_ray(e, seed, cfg, options_of(e), data_dir, Path(out_dir), rank_negatives, ray_train, log)
+                else:
+                    res = fit(model, train, spec, cfg, validate=validate, select=metric if validate else None, log=log)
+                    trained = {"best_epoch": res.best_epoch, "best_metric": res.best_metric, "history": res.to_dict()["history"]}
                 fit_s = time.perf_counter() - t0
                 test_m = evaluate(model, test) if ranker else evaluate(model, test, final=True)
                 run = {
                     "label": e.label, "model": e.name, "kind": "ranker" if ranker else "matcher", "seed": seed,
                     "options": e.options, "fit_s": fit_s, "config": model.config.to_dict() | {"features": None},
-                    "best_epoch": res.best_epoch, "val_" + metric: res.best_metric,
-                    "targets_per_s": float(np.mean([h.targets_per_s for h in res.history])),
-                    "history": res.to_dict()["history"], "test": test_m,
-                }
+                    "best_epoch": trained["best_epoch"], "val_" + metric: trained["best_metric"],
+                    "targets_per_s": float(np.mean([h["targets_per_s"] for h in trained["history"]])),
+                    "history": trained["history"], "test": test_m,
+                } | ({"run_dir": trained["run_dir"]} if "run_dir" in trained else {})
                 first_models.setdefault(e.label, model)
                 if not ranker:
                     first_matcher.setdefault(seed, model)
@@ -261,6 +285,8 @@ def run_experiment(
         "content_hash": manifest.get("content_hash"),
         "vocab_hash": manifest.get("vocab_hash"),
         "seeds": seeds,
+        "trainer": trainer,
+        "ray_train": ray_train if trainer == "ray" else None,
         "train": train_cfg.to_dict(),
         "rank_train": rank_train.to_dict(),
         "model_options": common,
@@ -295,6 +321,33 @@ def run_experiment(
             report["plots"] = _plots(first_models, spec, test, out / "plots", say)
             (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
     return report
+
+
+def _train_on_ray(e: ModelEntry, seed: int, cfg: TrainConfig, options: dict, data_dir: Path, out: Path,
+                  rank_negatives: int, ray_train: dict | None, log) -> tuple[torch.nn.Module, dict]:
+    """Train one model × seed on Ray Train (a fresh run under ``<out>/train``); (best model, training summary)."""
+    import re
+    import shutil
+
+    from seqrec.checkpoint import load_checkpoint
+    from seqrec.train.distributed import TrainJob, run_training
+
+    workers = max(1, (ray_train or {}).get("workers", 1))
+    name = re.sub(r"[^A-Za-z0-9_.=-]+", "-", f"{e.label}-seed{seed}")
+    storage = out / "train"
+    shutil.rmtree(storage / name, ignore_errors=True)  # an experiment trains from scratch; `seqrec train` resumes
+    job = TrainJob.from_dict({
+        **(ray_train or {}), "model": e.name, "data": str(data_dir), "options": options, "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size // workers, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip,
+        "seed": seed, "group_pool": cfg.group_pool, "patience": cfg.patience, "name": name, "storage": str(storage),
+        "rank_negatives": rank_negatives,
+    })
+    summary = run_training(job, log=log)
+    model, meta = load_checkpoint(summary["best_checkpoint"])
+    model.eval()
+    select = summary["select"]
+    return model, {"best_epoch": meta["epoch"], "best_metric": meta["metrics"].get(select) if select else None,
+                   "history": summary["history"], "run_dir": summary["run_dir"]}
 
 
 PIPELINE_KS = {"window": (20, 50), "loo": (10, 20)}

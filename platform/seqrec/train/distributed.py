@@ -2,11 +2,13 @@
 
 ``train_fn_per_worker(config)`` is a plain PyTorch loop; Ray appears only to
 
-* get the worker's dataset shard (``ray.train.get_dataset_shard("train")``), streamed from the
-  prepared Parquet shards by Ray Data: pools of ``batch_size × group_pool`` rows pass through a
-  local shuffle buffer, and each pool is cut into batches of similar session length by
-  :func:`seqrec.train.loop.grouped_batches` (SDM §4.4), the same function the single-process loop
-  uses; training starts with the first pool, so memory is bounded by the buffers, not the data;
+* get the worker's dataset shard (``ray.train.get_dataset_shard("train")``) and iterate it with
+  ``iter_torch_batches``: Ray Data streams the prepared Parquet shards through a local shuffle
+  buffer in pools of ``batch_size × group_pool`` rows, and the collate function
+  (:class:`PoolCollate`, run on Ray Data's prefetch threads) cuts each pool into batches of
+  similar session length (SDM §4.4, :func:`seqrec.train.loop.length_chunks`, as in the
+  single-process loop), each padded to its own longest session. Training starts with the first
+  pool, so memory is bounded by the buffers, not by the data;
 * prepare the model (DDP over gloo on CPU, NCCL on GPU; ``ray.train.torch.prepare_model``);
 * report per-epoch metrics and checkpoints (``ray.train.report``), and get the checkpoint to
   resume from (``ray.train.get_checkpoint()``) after a worker failure or when a run is re-run
@@ -21,14 +23,17 @@ dataset's content and vocabulary hashes), written by rank 0.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
 
 AMP = ("auto", "off", "bf16", "fp16")
 
@@ -60,6 +65,7 @@ class TrainJob:
     max_failures: int = 1  # worker-group restarts from the last checkpoint
     rank_negatives: int = 4  # rankers' validation: popularity negatives per positive
     status_every: int = 10  # write <run>/status/worker-<rank>.json every N steps (0 = never)
+    wait_for_resources: bool = False  # wait for an autoscaler instead of failing when the cluster is too small
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -107,6 +113,25 @@ class TrainJob:
         return self.name or f"{self.model.replace(':', '-')}-{Path(self.data).name}"
 
 
+class PoolCollate(ArrowBatchCollateFn):
+    """``iter_torch_batches`` collate: one streamed pool (a pyarrow Table) → its length-grouped batches.
+
+    Returns the pool's :class:`seqrec.batch.Batch` es in length order; the training loop draws
+    their order. Each batch is padded to its own longest session (``seqrec.batch.collate``).
+    Ray Data runs this on its prefetch threads, so collation overlaps the training step.
+    """
+
+    def __init__(self, spec, batch_size: int):
+        self.spec, self.batch_size = spec, batch_size
+
+    def __call__(self, pool):
+        from seqrec import features as F
+        from seqrec.batch import collate
+        from seqrec.train.loop import length_chunks
+
+        return [collate(pool.take(c), self.spec) for c in length_chunks(pool[F.SEQ_LEN].to_numpy(), self.batch_size)]
+
+
 def _amp(job: TrainJob, device: torch.device) -> tuple[torch.dtype | None, object]:
     """(autocast dtype, grad scaler) for the job on ``device``."""
     if device.type != "cuda" or job.amp == "off":
@@ -142,11 +167,10 @@ def build(job: TrainJob):
 def validation(job: TrainJob, model, table, spec, manifest) -> tuple[dict, str]:
     """(metrics on the validation rows, the metric that picks checkpoints)."""
     from seqrec.evaluate import evaluate_matcher, evaluate_ranker, protocol_of, selection_metric
-    from seqrec.experiment import item_counts
     from seqrec.models import is_ranker
 
-    if is_ranker(job.model):
-        counts = item_counts(job.data, spec.n_items)
+    if is_ranker(job.model):  # negatives drawn by the popularity the ranker carries (items.parquet counts)
+        counts = model.item_counts.detach().cpu().numpy().astype(np.float64)
         return evaluate_ranker(model, table, spec, counts, job.rank_negatives, seed=0), "AUC"
     protocol = protocol_of(manifest)
     return evaluate_matcher(model, table, spec, protocol), selection_metric(protocol)
@@ -168,11 +192,12 @@ def train_fn_per_worker(config: dict) -> None:
     from ray.train import Checkpoint
 
     from seqrec.checkpoint import dataset_identity, load_optimizer, save_checkpoint, unwrap
-    from seqrec.train.loop import grouped_batches, make_optimizer, train_step
+    from seqrec.train.loop import make_optimizer, train_step
 
     job = TrainJob.from_dict(config["job"])
     run_dir = Path(config["run_dir"])
     _quiet_data()
+    _quiet_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(job.seed)  # identical initial weights on every rank
@@ -213,15 +238,17 @@ def train_fn_per_worker(config: dict) -> None:
     status = run_dir / "status"
     status.mkdir(parents=True, exist_ok=True)
     pool_rows = cfg.batch_size * cfg.group_pool
+    collate_pool = PoolCollate(spec, cfg.batch_size)
     for epoch in range(start_epoch, cfg.epochs + 1):
         rng = np.random.default_rng([cfg.seed, epoch, rank])
         t0, loss_sum, targets, steps = time.perf_counter(), 0.0, 0, 0
-        pools = shard.iter_batches(batch_format="pyarrow", batch_size=pool_rows, prefetch_batches=job.prefetch_batches,
-                                   local_shuffle_buffer_size=max(job.shuffle_buffer_rows, pool_rows) if job.shuffle_buffer_rows else None,
-                                   local_shuffle_seed=int(rng.integers(2**31)))
-        for pool in pools:
-            for batch in grouped_batches(pool, spec, cfg.batch_size, rng):
-                loss, k = train_step(model, batch.to(device), opt, cfg.grad_clip, amp_dtype, scaler)
+        pools = shard.iter_torch_batches(
+            batch_size=pool_rows, collate_fn=collate_pool, prefetch_batches=job.prefetch_batches,
+            local_shuffle_buffer_size=max(job.shuffle_buffer_rows, pool_rows) if job.shuffle_buffer_rows else None,
+            local_shuffle_seed=int(rng.integers(2**31)))
+        for batches in pools:
+            for j in rng.permutation(len(batches)):  # the batches of one pool, in random order
+                loss, k = train_step(model, batches[j].to(device), opt, cfg.grad_clip, amp_dtype, scaler)
                 loss_sum, targets, steps, step = loss_sum + loss * k, targets + k, steps + 1, step + 1
                 if job.status_every and step % job.status_every == 0:
                     (status / f"worker-{rank}.json").write_text(json.dumps({"pid": os.getpid(), "rank": rank, "epoch": epoch, "step": step}))
@@ -247,8 +274,10 @@ def train_fn_per_worker(config: dict) -> None:
                         writer.add_scalar(k if k in ("loss", "targets_per_s") else f"val/{k}", v, epoch)
                 writer.flush()
             extra = f" {select} {metrics[select]:.4f}" if select else ""
-            print(f"[seqrec train] epoch {epoch}/{cfg.epochs} loss {row['loss']:.4f} "
-                  f"{row['targets_per_s']:,.0f} targets/s ({world} worker(s), {seconds:.1f}s){extra}", flush=True)
+            # sys.stdout, not print: Ray Train patches print into its logger, which echoes each line twice
+            sys.stdout.write(f"[seqrec train] {job.run_name()} epoch {epoch}/{cfg.epochs} loss {row['loss']:.4f} "
+                             f"{row['targets_per_s']:,.0f} targets/s ({world} worker(s), {seconds:.1f}s){extra}\n")
+            sys.stdout.flush()
             # staged under the run directory; Ray copies it to <run>/checkpoint_epoch-N (SYNC upload)
             ck_dir = run_dir / "staging" / f"epoch-{epoch:04d}"
             save_checkpoint(ck_dir, model, opt, epoch=epoch, step=step, dataset=dataset_identity(manifest, job.data),
@@ -300,6 +329,7 @@ def run_training(job: TrainJob, log=print) -> dict:
         datasets["val"] = ray.data.read_parquet(str(data / "val"))
     select = ("AUC" if is_ranker(job.model) else selection_metric(protocol_of(manifest))) if has_val else None
     resources = {"CPU": job.cpus_per_worker} | ({"GPU": 1} if job.gpu else {})
+    check_resources(job, resources)
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"job": job.to_dict() | {"data": str(data)}, "run_dir": str(run_dir)},
@@ -347,6 +377,30 @@ def run_training(job: TrainJob, log=print) -> dict:
     return summary
 
 
+def check_resources(job: TrainJob, per_worker: dict) -> None:
+    """Fail now, naming the shortfall, when the cluster cannot hold the worker group.
+
+    Ray Train would otherwise wait for the placement group forever (it retries the worker-group
+    start-up timeout without limit). On an autoscaling cluster, ``wait_for_resources`` waits.
+    Connects to the cluster (``RAY_ADDRESS``, or the latest ``ray start``), or starts a local one.
+    """
+    import ray
+
+    if job.workers == 0:
+        return
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level="WARNING")
+    total = ray.cluster_resources()
+    need = {k: v * job.workers for k, v in per_worker.items()}
+    short = {k: (v, total.get(k, 0.0)) for k, v in need.items() if v > total.get(k, 0.0) + 1e-9}
+    if short and not job.wait_for_resources:
+        have = ", ".join(f"{k} {need_v:g} needed, {have_v:g} in the cluster" for k, (need_v, have_v) in short.items())
+        raise ValueError(
+            f"{job.workers} worker(s) × {per_worker} do not fit the Ray cluster ({have}); use fewer --workers or a "
+            "smaller --cpus-per-worker, drop --gpu, or pass --wait-for-resources on an autoscaling cluster"
+        )
+
+
 def plot_history(history: list[dict], path: Path, title: str = "", select: str | None = None) -> Path:
     """The training curve: loss per epoch, and the validation metric when there is one."""
     import matplotlib
@@ -379,8 +433,18 @@ def _quiet_data() -> None:
     ctx.print_on_execution_start = False
 
 
+def _quiet_reports() -> None:
+    """No INFO line per ``ray.train.report`` in the job log (Ray 2.60 logs each with its metrics dict,
+    on a logger named after the module's file)."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: keep its logging as it is
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def _scalars(d: dict) -> dict:
     return {k: v for k, v in d.items() if isinstance(v, (int, float, str)) or v is None}
 
 
-__all__ = ["AMP", "TrainJob", "build", "plot_history", "run_training", "train_fn_per_worker", "validation"]
+__all__ = ["AMP", "PoolCollate", "TrainJob", "build", "check_resources", "plot_history", "run_training", "train_fn_per_worker", "validation"]

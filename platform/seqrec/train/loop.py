@@ -56,16 +56,23 @@ class TrainConfig:
         return asdict(self)
 
 
+def length_chunks(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices of one pool cut into batches of similar session length (SDM §4.4).
+
+    The pool is sorted by length (stably) and cut into runs of ``batch_size`` rows; the last
+    may be smaller. Every row is in exactly one chunk.
+    """
+    idx = np.argsort(lengths, kind="stable")
+    return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+
+
 def grouped_batches(pool: pa.Table, spec: FeatureSpec, batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
     """One pool of rows → batches of similar session length, in random order (SDM §4.4).
 
-    The pool is sorted by ``seq_len`` and cut into batches of ``batch_size`` rows (the last may be
-    smaller); the batches are yielded in random order. The Ray Train loop feeds streamed pools
-    from Ray Data through this same function.
+    The Ray Train loop cuts the pools it streams from Ray Data with the same
+    :func:`length_chunks` (inside its ``collate_fn``) and draws the same random order.
     """
-    lengths = pool[F.SEQ_LEN].to_numpy()
-    idx = np.argsort(lengths, kind="stable")
-    chunks = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    chunks = length_chunks(pool[F.SEQ_LEN].to_numpy(), batch_size)
     for j in rng.permutation(len(chunks)):
         yield collate(pool.take(chunks[j]), spec)
 

@@ -1,0 +1,27 @@
+"""Shared start of the job entry points: import seqrec and connect to Ray with the package shipped.
+
+When seqrec is not installed on the cluster, it is imported from ``platform/`` and shipped to
+every worker (``runtime_env={"py_modules": [...]}``), so the driver and all workers run the
+same code. Where it is installed, the shipped copy still wins, for the same reason.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def connect():
+    """Import seqrec and connect to (or start) Ray with the package in the job's runtime env; returns seqrec."""
+    try:
+        import seqrec  # installed with `pip install -e .`
+    except ImportError:
+        sys.path.insert(0, str(ROOT / "platform"))
+        import seqrec
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(runtime_env={"py_modules": [str(Path(seqrec.__file__).parent)]})
+    return seqrec
