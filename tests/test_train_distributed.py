@@ -34,7 +34,9 @@ def job(data, tmp_path, **kw) -> TrainJob:
 def test_two_workers_follow_the_one_worker_loss_curve(ray_cluster, tiny_prepared, tmp_path):
     """Same global batch (2 × 16 vs 1 × 32) and seed: DDP averages the two halves' gradients."""
     one = run_training(job(tiny_prepared, tmp_path, name="w1", workers=1, batch_size=32, epochs=3), log=None)
-    two = run_training(job(tiny_prepared, tmp_path, name="w2", workers=2, batch_size=16, epochs=3), log=None)
+    # and the 2-worker run streams its split from the files each epoch instead of caching it
+    two = run_training(job(tiny_prepared, tmp_path, name="w2", workers=2, batch_size=16, epochs=3, cache="off"), log=None)
+    assert one["cached"] and not two["cached"]
     l1 = [h["loss"] for h in one["history"]]
     l2 = [h["loss"] for h in two["history"]]
     assert len(l1) == len(l2) == 3 and l1[-1] < l1[0] and l2[-1] < l2[0]
@@ -56,6 +58,7 @@ def test_outputs_of_a_run(ray_cluster, tiny_prepared, tmp_path):
     assert meta["epoch"] in (1, 2) and (Path(s["best_checkpoint"]) / "optimizer.pt").exists()
     saved = json.loads((run / "run.json").read_text())
     assert [h["epoch"] for h in saved["history"]] == [1, 2] and "Recall@50" in saved["history"][0]
+    assert saved["history"][0]["data_wait_s"] >= 0 and saved["cached"]  # a tiny split is kept in the object store
     export = run / "export"
     assert json.loads((export / "export.json").read_text())["kind"] == "matcher"
     vecs = __import__("numpy").load(export / "item_embeddings.npy")
@@ -67,7 +70,15 @@ def test_outputs_of_a_run(ray_cluster, tiny_prepared, tmp_path):
 
 
 def _kill_when(status: Path, rank: int, epoch: int, killed: list, sig=signal.SIGKILL, timeout=300) -> threading.Thread:
-    """Kill worker ``rank``'s process once it reports a step inside ``epoch`` (its status file)."""
+    """Kill worker ``rank``'s process once it reports a step inside ``epoch`` (its status file) and Ray Train has
+    registered the previous epoch's checkpoint (a checkpoint counts once the controller lists it in
+    ``checkpoint_manager_snapshot.json``; a crash before that resumes from the one before)."""
+
+    def registered() -> bool:
+        try:
+            return f"checkpoint_epoch-{epoch - 1:04d}" in (status.parent / "checkpoint_manager_snapshot.json").read_text()
+        except OSError:
+            return False
 
     def watch():
         end = time.time() + timeout
@@ -77,7 +88,7 @@ def _kill_when(status: Path, rank: int, epoch: int, killed: list, sig=signal.SIG
                 s = json.loads(f.read_text())
             except (OSError, ValueError):
                 s = None
-            if s and s["epoch"] == epoch:
+            if s and s["epoch"] == epoch and registered():
                 os.kill(s["pid"], sig)
                 killed.append(s)
                 return
@@ -90,7 +101,7 @@ def _kill_when(status: Path, rank: int, epoch: int, killed: list, sig=signal.SIG
 
 @pytest.mark.slow  # several TorchTrainer.fit runs (~30 s each on 2 idle cores)
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tiny_prepared, tmp_path):
-    j = job(tiny_prepared, tmp_path, name="ft", workers=2, batch_size=16, epochs=3, max_failures=2)
+    j = job(tiny_prepared, tmp_path, name="ft", workers=2, batch_size=16, epochs=3, max_failures=2, cache="off")
     killed: list = []
     watcher = _kill_when(tmp_path / "runs" / "ft" / "status", rank=1, epoch=2, killed=killed)
     s = run_training(j, log=None)
@@ -164,6 +175,8 @@ def test_evaluate_trains_each_model_through_ray_train(ray_cluster, tiny_prepared
 
 
 def test_training_jobs_validate_their_options(tiny_prepared, tmp_path):
+    with pytest.raises(ValueError, match="cache='yes'"):
+        TrainJob(model="bst", data=str(tiny_prepared), cache="yes")
     with pytest.raises(ValueError, match="amp='bf16' needs --gpu"):
         TrainJob(model="bst", data=str(tiny_prepared), amp="bf16")
     with pytest.raises(ValueError, match="unknown training options \\['epoch'\\]"):

@@ -242,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--storage", help="where runs live (default runs/; a shared path on a cluster)")
     tr.add_argument("--keep-checkpoints", type=int, help="best N checkpoints kept by the validation metric (default 2)")
     tr.add_argument("--max-failures", type=int, help="worker-group restarts from the last checkpoint (default 1)")
+    tr.add_argument("--cache", choices=["auto", "on", "off"],
+                    help="keep the training split in Ray's object store (default auto: when its Parquet is <= 64 MiB; "
+                    "off: stream it from the files every epoch)")
     tr.add_argument("--wait-for-resources", action="store_true", default=None,
                     help="wait for an autoscaler to add nodes when the cluster is too small (default: fail at once)")
 
@@ -364,7 +367,7 @@ def cmd_train(args) -> int:
              "cpus_per_worker": args.cpus_per_worker, "amp": args.amp, "epochs": args.epochs, "batch_size": args.batch_size,
              "lr": args.lr, "patience": args.patience, "seed": args.seed, "name": args.name, "storage": args.storage,
              "keep_checkpoints": args.keep_checkpoints, "max_failures": args.max_failures,
-             "wait_for_resources": args.wait_for_resources}
+             "wait_for_resources": args.wait_for_resources, "cache": args.cache}
     if args.config:
         job = TrainJob.from_yaml(args.config, options=options, **flags)
     else:
