@@ -253,9 +253,10 @@ def train_fn_per_worker(config: dict) -> None:
             batch_size=pool_rows, collate_fn=collate_pool, prefetch_batches=job.prefetch_batches,
             local_shuffle_buffer_size=max(job.shuffle_buffer_rows, pool_rows) if job.shuffle_buffer_rows else None,
             local_shuffle_seed=int(rng.integers(2**31)))
-        wait, mark = 0.0, time.perf_counter()
+        wait, mark, first = 0.0, time.perf_counter(), None
         for batches in pools:
             wait += time.perf_counter() - mark  # time blocked on Ray Data (read, shuffle, collate)
+            first = wait if first is None else first  # the epoch's start-up: until the first pool arrives
             for j in rng.permutation(len(batches)):  # the batches of one pool, in random order
                 loss, k = train_step(model, batches[j].to(device), opt, cfg.grad_clip, amp_dtype, scaler)
                 loss_sum, targets, steps, step = loss_sum + loss * k, targets + k, steps + 1, step + 1
@@ -267,7 +268,7 @@ def train_fn_per_worker(config: dict) -> None:
         loss_sum, targets = _all_reduce([loss_sum, float(targets)], device)
         row = {"epoch": epoch, "loss": loss_sum / max(targets, 1), "targets": int(targets), "seconds": seconds,
                "targets_per_s": targets / seconds if seconds > 0 else float("nan"), "data_wait_s": wait,
-               "steps": step, "workers": world}
+               "first_batch_s": first or 0.0, "steps": step, "workers": world}
         metrics, select = ({}, None)
         if rank == 0 and val_table is not None:
             metrics, select = validation(job, unwrap(model), val_table, spec, manifest)
