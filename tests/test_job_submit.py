@@ -24,7 +24,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head_node():
     """A separate single-node cluster: `ray start --head --block`, stopped by signalling only this process group.
 
@@ -71,19 +71,30 @@ def _wait_for_dashboard(address: str, proc: subprocess.Popen, token: str, timeou
     raise RuntimeError(f"the dashboard at {address} did not come up in {timeout:.0f}s")
 
 
-@pytest.mark.slow  # a second Ray cluster, a job driver and one TorchTrainer.fit (~1-2 minutes on 2 cores)
-def test_seqrec_train_submitted_as_a_ray_job(head_node, tiny_prepared, tmp_path):
-    address, env = head_node
-    storage = tmp_path / "runs"
+def _submit(address: str, env: dict, entry: list[str], data: Path, storage: Path, name: str) -> str:
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
-           "--", "seqrec", "train", "sdm:PSDMMAL", "--data", str(tiny_prepared), "--storage", str(storage),
-           "--name", "submitted", "--workers", "1", "--cpus-per-worker", "0.5", "--epochs", "2", "--batch-size", "32",
+           "--", *entry, "sdm:PSDMMAL", "--data", str(data), "--storage", str(storage),
+           "--name", name, "--workers", "1", "--cpus-per-worker", "0.5", "--epochs", "2", "--batch-size", "32",
            "--option", "hidden=8", "--option", "heads=2"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
-    assert "succeeded" in log and "[seqrec train] submitted epoch 2/2" in log
-    run = storage / "submitted"
+    assert "succeeded" in log and f"[seqrec train] {name} epoch 2/2" in log
+    run = storage / name
     summary = json.loads((run / "run.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
     assert (run / "export" / "item_embeddings.npy").exists() and (run / "checkpoint_epoch-0002" / "meta.json").exists()
+    return log
+
+
+@pytest.mark.slow  # a second Ray cluster, a job driver and one TorchTrainer.fit (~1-2 minutes on 2 cores)
+def test_seqrec_train_submitted_as_a_ray_job(head_node, tiny_prepared, tmp_path):
+    address, env = head_node
+    _submit(address, env, ["seqrec", "train"], tiny_prepared, tmp_path / "runs", "submitted")
+
+
+@pytest.mark.slow  # one more job on the same head node
+def test_the_train_entry_point_ships_the_package(head_node, tiny_prepared, tmp_path):
+    """workloads/train.py: the job's runtime env carries platform/seqrec (py_modules) to every worker."""
+    address, env = head_node
+    _submit(address, env, ["python", "workloads/train.py"], tiny_prepared, tmp_path / "runs", "shipped")
