@@ -160,11 +160,14 @@ def fit(
     validate: Callable[[torch.nn.Module], dict] | None = None,
     select: str | None = None,
     log: Callable[[str], None] | None = print,
+    on_epoch: Callable[[EpochResult, torch.nn.Module, torch.optim.Optimizer], None] | None = None,
 ) -> FitResult:
     """Train ``model`` on the session rows ``train``; keep the weights of the best validation epoch.
 
     ``validate(model) -> {metric: value}`` runs after every epoch; ``select`` names the metric to
     maximise (required with ``validate``). Without validation the last epoch is kept.
+    ``on_epoch(result, model, optimizer)`` runs after each epoch's validation (a Tune trial reports
+    and checkpoints there).
     """
     if train.num_rows == 0:
         raise ValueError("the training split has no rows; prepare the dataset with more data or another --split")
@@ -195,6 +198,8 @@ def fit(
             else:
                 stale += 1
         history.append(res)
+        if on_epoch is not None:
+            on_epoch(res, model, opt)
         if log:
             extra = f" {select} {res.metrics[select]:.4f}" if validate is not None else ""
             log(f"epoch {epoch}/{cfg.epochs} loss {res.loss:.4f} {res.targets_per_s:,.0f} targets/s ({dt:.1f}s){extra}")

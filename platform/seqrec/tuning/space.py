@@ -110,8 +110,10 @@ def _values(domain) -> list | None:
     return [domain]  # a constant
 
 
-def check_space(model: str, space: dict, features, max_combinations: int = 20_000, seed: int = 0) -> int:
-    """Build the model config (and training options) of every combination of ``space``'s values.
+def check_space(model: str, space: dict, features, max_combinations: int = 20_000, seed: int = 0,
+                base_options: dict | None = None) -> int:
+    """Build the model config (and training options) of every combination of ``space``'s values,
+    on top of ``base_options`` (the options every trial shares).
 
     Raises ``ValueError`` naming the rejected combinations, before any trial starts. Spaces with
     more than ``max_combinations`` combinations are checked on that many random ones. Returns
@@ -140,7 +142,7 @@ def check_space(model: str, space: dict, features, max_combinations: int = 20_00
         config = dict(zip(names, combo))
         try:
             job, options = split(config)
-            make_config(model, features, **options)
+            make_config(model, features, **{**(base_options or {}), **options})
             TrainConfig(**{k: v for k, v in job.items() if k in train_names})
         except (ValueError, TypeError) as e:
             bad.append(f"{expand(config)}: {e}")
