@@ -47,17 +47,15 @@ def ingest_fn(config: dict) -> None:
 
     from seqrec.data.prepare import load_manifest
     from seqrec.features import FeatureSpec
-    from seqrec.train.distributed import PoolCollate
+    from seqrec.train.distributed import TrainJob, iter_pools
 
     spec = FeatureSpec.from_dict(load_manifest(config["data"])["feature_spec"])
     shard = ray.train.get_dataset_shard("train")
+    job = TrainJob(model="sdm", data=config["data"], batch_size=config["batch_size"])  # the default ingest options
     rng = np.random.default_rng(0)
-    bs = config["batch_size"]
     for epoch in range(1, config["epochs"] + 1):
         t0, targets, rows = time.perf_counter(), 0, 0
-        # the training loop's ingest, verbatim (seqrec.train.distributed.train_fn_per_worker)
-        pools = shard.iter_torch_batches(batch_size=bs * 32, collate_fn=PoolCollate(spec, bs), prefetch_batches=2,
-                                         local_shuffle_buffer_size=8192, local_shuffle_seed=epoch)
+        pools = iter_pools(shard, spec, job, rng)  # the training loop's ingest (train_fn_per_worker)
         first = None
         for batches in pools:
             first = time.perf_counter() - t0 if first is None else first

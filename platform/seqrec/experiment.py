@@ -227,8 +227,10 @@ def run_experiment(
                 model = build_model(e.name, spec, **options_of(e))
                 base = rank_train if ranker else train_cfg
                 cfg = TrainConfig(**{**base.to_dict(), "seed": seed})
+                local = trainer == "local"  # on Ray Train, the workers build and fill their own model
                 if ranker:
-                    prepare_ranker(model, data_dir, spec)
+                    if local:
+                        prepare_ranker(model, data_dir, spec)
                     if model.config.hard_negatives:
                         if seed not in first_matcher:
                             raise ValueError(
@@ -239,7 +241,7 @@ def run_experiment(
                     metric = "AUC"
                     evaluate = lambda m, table: evaluate_ranker(m, table, spec, counts, rank_negatives, seed=0, device=cfg.device)  # noqa: E731
                 else:
-                    if model.config.loss == "sampled" and model.config.sampler == "unigram":
+                    if local and model.config.loss == "sampled" and model.config.sampler == "unigram":
                         model.softmax.set_item_counts(torch.from_numpy(item_counts(data_dir, spec.n_items)))
                     metric = select
                     evaluate = lambda m, table, final=False: evaluate_matcher(  # noqa: E731
@@ -247,8 +249,9 @@ def run_experiment(
                     )
                 validate = None if val is None else (lambda m: evaluate(m, val))
                 say(f"== {e.label} seed {seed}")
-                if trainer == "ray":
-                    model, trained = _train_on_ray(e, seed, cfg, options_of(e), data_dir, Path(out_dir), rank_negatives, ray_train, log)
+                if not local:
+                    model, trained = _train_on_ray(e, seed, cfg, options_of(e), data_dir, Path(out_dir), rank_negatives,
+                                                   ray_train, workers, log)
                 else:
                     res = fit(model, train, spec, cfg, validate=validate, select=metric if validate else None, log=log)
                     trained = {"best_epoch": res.best_epoch, "best_metric": res.best_metric, "history": res.to_dict()["history"]}
@@ -324,15 +327,16 @@ def run_experiment(
 
 
 def _train_on_ray(e: ModelEntry, seed: int, cfg: TrainConfig, options: dict, data_dir: Path, out: Path,
-                  rank_negatives: int, ray_train: dict | None, log) -> tuple[torch.nn.Module, dict]:
-    """Train one model × seed on Ray Train (a fresh run under ``<out>/train``); (best model, training summary)."""
+                  rank_negatives: int, ray_train: dict | None, workers: int, log) -> tuple[torch.nn.Module, dict]:
+    """Train one model × seed on Ray Train (a fresh run under ``<out>/train``); (best model, training summary).
+
+    ``cfg.batch_size`` is the global batch: each of the ``workers`` takes ``batch_size / workers`` rows."""
     import re
     import shutil
 
     from seqrec.checkpoint import load_checkpoint
     from seqrec.train.distributed import TrainJob, run_training
 
-    workers = max(1, (ray_train or {}).get("workers", 1))
     name = re.sub(r"[^A-Za-z0-9_.=-]+", "-", f"{e.label}-seed{seed}")
     storage = out / "train"
     shutil.rmtree(storage / name, ignore_errors=True)  # an experiment trains from scratch; `seqrec train` resumes

@@ -171,16 +171,36 @@ def build(job: TrainJob):
     return model, spec, manifest
 
 
+def select_metric(job: TrainJob, manifest) -> str:
+    """The validation metric that picks checkpoints: AUC for rankers, the protocol's metric for matchers."""
+    from seqrec.evaluate import protocol_of, selection_metric
+    from seqrec.models import is_ranker
+
+    return "AUC" if is_ranker(job.model) else selection_metric(protocol_of(manifest))
+
+
 def validation(job: TrainJob, model, table, spec, manifest) -> tuple[dict, str]:
     """(metrics on the validation rows, the metric that picks checkpoints)."""
-    from seqrec.evaluate import evaluate_matcher, evaluate_ranker, protocol_of, selection_metric
+    from seqrec.evaluate import evaluate_matcher, evaluate_ranker, protocol_of
     from seqrec.models import is_ranker
 
     if is_ranker(job.model):  # negatives drawn by the popularity the ranker carries (items.parquet counts)
         counts = model.item_counts.detach().cpu().numpy().astype(np.float64)
-        return evaluate_ranker(model, table, spec, counts, job.rank_negatives, seed=0), "AUC"
-    protocol = protocol_of(manifest)
-    return evaluate_matcher(model, table, spec, protocol), selection_metric(protocol)
+        metrics = evaluate_ranker(model, table, spec, counts, job.rank_negatives, seed=0)
+    else:
+        metrics = evaluate_matcher(model, table, spec, protocol_of(manifest))
+    return metrics, select_metric(job, manifest)
+
+
+def iter_pools(shard, spec, job: TrainJob, rng: np.random.Generator):
+    """One epoch of a worker's shard: ``iter_torch_batches`` of ``batch_size × group_pool``-row pools
+    through the local shuffle buffer, each collated by :class:`PoolCollate` into its length-grouped
+    batches (a list; the caller draws their order)."""
+    pool_rows = job.batch_size * job.group_pool
+    return shard.iter_torch_batches(
+        batch_size=pool_rows, collate_fn=PoolCollate(spec, job.batch_size), prefetch_batches=job.prefetch_batches,
+        local_shuffle_buffer_size=max(job.shuffle_buffer_rows, pool_rows) if job.shuffle_buffer_rows else None,
+        local_shuffle_seed=int(rng.integers(2**31)))
 
 
 def _all_reduce(values: list[float], device) -> list[float]:
@@ -244,15 +264,10 @@ def train_fn_per_worker(config: dict) -> None:
         writer = SummaryWriter(str(run_dir / "tensorboard"))
     status = run_dir / "status"
     status.mkdir(parents=True, exist_ok=True)
-    pool_rows = cfg.batch_size * cfg.group_pool
-    collate_pool = PoolCollate(spec, cfg.batch_size)
     for epoch in range(start_epoch, cfg.epochs + 1):
         rng = np.random.default_rng([cfg.seed, epoch, rank])
         t0, loss_sum, targets, steps = time.perf_counter(), 0.0, 0, 0
-        pools = shard.iter_torch_batches(
-            batch_size=pool_rows, collate_fn=collate_pool, prefetch_batches=job.prefetch_batches,
-            local_shuffle_buffer_size=max(job.shuffle_buffer_rows, pool_rows) if job.shuffle_buffer_rows else None,
-            local_shuffle_seed=int(rng.integers(2**31)))
+        pools = iter_pools(shard, spec, job, rng)
         wait, mark, first = 0.0, time.perf_counter(), None
         for batches in pools:
             wait += time.perf_counter() - mark  # time blocked on Ray Data (read, shuffle, collate)
@@ -325,9 +340,7 @@ def run_training(job: TrainJob, log=print) -> dict:
     from ray.train.torch import TorchTrainer
 
     from seqrec.data.prepare import load_manifest
-    from seqrec.evaluate import protocol_of, selection_metric
     from seqrec.export import export_checkpoint
-    from seqrec.models import is_ranker
 
     _quiet_data()
     manifest = load_manifest(job.data)  # fails early, with a clear message, on a wrong --data
@@ -345,7 +358,7 @@ def run_training(job: TrainJob, log=print) -> dict:
     has_val = manifest["config"]["protocol"].get("val") and any((data / "val").glob("*.parquet"))
     if has_val:
         datasets["val"] = ray.data.read_parquet(str(data / "val"))
-    select = ("AUC" if is_ranker(job.model) else selection_metric(protocol_of(manifest))) if has_val else None
+    select = select_metric(job, manifest) if has_val else None
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"job": job.to_dict() | {"data": str(data)}, "run_dir": str(run_dir)},
@@ -477,4 +490,4 @@ def _scalars(d: dict) -> dict:
     return {k: v for k, v in d.items() if isinstance(v, (int, float, str)) or v is None}
 
 
-__all__ = ["AMP", "CACHE", "PoolCollate", "TrainJob", "build", "check_resources", "plot_history", "run_training", "train_fn_per_worker", "validation"]
+__all__ = ["AMP", "CACHE", "PoolCollate", "TrainJob", "build", "check_resources", "iter_pools", "select_metric", "plot_history", "run_training", "train_fn_per_worker", "validation"]

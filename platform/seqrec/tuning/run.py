@@ -31,7 +31,7 @@ def inprocess_trial(config: dict) -> None:
 
     from seqrec.checkpoint import dataset_identity, save_checkpoint
     from seqrec.data.prepare import read_split
-    from seqrec.train.distributed import build, validation
+    from seqrec.train.distributed import build, select_metric, validation
     from seqrec.train.loop import fit
 
     job = trial_job(config)
@@ -50,7 +50,7 @@ def inprocess_trial(config: dict) -> None:
                             dataset=dataset_identity(manifest, job.data), history=history, train=job.to_dict())
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    select = _select(job, manifest)
+    select = select_metric(job, manifest)
     fit(model, train, spec, job.train_config(),
         validate=lambda m: validation(job, m, val, spec, manifest)[0], select=select, log=None, on_epoch=on_epoch)
 
@@ -70,6 +70,7 @@ def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", name
 
     from seqrec.data.prepare import load_manifest
     from seqrec.features import FeatureSpec
+    from seqrec.train.distributed import select_metric
 
     if job.workers != 0:
         raise ValueError("run_search runs in-process trials (workers=0); Ray Train trials are not built yet (#6)")
@@ -77,7 +78,7 @@ def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", name
         raise ValueError(f"scheduler={scheduler!r}; choose asha or fifo")
     manifest = load_manifest(job.data)
     check_space(job.model, space, FeatureSpec.from_dict(manifest["feature_spec"]), base_options=job.options)
-    select = _select(job, manifest)
+    select = select_metric(job, manifest)
     sched = (ASHAScheduler(time_attr="epoch", max_t=job.epochs, grace_period=1, reduction_factor=2)
              if scheduler == "asha" else FIFOScheduler())
     if not ray.is_initialized():
@@ -95,13 +96,6 @@ def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", name
                                                                           checkpoint_score_order="max")),
     )
     return tuner.fit()
-
-
-def _select(job, manifest) -> str:
-    from seqrec.evaluate import protocol_of, selection_metric
-    from seqrec.models import is_ranker
-
-    return "AUC" if is_ranker(job.model) else selection_metric(protocol_of(manifest))
 
 
 __all__ = ["inprocess_trial", "run_search", "trial_job"]
