@@ -12,8 +12,15 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
+        from seqrec.tuning.run import free_port
+
+        # the dashboard, as on a real cluster: Ray Train frees the workers of a trial that Tune stops through its
+        # State API (tests/test_tune_run.py); its address is named so that Ray finds it beside other clusters
+        port = free_port()
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         # address="local": always a new cluster, never one a `ray start` elsewhere on the machine left behind
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -1,4 +1,4 @@
-"""`ray job submit --working-dir . -- seqrec train ...` against a real local `ray start --head` (token auth on)."""
+"""`ray job submit --working-dir . -- seqrec train/tune ...` against a real local `ray start --head` (token auth on)."""
 
 from __future__ import annotations
 
@@ -98,3 +98,20 @@ def test_the_train_entry_point_ships_the_package(head_node, tiny_prepared, tmp_p
     """workloads/train.py: the job's runtime env carries platform/seqrec (py_modules) to every worker."""
     address, env = head_node
     _submit(address, env, ["python", "workloads/train.py"], tiny_prepared, tmp_path / "runs", "shipped")
+
+
+@pytest.mark.slow  # one more job on the same head node: a 2-trial search
+def test_a_search_submitted_as_a_ray_job(head_node, tiny_prepared, tmp_path):
+    """workloads/tune.py: seqrec and tune_spaces shipped; the results land in the shared --storage."""
+    address, env = head_node
+    storage = tmp_path / "tune"
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
+           "--", "python", "workloads/tune.py", "sdm:PSDMMAL", "--data", str(tiny_prepared), "--space", "small",
+           "--samples", "2", "--epochs", "1", "--batch-size", "32", "--set", "heads,hidden=1:8,2:8",
+           "--storage", str(storage), "--name", "submitted"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0 and "succeeded" in log, log[-4000:]
+    summary = json.loads((storage / "submitted" / "search.json").read_text())
+    assert summary["trials"] == 2 and summary["errors"] == 0 and Path(summary["best"]["checkpoint"]).is_dir()
+    assert (storage / "submitted" / "trials.md").exists() and (storage / "submitted" / "best.yaml").exists()

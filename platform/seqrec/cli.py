@@ -66,6 +66,23 @@ given on the command line win. With RAY_ADDRESS set (or under `ray job submit`) 
 that cluster; otherwise a local Ray instance is started.
 """
 
+EPILOG_TUNE = """\
+examples:
+  seqrec tune sdm:PSDMMAL --data data/ml-100k --space small --samples 4 --epochs 5
+  seqrec tune sdm:PSDMMAL --data data/ml-100k --space paper_heads --seeds 3 --scheduler fifo
+  seqrec tune sdm:PSDMMAL --data data/ml-100k --space default --samples 20 --set fusion=gated,add
+  seqrec tune bst --data data/ml-100k --space default --samples 16 --workers-per-trial 2 --gpu
+  seqrec tune sdm:PSDMMAL --data data/ml-100k --space small --samples 4 --name my-search --resume
+
+Spaces live in tune_spaces/<model>.py (sdm: default, paper_heads, paper_fusion, small; bst:
+default, paper_blocks, small; baselines: default). --workers-per-trial 0 trains each trial in its
+own process (fast for small searches on one machine); N >= 1 makes each trial a Ray Train run of
+N workers. A search lives in <storage>/<name>: Tune's trial directories, trials.csv and trials.md
+(every trial, best first), best.yaml (`seqrec train --config best.yaml` trains the best config),
+search.json (with the best checkpoint's path) and search.png (the metric by heads x fusion and by
+hidden size). --resume continues an interrupted search.
+"""
+
 
 def _time(value: str) -> int:
     """Epoch seconds, or an ISO 8601 date/time (naive times are UTC)."""
@@ -248,6 +265,42 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--wait-for-resources", action="store_true", default=None,
                     help="wait for an autoscaler to add nodes when the cluster is too small (default: fail at once)")
 
+    tu = top.add_parser("tune", help="hyperparameter search with Ray Tune (ASHA; in-process or Ray Train trials)",
+                        description="Search a model's hyperparameters on a prepared dataset with Ray Tune: every trial "
+                        "reports its validation metric each epoch, ASHA stops the poor ones, and the results come as a "
+                        "sorted table, a plot, the best config (YAML) and the best checkpoint.",
+                        epilog=EPILOG_TUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tu.add_argument("model", nargs="?", help="sdm | sdm:VARIANT | gru4rec | narm | youtube_dnn | bst | din | wdl | wdl_seq")
+    tu.add_argument("--data", help="a directory written by `seqrec data prepare` (with a validation split)")
+    tu.add_argument("--config", help="YAML of the base training options every trial shares (TrainJob fields)")
+    tu.add_argument("--space", default="default", help="a search space of tune_spaces/<model>.py (default: default)")
+    tu.add_argument("--samples", type=_positive_int, default=1,
+                    help="trials drawn from the space (grid spaces: repeats of the whole grid; default 1)")
+    tu.add_argument("--seeds", type=_positive_int, help="seeds of the paper_* grid spaces (default 3)")
+    tu.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
+                    help="restrict (or add) one dimension of the space, e.g. fusion=gated,add or heads=2; a joint one "
+                    "with ':' inside each value, e.g. heads,hidden=2:64,4:64; repeatable")
+    tu.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a model option every trial shares")
+    tu.add_argument("--workers-per-trial", type=int, default=0,
+                    help="0 (default): each trial trains in its own process; N: each trial is a Ray Train run of N workers")
+    tu.add_argument("--cpus-per-worker", type=float,
+                    help="CPUs per trial (0 workers; default 1) or per Ray Train worker (default 0.5)")
+    tu.add_argument("--gpu", action="store_true", default=None, help="one GPU per trial (0 workers) or per worker")
+    tu.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
+                    help="asha (default): stop poor trials at epoch milestones; fifo: train every trial to the end")
+    tu.add_argument("--search", choices=["random", "optuna"], default="random",
+                    help="random (default; grids are enumerated) or optuna (TPE; pip install 'seqrec[optuna]')")
+    tu.add_argument("--epochs", type=int, help="max epochs per trial (default 10)")
+    tu.add_argument("--batch-size", type=int, help="session rows per batch (default 256)")
+    tu.add_argument("--patience", type=int, help="epochs without validation gain before a trial stops (default 3)")
+    tu.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster's resources hold)")
+    tu.add_argument("--seed", type=int, default=0, help="the search's random seed (default 0; trials' seeds are --set seed=...)")
+    tu.add_argument("--name", help="search name (default MODEL-SPACE-DATASET)")
+    tu.add_argument("--storage", default="runs/tune", help="where searches live (default runs/tune; shared on a cluster)")
+    tu.add_argument("--resume", action="store_true", help="continue the interrupted search <storage>/<name>")
+    tu.add_argument("--wait-for-resources", action="store_true", default=None,
+                    help="wait for an autoscaler when a trial does not fit the cluster (default: fail at once)")
+
     ix = top.add_parser("index", help="FAISS index over a trained matcher's item vectors",
                         description="Build the retrieval index of a training run's export (<run>/export).")
     ixs = ix.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
@@ -383,6 +436,85 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    import inspect
+    import json
+
+    import yaml
+
+    from seqrec.experiment import parse_model
+    from seqrec.train.distributed import TrainJob
+    from seqrec.tuning.run import run_search, write_results
+    from seqrec.tuning.space import _spaces, load_space, override
+
+    name = args.name
+    exp = None
+    if args.resume:
+        if not name:
+            raise ValueError("--resume needs the --name of the search to continue")
+        exp = Path(args.storage).resolve() / name
+        saved = exp / "seqrec_search.json"
+        if not saved.exists():
+            raise FileNotFoundError(f"no search to resume at {exp} (no seqrec_search.json)")
+        state = json.loads(saved.read_text())
+        job, space_name = TrainJob.from_dict(state["job"]), state["space"]
+        space = {}
+    else:
+        options = {}
+        for kv in args.option:
+            options.update(parse_model(f"{args.model or 'sdm'}@{kv}").options)
+        workers = args.workers_per_trial
+        cpus = args.cpus_per_worker if args.cpus_per_worker is not None else (1.0 if workers == 0 else 0.5)
+        flags = {"model": args.model, "data": args.data, "workers": workers, "gpu": args.gpu, "cpus_per_worker": cpus,
+                 "epochs": args.epochs, "batch_size": args.batch_size, "patience": args.patience,
+                 "wait_for_resources": args.wait_for_resources}
+        if args.config:
+            job = TrainJob.from_yaml(args.config, options=options, **flags)
+        else:
+            if not args.model or not args.data:
+                raise ValueError("seqrec tune needs MODEL and --data (or a --config file that names them)")
+            job = TrainJob.from_dict({k: v for k, v in flags.items() if v is not None} | {"options": options})
+        job = TrainJob.from_dict(job.to_dict() | {"data": str(Path(job.data).resolve())})
+        space_name = args.space
+        kwargs = {}
+        if args.seeds is not None:
+            fn = _spaces(job.model).get(space_name)
+            if fn is None or "seeds" not in inspect.signature(fn).parameters:
+                raise ValueError(f"--seeds applies to the paper_* grid spaces; the space {space_name!r} has no seeds")
+            kwargs["seeds"] = args.seeds
+        space = load_space(job.model, space_name, **kwargs)
+        for kv in args.set:
+            key, sep, values = kv.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--set {kv!r}: expected KEY=V1,V2,...")
+            key = key.strip()
+            parsed = [tuple(yaml.safe_load(x) for x in v.split(":")) if "," in key else yaml.safe_load(v)
+                      for v in values.split(",") if v.strip()]
+            space = override(space, key, parsed)
+        name = name or f"{job.model.replace(':', '-')}-{space_name}-{Path(job.data).name}"
+    grid = run_search(job, space, samples=args.samples, scheduler=args.scheduler, search=args.search, name=name,
+                      storage=args.storage, seed=args.seed, max_concurrent=args.max_concurrent, resume=args.resume,
+                      space_name=space_name)
+    from seqrec.data.prepare import load_manifest
+    from seqrec.train.distributed import select_metric
+
+    exp = Path(args.storage).resolve() / name
+    select = select_metric(job, load_manifest(job.data))
+    summary = write_results(grid, job, space_name, exp, select,
+                            search={"scheduler": args.scheduler, "search": args.search, "samples": args.samples})
+    print((exp / "trials.md").read_text())
+    print(f"{summary['trials']} trials ({summary['stopped_early']} stopped early, {summary['errors']} failed) in {exp}")
+    if summary["unfinished"]:
+        print(f"the search was interrupted with {summary['unfinished']} trial(s) unfinished; continue it with: "
+              f"seqrec tune --resume --name {name} --storage {args.storage}")
+    if "best" in summary:
+        best = summary["best"]
+        print(f"best: validation {select} {best[select]:.4f} with {best['config']}\n"
+              f"  checkpoint: {best['checkpoint']}\n  config: {summary['best_yaml']} (seqrec train --config ...)\n"
+              f"  plot: {summary['plot']}")
+    return 1 if summary["errors"] == summary["trials"] else 0
+
+
 def cmd_index_build(args) -> int:
     from seqrec.export import build_index
 
@@ -396,7 +528,7 @@ def cmd_index_build(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {("data", "fetch"): cmd_fetch, ("data", "synth"): cmd_synth, ("data", "prepare"): cmd_prepare, ("data", "stats"): cmd_stats,
-                ("evaluate", None): cmd_evaluate, ("train", None): cmd_train, ("index", "build"): cmd_index_build}
+                ("evaluate", None): cmd_evaluate, ("train", None): cmd_train, ("tune", None): cmd_tune, ("index", "build"): cmd_index_build}
     try:
         sub = getattr(args, "data_command", None) or getattr(args, "index_command", None)
         return handlers[(args.command, sub)](args)

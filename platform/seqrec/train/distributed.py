@@ -327,8 +327,10 @@ def train_fn_per_worker(config: dict) -> None:
         writer.close()
 
 
-def run_training(job: TrainJob, log=print) -> dict:
+def run_training(job: TrainJob, log=print, callbacks: list | None = None) -> dict:
     """Run ``job`` on Ray Train (connecting to or starting Ray); returns the run summary (also ``<run>/run.json``).
+
+    ``callbacks`` are Ray Train ``UserCallback`` s (a Tune trial passes ``TuneReportCallback``).
 
     After training: the best checkpoint (by the validation metric; the last one without a
     validation split) is exported to ``<run>/export`` (:func:`seqrec.export.export_checkpoint`),
@@ -369,6 +371,7 @@ def run_training(job: TrainJob, log=print) -> dict:
             checkpoint_config=CheckpointConfig(num_to_keep=job.keep_checkpoints, checkpoint_score_attribute=select,
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=job.max_failures),
+            callbacks=callbacks,
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),

@@ -13,6 +13,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -161,26 +162,39 @@ def fit(
     select: str | None = None,
     log: Callable[[str], None] | None = print,
     on_epoch: Callable[[EpochResult, torch.nn.Module, torch.optim.Optimizer], None] | None = None,
+    resume: str | Path | None = None,
 ) -> FitResult:
     """Train ``model`` on the session rows ``train``; keep the weights of the best validation epoch.
 
     ``validate(model) -> {metric: value}`` runs after every epoch; ``select`` names the metric to
     maximise (required with ``validate``). Without validation the last epoch is kept.
     ``on_epoch(result, model, optimizer)`` runs after each epoch's validation (a Tune trial reports
-    and checkpoints there).
+    and checkpoints there). ``resume`` is a seqrec checkpoint directory to continue from: its
+    weights, optimizer state and epoch, and the early-stopping state in its ``train_state``
+    (``{"best", "stale"}``); the remaining epochs draw a fresh batch order.
     """
     if train.num_rows == 0:
         raise ValueError("the training split has no rows; prepare the dataset with more data or another --split")
     if validate is not None and select is None:
         raise ValueError("fit(validate=...) needs select=<metric name> to pick the best epoch")
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     device = torch.device(cfg.device)
     model.to(device)
     opt = make_optimizer(model, cfg)
     history: list[EpochResult] = []
     best, best_epoch, best_state, stale = None, cfg.epochs, None, 0
-    for epoch in range(1, cfg.epochs + 1):
+    start = 1
+    if resume is not None:
+        from seqrec.checkpoint import MODEL_FILE, load_optimizer, read_meta
+
+        meta = read_meta(resume)
+        model.load_state_dict(torch.load(Path(resume) / MODEL_FILE, map_location=device, weights_only=True)["state_dict"])
+        load_optimizer(resume, opt, map_location=device)
+        start = meta["epoch"] + 1
+        best, stale = meta.get("train_state", {}).get("best"), meta.get("train_state", {}).get("stale", 0)
+        best_epoch = meta["epoch"]
+    rng = np.random.default_rng(cfg.seed if start == 1 else [cfg.seed, start])
+    for epoch in range(start, cfg.epochs + 1):
         t0, losses, n = time.perf_counter(), [], 0
         for batch in length_grouped_batches(train, spec, cfg.batch_size, rng, cfg.group_pool):
             loss, k = train_step(model, batch.to(device), opt, cfg.grad_clip)
@@ -207,7 +221,7 @@ def fit(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    else:
+    elif history:
         best_epoch = history[-1].epoch
     model.eval()
     return FitResult(history, best_epoch, best)

@@ -1,19 +1,43 @@
-"""Ray Tune searches over a training job: in-process trials (``workers=0``) for now.
+"""Ray Tune searches over a training job (``seqrec tune``).
 
 A trial's config is the search space's values plus ``__job`` (the base ``TrainJob`` as a dict).
 The trial splits the values into training options and model options
-(:func:`seqrec.tuning.space.split`), trains with the one loop (:func:`seqrec.train.fit`), and after
-every epoch reports the validation metrics, the epoch and a checkpoint
-(:mod:`seqrec.checkpoint`) to Tune, so ASHA can stop it early. Ray Train trials (``workers >= 1``,
-``TorchTrainer`` + ``TuneReportCallback``) and ``seqrec tune`` come next (issue #6).
+(:func:`seqrec.tuning.space.split`) and trains in one of two ways:
+
+- ``workers == 0`` (:func:`inprocess_trial`): the single-process loop (:func:`seqrec.train.fit`)
+  in the trial's own process. After every epoch it reports the validation metrics, the epoch and
+  a checkpoint (:mod:`seqrec.checkpoint`) to Tune. Small searches on one machine are fast this
+  way: a trial costs its training time plus a second or two.
+- ``workers >= 1`` (:func:`train_trial`): the trial is the driver of a Ray Train run
+  (:func:`seqrec.train.distributed.run_training`: ``TorchTrainer`` over N workers fed by Ray
+  Data) with a ``TuneReportCallback``, so each epoch's ``ray.train.report`` becomes a Tune
+  result. The trial itself holds a quarter CPU; Ray Train places its workers in its own
+  placement group. Each trial's run (checkpoints, export) lives in ``<search>/train/trial-<id>``.
+
+Both report an explicit ``epoch``, which ASHA uses as its time axis (``training_iteration``
+restarts at 1 when a Ray Train trial resumes from its own checkpoint).
+
+After the search, :func:`write_results` writes ``trials.csv`` / ``trials.md`` (every trial,
+sorted by the validation metric), ``best.yaml`` (a ``seqrec train --config`` file),
+``search.json`` (the best checkpoint path among others) and ``search.png`` into the
+experiment directory ``<storage>/<name>``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import os
 import tempfile
 from pathlib import Path
 
-from seqrec.tuning.space import check_space, split
+from seqrec.tuning.space import check_space, expand, split
+
+SCHEDULERS = ("asha", "fifo")
+SEARCHES = ("random", "optuna")
+TRIAL_DRIVER_CPU = 0.25  # a Ray Train trial's own share: it only drives the run
+DATA_RESERVE_CPU = 1.0  # kept free of trials for Ray Data's read tasks (they ask for 1 CPU each)
 
 
 def trial_job(config: dict):
@@ -21,81 +45,456 @@ def trial_job(config: dict):
     from seqrec.train.distributed import TrainJob
 
     base = dict(config["__job"])
-    job_values, options = split({k: v for k, v in config.items() if not k.startswith("__")})
+    job_values, options = split(_values(config))
     return TrainJob.from_dict({**base, **job_values, "options": {**base.get("options", {}), **options}})
+
+
+def _values(config: dict) -> dict:
+    """The searched values of a trial config (without the ``__`` entries)."""
+    return {k: v for k, v in config.items() if not k.startswith("__")}
 
 
 def inprocess_trial(config: dict) -> None:
     """One Tune trial in this worker process: the single-process loop, one report per epoch."""
+    import torch
     from ray import tune
 
-    from seqrec.checkpoint import dataset_identity, save_checkpoint
+    from seqrec.checkpoint import dataset_identity, read_meta, save_checkpoint
     from seqrec.data.prepare import read_split
     from seqrec.train.distributed import build, select_metric, validation
     from seqrec.train.loop import fit
 
+    torch.set_num_threads(max(1, int(config.get("__cpus", 1))))  # the trial's CPUs, not the machine's
     job = trial_job(config)
     model, spec, manifest = build(job)
     train = read_split(job.data, "train")
     val = read_split(job.data, "val") if manifest["config"]["protocol"].get("val") else None
     if val is None or val.num_rows == 0:
         raise ValueError(f"{job.data} has no validation split: a search needs one to compare trials")
+    select = select_metric(job, manifest)
     history: list[dict] = []
+    resumed = tune.get_checkpoint()  # an interrupted or failed trial goes on from its last epoch
+    tmp = tempfile.TemporaryDirectory()
+    resume = None
+    if resumed is not None:
+        resume = Path(resumed.to_directory(tmp.name)) / "checkpoint"
+        history = read_meta(resume)["history"]
 
     def on_epoch(res, model, opt) -> None:
         metrics = {"epoch": res.epoch, "loss": res.loss, "targets_per_s": res.targets_per_s, **res.metrics}
         history.append(metrics)
+        scores = [h[select] for h in history]
+        best = max(scores)
+        state = {"best": best, "stale": len(scores) - 1 - scores.index(best)}  # what fit(resume=...) continues from
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(Path(d) / "checkpoint", model, opt, epoch=res.epoch, step=0, metrics=res.metrics,
-                            dataset=dataset_identity(manifest, job.data), history=history, train=job.to_dict())
+                            dataset=dataset_identity(manifest, job.data), history=history, train=job.to_dict(),
+                            extra={"train_state": state})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    select = select_metric(job, manifest)
-    fit(model, train, spec, job.train_config(),
-        validate=lambda m: validation(job, m, val, spec, manifest)[0], select=select, log=None, on_epoch=on_epoch)
+    with tmp:
+        fit(model, train, spec, job.train_config(), validate=lambda m: validation(job, m, val, spec, manifest)[0],
+            select=select, log=None, on_epoch=on_epoch, resume=resume)
 
 
-def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", name: str = "search",
-               storage: str | Path = "runs/tune", seed: int = 0, cpus_per_trial: float = 1.0,
-               max_concurrent: int | None = None):
-    """Search ``space`` around the base ``job`` with in-process trials; returns Tune's ``ResultGrid``.
+def train_trial(config: dict) -> None:
+    """One Tune trial that drives a Ray Train run (``TorchTrainer`` + ``TuneReportCallback``)."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
 
-    The space is checked first (:func:`check_space`). ASHA stops trials by the validation metric
-    at epoch milestones (``grace_period`` 1, ``max_t`` = epochs); ``fifo`` runs every trial to the end.
+    from seqrec.train.distributed import run_training
+
+    # a stable name (the trial id): a restored trial resumes its Ray Train run from that run's checkpoint
+    job = dataclasses.replace(trial_job(config), name=f"trial-{tune.get_context().get_trial_id()}",
+                              storage=config["__train_storage"])
+    run_training(job, log=None, callbacks=[TuneReportCallback()])  # built here: it needs the trial's session
+
+
+def trial_resources(job) -> dict:
+    """What one trial asks Ray for (a Ray Train trial's workers come on top, in their own placement group)."""
+    if job.workers == 0:
+        return {"CPU": job.cpus_per_worker} | ({"GPU": 1} if job.gpu else {})
+    return {"CPU": TRIAL_DRIVER_CPU}
+
+
+def concurrency(job, resources: dict) -> int:
+    """How many trials fit the cluster at once; raises when not even one does.
+
+    A trial takes :func:`trial_resources` plus, with workers, ``workers × cpus_per_worker`` (and
+    a GPU each with ``gpu``). With workers, one CPU stays free for Ray Data's read tasks.
+    """
+    per_cpu = trial_resources(job)["CPU"] + job.workers * job.cpus_per_worker
+    free_cpu = resources.get("CPU", 0.0) - (DATA_RESERVE_CPU if job.workers else 0.0)
+    fits = [math.floor(free_cpu / per_cpu + 1e-9)]
+    if job.gpu:
+        fits.append(math.floor(resources.get("GPU", 0.0) / max(job.workers, 1) + 1e-9))
+    n = min(fits)
+    if n < 1 and not job.wait_for_resources:
+        need = f"{per_cpu:g} CPU" + (f" and {max(job.workers, 1)} GPU" if job.gpu else "")
+        reserve = f" + {DATA_RESERVE_CPU:g} CPU kept for Ray Data" if job.workers else ""
+        raise ValueError(f"one trial needs {need}{reserve}; the Ray cluster has {resources.get('CPU', 0):g} CPU, "
+                         f"{resources.get('GPU', 0):g} GPU. Use fewer --workers-per-trial or a smaller --cpus-per-worker, "
+                         "or pass --wait-for-resources on an autoscaling cluster")
+    return max(n, 1)
+
+
+def _has_dashboard() -> bool:
+    import ray
+
+    try:
+        return bool(ray._private.worker.global_worker.node.address_info.get("webui_url"))  # noqa: SLF001
+    except AttributeError:  # connected as a client: assume a real cluster, which runs its dashboard
+        return True
+
+
+def start_ray(workers: int) -> None:
+    """Connect to (or start) Ray. Ray Train trials need the dashboard when ASHA may stop them.
+
+    Ray Train frees a stopped run's worker placement group from a cleaner actor that asks the
+    dashboard's State API whether the run's controller is alive. Without the dashboard, a trial
+    that ASHA stops keeps its workers' CPUs forever and the next trials wait for them (a hang).
+    So a cluster this function starts runs the dashboard, on a free port named in
+    ``RAY_API_SERVER_ADDRESS`` so that the cleaner finds it even beside other Ray clusters.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if workers == 0:
+        ray.init(include_dashboard=False, logging_level="WARNING")
+        return
+    port = free_port()
+    os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, logging_level="WARNING")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def search_space(space: dict, search: str) -> dict:
+    """``space`` as the search algorithm takes it: Optuna's categories must be scalars, so a joint
+    dimension's tuples become strings ("4,64"), which :func:`seqrec.tuning.space.expand` splits back."""
+    if search != "optuna":
+        return space
+    from ray import tune
+    from ray.tune.search.sample import Categorical
+
+    out = {}
+    for k, v in space.items():
+        if isinstance(v, dict) and "grid_search" in v:
+            raise ValueError(f"--search optuna cannot take the grid dimension {k!r}: use --search random for grids "
+                             "(the paper_* spaces)")
+        if "," in k and isinstance(v, Categorical):
+            v = tune.choice([",".join(str(x) for x in c) for c in v.categories])
+        out[k] = v
+    return out
+
+
+def _reporter(space: dict, select: str):
+    """Tune's status table: the searched values, the epoch, the loss and the validation metric (not the base job)."""
+    from ray.tune import CLIReporter
+
+    return CLIReporter(parameter_columns=[k for k in space if not k.startswith("__")],
+                       metric_columns=["epoch", "loss", select], max_report_frequency=30)
+
+
+def _search_alg(search: str, select: str, seed: int, max_concurrent: int):
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if search == "random":
+        # the limit goes to the generator: Tune ignores TuneConfig.max_concurrent_trials with a generator instance
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+    try:
+        import optuna  # noqa: F401
+    except ImportError as e:
+        raise ValueError("--search optuna needs Optuna: pip install 'seqrec[optuna]'") from e
+    from ray.tune.search.optuna import OptunaSearch
+
+    return ConcurrencyLimiter(OptunaSearch(metric=select, mode="max", seed=seed), max_concurrent=max_concurrent)
+
+
+def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", search: str = "random",
+               name: str = "search", storage: str | Path = "runs/tune", seed: int = 0,
+               max_concurrent: int | None = None, resume: bool = False, space_name: str | None = None, log=print):
+    """Search ``space`` around the base ``job``; returns Tune's ``ResultGrid``.
+
+    ``job.workers`` picks the trial kind (0: in-process; N: a Ray Train run of N workers per
+    trial) and ``job.cpus_per_worker`` the CPUs of each. The space is checked first
+    (:func:`check_space`). ASHA stops trials by the validation metric at epoch milestones
+    (``grace_period`` 1, ``max_t`` = epochs); ``fifo`` runs every trial to the end. The number of
+    trials at once comes from the cluster's resources unless ``max_concurrent`` is given.
+    ``resume`` continues the interrupted search ``<storage>/<name>`` (unfinished and failed trials
+    go on from their last checkpoints). The base job and ``space_name`` are saved in
+    ``<storage>/<name>/seqrec_search.json`` for ``seqrec tune --resume``.
     """
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from seqrec.data.prepare import load_manifest
     from seqrec.features import FeatureSpec
     from seqrec.train.distributed import select_metric
 
-    if job.workers != 0:
-        raise ValueError("run_search runs in-process trials (workers=0); Ray Train trials are not built yet (#6)")
-    if scheduler not in ("asha", "fifo"):
-        raise ValueError(f"scheduler={scheduler!r}; choose asha or fifo")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler={scheduler!r}; choose one of {SCHEDULERS}")
+    if search not in SEARCHES:
+        raise ValueError(f"search={search!r}; choose one of {SEARCHES}")
+    if samples < 1:
+        raise ValueError(f"samples={samples} must be >= 1")
+    exp = Path(storage).resolve() / name
+    if resume:
+        if not tune.Tuner.can_restore(str(exp)):
+            raise FileNotFoundError(f"no search to resume at {exp} (it has no tuner.pkl)")
+    elif exp.exists() and any(exp.iterdir()):
+        raise FileExistsError(f"{exp} already holds a search: pass --resume to continue it, or choose another --name")
     manifest = load_manifest(job.data)
     check_space(job.model, space, FeatureSpec.from_dict(manifest["feature_spec"]), base_options=job.options)
     select = select_metric(job, manifest)
-    sched = (ASHAScheduler(time_attr="epoch", max_t=job.epochs, grace_period=1, reduction_factor=2)
-             if scheduler == "asha" else FIFOScheduler())
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="WARNING")
+    start_ray(job.workers)
+    if job.workers and scheduler == "asha" and not _has_dashboard():
+        raise ValueError("ASHA stops Ray Train trials early, and Ray Train frees a stopped trial's workers through the "
+                         "dashboard's State API, which this Ray cluster does not run: start Ray with the dashboard, "
+                         "or use --scheduler fifo")
     if max_concurrent is None:
-        max_concurrent = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_trial))
-    tuner = tune.Tuner(
-        tune.with_resources(inprocess_trial, {"CPU": cpus_per_trial}),
-        param_space={**space, "__job": job.to_dict() | {"data": str(Path(job.data).resolve()), "workers": 0}},
-        # the concurrency limit goes to the generator: Tune ignores max_concurrent_trials with a generator instance
-        tune_config=tune.TuneConfig(metric=select, mode="max", scheduler=sched, num_samples=samples,
-                                    search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)),
-        run_config=tune.RunConfig(name=name, storage_path=str(Path(storage).resolve()),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=select,
-                                                                          checkpoint_score_order="max")),
-    )
+        max_concurrent = concurrency(job, ray.cluster_resources())
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic status table, with the columns of _reporter
+    # a per-epoch checkpoint with num_to_keep=1 forces a state snapshot each time, and Tune warns about it every epoch
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    trainable = tune.with_resources(inprocess_trial if job.workers == 0 else train_trial, trial_resources(job))
+    if resume:
+        tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        data = str(Path(job.data).resolve())
+        fixed = {"__job": job.to_dict() | {"data": data}, "__cpus": job.cpus_per_worker,
+                 "__train_storage": str(exp / "train")}
+        sched = (ASHAScheduler(time_attr="epoch", max_t=job.epochs, grace_period=1, reduction_factor=2)
+                 if scheduler == "asha" else FIFOScheduler())
+        keep = (tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=select, checkpoint_score_order="max")
+                if job.workers == 0 else None)  # Ray Train trials keep their own checkpoints
+        tuner = tune.Tuner(
+            trainable,
+            param_space={**search_space(space, search), **fixed},
+            tune_config=tune.TuneConfig(metric=select, mode="max", scheduler=sched, num_samples=samples,
+                                        search_alg=_search_alg(search, select, seed, max_concurrent)),
+            run_config=tune.RunConfig(name=name, storage_path=str(exp.parent), checkpoint_config=keep,
+                                      verbose=1 if log else 0, progress_reporter=_reporter(space, select)),
+        )
+    if not resume:
+        exp.mkdir(parents=True, exist_ok=True)
+        (exp / "seqrec_search.json").write_text(json.dumps(
+            {"job": job.to_dict() | {"data": str(Path(job.data).resolve())}, "space": space_name}, indent=1))
+    if log:
+        kind = "in-process" if job.workers == 0 else f"Ray Train ({job.workers} worker(s) × {job.cpus_per_worker:g} CPU)"
+        log(f"search {name}: {job.model}, {kind} trials, up to {max_concurrent} at once, {scheduler} on validation {select}")
     return tuner.fit()
 
 
-__all__ = ["inprocess_trial", "run_search", "trial_job"]
+# ----------------------------------------------------------------------------------------------
+# results
+
+
+def trial_rows(grid, select: str) -> list[dict]:
+    """One row per trial: status, epochs, its best validation metric (and the epoch), time, config, checkpoint."""
+    rows = []
+    for r in grid:
+        config = r.config or {}
+        values = expand(_values(config))
+        df = r.metrics_dataframe
+        row = {"trial_id": (r.metrics or {}).get("trial_id") or _trial_id_of(r.path)}
+        if df is not None and len(df) and select in df:
+            best = df.loc[df[select].idxmax()]
+            row.update({select: float(best[select]), "best_epoch": int(best["epoch"]), "epochs": int(df["epoch"].max()),
+                        "loss": float(best["loss"])})
+            path = best.get("checkpoint_path") if "checkpoint_path" in df else None  # Ray Train trials
+            if not isinstance(path, str):
+                ck = r.get_best_checkpoint(select, "max") if r.best_checkpoints else None
+                path = ck.path if ck is not None else None
+            row["checkpoint"] = path
+        else:
+            row.update({select: float("nan"), "best_epoch": None, "epochs": 0, "loss": float("nan"), "checkpoint": None})
+        row["status"] = "error" if r.error else "done"
+        row["time_s"] = float((r.metrics or {}).get("time_total_s", float("nan")))
+        row.update({f"config/{k}": v for k, v in values.items()})
+        rows.append(row)
+    return sorted(rows, key=lambda x: -x[select] if x[select] == x[select] else math.inf)
+
+
+def _trial_id_of(path: str | None) -> str | None:
+    """A trial's id from its directory name (``<trainable>_<expid>_<index>_<values>_<time>``)."""
+    import re
+
+    m = re.search(r"_([0-9a-f]{5}_\d{5})_", Path(path).name) if path else None
+    return m.group(1) if m else None
+
+
+def _statuses(grid) -> dict:
+    """Tune's status of every trial (TERMINATED, ERROR, PENDING, ...) by trial id, as saved in the experiment
+    directory: an interrupted search saves its pending trials as such there (the in-memory grid may not say)."""
+    import logging
+
+    from ray.tune import ExperimentAnalysis
+
+    log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = log.level
+    log.setLevel(logging.ERROR)  # "Failed to fetch metrics" for trials that never reported: expected here
+    try:
+        return {t.trial_id: t.status for t in ExperimentAnalysis(grid.experiment_path).trials}
+    finally:
+        log.setLevel(level)
+
+
+def unfinished(grid) -> int:
+    """Trials of ``grid`` that neither ended nor failed: the search was interrupted (``--resume`` goes on)."""
+    return sum(st not in ("TERMINATED", "ERROR") for st in _statuses(grid).values())
+
+
+def write_results(grid, job, space_name: str, out: Path, select: str, search: dict | None = None) -> dict:
+    """trials.csv, trials.md, best.yaml, search.json and search.png in ``out``; returns search.json's content."""
+    import pandas as pd
+    import yaml
+
+    rows = trial_rows(grid, select)
+    if not rows:
+        raise RuntimeError(f"the search {out} has no trials")
+    status = _statuses(grid)
+    summary_unfinished = sum(st not in ("TERMINATED", "ERROR") for st in status.values())
+    for row in rows:
+        st = status.get(row["trial_id"], "TERMINATED")
+        if row["status"] != "error":
+            row["status"] = ("unfinished" if st not in ("TERMINATED", "ERROR")
+                             else "stopped early" if row["epochs"] < job.epochs else "done")  # by ASHA or patience
+    df = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "trials.csv", index=False)
+    (out / "trials.md").write_text(markdown_trials(rows, select))
+    done = [r for r in rows if r[select] == r[select]]
+    summary = {"model": job.model, "data": str(job.data), "space": space_name, "select": select, "trials": len(rows),
+               "unfinished": summary_unfinished,
+               "errors": sum(r["status"] == "error" for r in rows),
+               "stopped_early": sum(r["status"] == "stopped early" for r in rows),
+               "workers_per_trial": job.workers, **(search or {})}
+    if done:
+        best = done[0]
+        values = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("config/")}
+        best_job = trial_job({"__job": job.to_dict(), **values})
+        best_job = dataclasses.replace(best_job, name=None, storage="runs")
+        header = (f"# best trial {best['trial_id']} of the search {out.name}: validation {select} {best[select]:.4f} "
+                  f"at epoch {best['best_epoch']}\n# train it: seqrec train --config {out / 'best.yaml'}\n")
+        (out / "best.yaml").write_text(header + yaml.safe_dump(_plain(best_job.to_dict()), sort_keys=False))
+        summary.update({"best": {select: best[select], "epoch": best["best_epoch"], "trial_id": best["trial_id"],
+                                 "config": values, "checkpoint": best["checkpoint"]},
+                        "best_yaml": str(out / "best.yaml")})
+        plot = plot_search(df, select, out / "search.png", family=job.model.partition(":")[0],
+                           title=f"{job.model}: {space_name} on {Path(job.data).name}")
+        summary["plot"] = str(plot) if plot else None
+    (out / "search.json").write_text(json.dumps(_plain(summary), indent=1, default=str))
+    return summary
+
+
+def _plain(x):
+    """YAML/JSON-safe values (tuples and numpy scalars to plain Python)."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def markdown_trials(rows: list[dict], select: str) -> str:
+    """The trials as a Markdown table, best first."""
+    keys = [k for k in rows[0] if k.startswith("config/")]
+    cols = ["#", *[k.split("/", 1)[1] for k in keys], select, "best epoch", "epochs", "status", "time (s)"]
+    lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+    for i, r in enumerate(rows, 1):
+        cells = [str(i), *[_fmt(r.get(k)) for k in keys], _fmt(r[select], 4), _fmt(r["best_epoch"]), str(r["epochs"]),
+                 r["status"], _fmt(r["time_s"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "–"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+# the dimensions the paper's tables vary, per model family: (x axis, bar colour), then a second panel's x
+PLOTS = {"sdm": (("heads", "fusion"), ("hidden", None)), "bst": (("blocks", "heads"), ("id_dim", None))}
+
+
+def plot_search(df, select: str, path: Path, family: str = "sdm", title: str = "") -> Path | None:
+    """Bars of the validation metric (mean ± std over trials) by heads × fusion and by hidden size
+    (SDM; BST: blocks × heads and embedding size). Only dimensions that vary in the search are
+    drawn; returns None when none does."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = []
+    for x, hue in PLOTS.get(family, ()):
+        cx, ch = f"config/{x}", f"config/{hue}" if hue else None
+        if cx not in df or df[cx].nunique() < 2:
+            if ch and ch in df and df[ch].nunique() >= 2:
+                cx, ch = ch, None  # only the colour dimension varies: it becomes the x axis
+            else:
+                continue
+        if ch and (ch not in df or df[ch].nunique() < 2):
+            ch = None
+        panels.append((cx, ch))
+    if not panels:
+        panels = _generic_panels(df)
+    if not panels:
+        return None
+    ok = df[df[select].notna()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, (cx, ch) in zip(axes[0], panels):
+        xs = sorted(ok[cx].dropna().unique(), key=_sort_key)
+        hues = sorted(ok[ch].dropna().unique(), key=_sort_key) if ch else [None]
+        width = 0.8 / len(hues)
+        for j, h in enumerate(hues):
+            sub = ok if h is None else ok[ok[ch] == h]
+            stats = [sub[sub[cx] == x][select] for x in xs]
+            means = [s.mean() if len(s) else np.nan for s in stats]
+            stds = [s.std(ddof=0) if len(s) > 1 else 0.0 for s in stats]
+            pos = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
+            ax.bar(pos, means, width, yerr=stds, capsize=3, label=None if h is None else f"{ch.split('/', 1)[1]}={h}")
+        ax.set_xticks(np.arange(len(xs)), [str(x) for x in xs])
+        ax.set_xlabel(cx.split("/", 1)[1])
+        ax.set_ylabel(f"validation {select}")
+        finite = ok[select]
+        lo, hi = float(finite.min()), float(finite.max())
+        pad = max((hi - lo) * 0.5, 1e-3)
+        ax.set_ylim(max(0.0, lo - pad), hi + pad)
+        if ch:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{title} (best epoch per trial; mean ± std over trials)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _generic_panels(df) -> list[tuple[str, None]]:
+    """One panel per varying discrete config column (at most two)."""
+    cols = [c for c in df.columns if c.startswith("config/") and c != "config/seed" and 1 < df[c].nunique() <= 12]
+    return [(c, None) for c in cols[:2]]
+
+
+def _sort_key(v):
+    return (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v))
+
+
+__all__ = ["concurrency", "free_port", "inprocess_trial", "markdown_trials", "plot_search", "run_search", "search_space",
+           "start_ray", "train_trial", "trial_job", "trial_resources", "trial_rows", "unfinished", "write_results"]

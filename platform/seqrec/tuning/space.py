@@ -76,12 +76,52 @@ def expand(config: dict) -> dict:
     for k, v in config.items():
         if "," in k:
             names = k.split(",")
+            if isinstance(v, str):  # "4,64": how a joint value reaches a search algorithm that takes scalars only (Optuna)
+                import yaml
+
+                v = tuple(yaml.safe_load(x) for x in v.split(","))
             if not isinstance(v, (tuple, list)) or len(v) != len(names):
                 raise ValueError(f"joint dimension {k!r} needs {len(names)} values per choice, got {v!r}")
             out.update(zip(names, v))
         else:
             out[k] = v
     return out
+
+
+def override(space: dict, key: str, values: list) -> dict:
+    """``space`` with dimension ``key`` restricted to ``values`` (``seqrec tune --set key=v1,v2``).
+
+    A grid dimension stays a grid; any other becomes a choice, or a constant for one value. A
+    field of a joint dimension ("heads" of "heads,hidden") filters the joint's valid pairs, so the
+    constraint still holds; a key the space lacks is added.
+    """
+    from ray import tune
+    from ray.tune.search.sample import Categorical
+
+    if not values:
+        raise ValueError(f"--set {key}= needs at least one value")
+    space = dict(space)
+    if "," in key:  # a joint dimension given whole: --set heads,hidden=2:8,4:8 (check_space checks the pairs)
+        n = len(key.split(","))
+        if any(not isinstance(v, (tuple, list)) or len(v) != n for v in values):
+            raise ValueError(f"--set {key}=...: every value needs {n} parts joined by ':' (e.g. 2:64)")
+        space[key] = tune.choice([tuple(v) for v in values])
+        return space
+    for k, dom in space.items():
+        names = k.split(",")
+        if len(names) > 1 and key in names:
+            i = names.index(key)
+            kept = [c for c in dom.categories if c[i] in values] if isinstance(dom, Categorical) else []
+            if not kept:
+                raise ValueError(f"--set {key}={','.join(map(str, values))}: no valid ({k}) pair of the space has "
+                                 f"{key} in {values}; the space allows {getattr(dom, 'categories', dom)}")
+            space[k] = tune.choice(kept)
+            return space
+    if isinstance(space.get(key), dict) and "grid_search" in space[key]:
+        space[key] = tune.grid_search(list(values))
+    else:
+        space[key] = values[0] if len(values) == 1 else tune.choice(list(values))
+    return space
 
 
 def split(config: dict) -> tuple[dict, dict]:
@@ -153,4 +193,4 @@ def check_space(model: str, space: dict, features, max_combinations: int = 20_00
     return checked
 
 
-__all__ = ["check_space", "expand", "joint", "load_space", "space_names", "split"]
+__all__ = ["check_space", "expand", "joint", "load_space", "override", "space_names", "split"]
