@@ -224,3 +224,18 @@ def test_fit_resumes_from_a_trial_checkpoint(tiny_prepared, tmp_path):
     fit(resumed_only, train, spec, dataclasses.replace(cfg, epochs=1), log=None, resume=tmp_path / "ck")  # nothing left to train
     assert all(torch.equal(resumed_only.state_dict()[k], saved["weights"][k]) for k in saved["weights"])
     assert not all(torch.equal(untouched.state_dict()[k], saved["weights"][k]) for k in saved["weights"])
+
+
+def test_a_grid_over_seeds_gets_a_table_by_value_and_a_plot(tmp_path):
+    import pandas as pd
+
+    from seqrec.tuning.run import markdown_by_value, plot_search
+
+    df = pd.DataFrame({"config/heads": [1, 1, 4, 4, 8, 8], "config/seed": [0, 1, 0, 1, 0, 1],
+                       "Recall@50": [0.20, 0.22, 0.30, 0.26, 0.25, float("nan")]})
+    md = markdown_by_value(df, "Recall@50").splitlines()
+    assert md[3:] == ["| heads | Recall@50 | seeds |", "|---|---|---|", "| 4 | 0.2800 ± 0.0283 | 2 |",
+                      "| 8 | 0.2500 ± 0.0000 | 1 |", "| 1 | 0.2100 ± 0.0141 | 2 |"]
+    assert markdown_by_value(df.drop(columns="config/seed"), "Recall@50") == ""
+    assert plot_search(df, "Recall@50", tmp_path / "p.png", family="sdm") == tmp_path / "p.png"
+    assert plot_search(df[["config/seed", "Recall@50"]], "Recall@50", tmp_path / "q.png") is None  # nothing but seeds varies

@@ -76,3 +76,19 @@ def test_an_invalid_space_is_rejected_before_any_trial_naming_the_combinations(s
     # ranges are checked at both bounds
     with pytest.raises(ValueError, match="1 of 2 combinations"):
         check_space("sdm:PSDMMAL", {"lstm_layers": tune.randint(0, 3)}, spec)
+
+
+def test_set_narrows_a_space_and_keeps_joint_constraints():
+    from seqrec.tuning.space import override
+
+    space = load_space("sdm:PSDMMAL", "default")
+    two = override(space, "heads", [2, 8])
+    assert sorted(two["heads,hidden"].categories) == [(2, 32), (2, 64), (2, 128), (8, 32), (8, 64), (8, 128)]
+    assert override(space, "fusion", ["add"])["fusion"] == "add"  # one value: a constant
+    assert override(space, "heads,hidden", [(2, 8), (4, 8)])["heads,hidden"].categories == [(2, 8), (4, 8)]
+    assert override(load_space("sdm:PSDMMAL", "paper_heads", seeds=2), "heads", [1, 4])["heads"] == {"grid_search": [1, 4]}
+    assert override(space, "batch_size", [64, 128])["batch_size"].categories == [64, 128]  # a new dimension
+    with pytest.raises(ValueError, match=r"no valid \(heads,hidden\) pair of the space has hidden in \[48\]"):
+        override(space, "hidden", [48])
+    with pytest.raises(ValueError, match="every value needs 2 parts"):
+        override(space, "heads,hidden", [4])

@@ -184,11 +184,12 @@ def validation(job: TrainJob, model, table, spec, manifest) -> tuple[dict, str]:
     from seqrec.evaluate import evaluate_matcher, evaluate_ranker, protocol_of
     from seqrec.models import is_ranker
 
+    device = str(next(model.parameters()).device)  # batches go where the model is (a GPU worker's or trial's)
     if is_ranker(job.model):  # negatives drawn by the popularity the ranker carries (items.parquet counts)
         counts = model.item_counts.detach().cpu().numpy().astype(np.float64)
-        metrics = evaluate_ranker(model, table, spec, counts, job.rank_negatives, seed=0)
+        metrics = evaluate_ranker(model, table, spec, counts, job.rank_negatives, seed=0, device=device)
     else:
-        metrics = evaluate_matcher(model, table, spec, protocol_of(manifest))
+        metrics = evaluate_matcher(model, table, spec, protocol_of(manifest), device=device)
     return metrics, select_metric(job, manifest)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import tempfile
@@ -65,6 +66,7 @@ def inprocess_trial(config: dict) -> None:
     from seqrec.train.loop import fit
 
     torch.set_num_threads(max(1, int(config.get("__cpus", 1))))  # the trial's CPUs, not the machine's
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one "Checkpoint created" line per epoch
     job = trial_job(config)
     model, spec, manifest = build(job)
     train = read_split(job.data, "train")
@@ -92,8 +94,13 @@ def inprocess_trial(config: dict) -> None:
                             extra={"train_state": state})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
+    cfg = job.train_config()
+    if job.gpu:  # the trial holds one GPU (trial_resources); fp32 here (--amp is for Ray Train trials)
+        if not torch.cuda.is_available():
+            raise RuntimeError("the trial was given a GPU (--gpu) but torch sees no CUDA device in its process")
+        cfg = dataclasses.replace(cfg, device="cuda")
     with tmp:
-        fit(model, train, spec, job.train_config(), validate=lambda m: validation(job, m, val, spec, manifest)[0],
+        fit(model, train, spec, cfg, validate=lambda m: validation(job, m, val, spec, manifest)[0],
             select=select, log=None, on_epoch=on_epoch, resume=resume)
 
 
@@ -372,7 +379,7 @@ def write_results(grid, job, space_name: str, out: Path, select: str, search: di
     df = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "trials.csv", index=False)
-    (out / "trials.md").write_text(markdown_trials(rows, select))
+    (out / "trials.md").write_text(markdown_trials(rows, select) + markdown_by_value(df, select))
     done = [r for r in rows if r[select] == r[select]]
     summary = {"model": job.model, "data": str(job.data), "space": space_name, "select": select, "trials": len(rows),
                "unfinished": summary_unfinished,
@@ -422,6 +429,25 @@ def markdown_trials(rows: list[dict], select: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_by_value(df, select: str) -> str:
+    """Over seeds (a grid with a ``seed`` dimension, as the paper_* spaces): mean ± std of each other
+    value combination, best first; empty when the search has no seed dimension."""
+    if "config/seed" not in df or df["config/seed"].nunique() < 2:
+        return ""
+    keys = [c for c in df.columns if c.startswith("config/") and c != "config/seed" and df[c].nunique() > 1]
+    if not keys:
+        return ""
+    g = df[df[select].notna()].groupby(keys)[select].agg(["mean", "std", "count"]).sort_values("mean", ascending=False)
+    names = [k.split("/", 1)[1] for k in keys]
+    lines = ["", f"By value, over seeds ({select}: mean ± std):", "",
+             "| " + " | ".join([*names, select, "seeds"]) + " |", "|---" * (len(names) + 2) + "|"]
+    for idx, r in g.iterrows():
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        lines.append("| " + " | ".join([*map(str, idx), f"{r['mean']:.4f} ± {0.0 if r['std'] != r['std'] else r['std']:.4f}",
+                                        str(int(r["count"]))]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(v, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and v != v):
         return "–"
@@ -467,7 +493,7 @@ def plot_search(df, select: str, path: Path, family: str = "sdm", title: str = "
             sub = ok if h is None else ok[ok[ch] == h]
             stats = [sub[sub[cx] == x][select] for x in xs]
             means = [s.mean() if len(s) else np.nan for s in stats]
-            stds = [s.std(ddof=0) if len(s) > 1 else 0.0 for s in stats]
+            stds = [s.std() if len(s) > 1 else 0.0 for s in stats]  # sample std, as in trials.md
             pos = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
             ax.bar(pos, means, width, yerr=stds, capsize=3, label=None if h is None else f"{ch.split('/', 1)[1]}={h}")
         ax.set_xticks(np.arange(len(xs)), [str(x) for x in xs])
