@@ -1,0 +1,132 @@
+"""Serving rows are training rows: raw events through seqrec.serving.RowBuilder give, column for column,
+the rows `seqrec data prepare` wrote for the same events (the reference is the prepared dataset itself)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from seqrec import features as F
+from seqrec.serving import Event, Request, RowBuilder
+
+
+def raw_events(root) -> pa.Table:
+    """The tiny dataset's events after prepare's event filters (user cap, min item count), sorted like prepare."""
+    from seqrec.data.loaders import open_source
+    from seqrec.data.prepare import read_stage, resolve_config
+
+    src = open_source(str(root / "events"), "synth", None)
+    cfg = resolve_config(src, min_item_count=2)
+    ev = pa.concat_tables([read_stage(src, c, i, cfg)[0] for i, c in enumerate(src.chunks())])
+    counts = pc.value_counts(ev[F.ITEM_ID].combine_chunks())
+    keep = counts.field("values").filter(pc.greater_equal(counts.field("counts"), cfg.min_item_count))
+    ev = ev.filter(pc.is_in(ev[F.ITEM_ID], value_set=keep))
+    return ev.take(pc.sort_indices(ev, [(F.USER_ID, "ascending"), (F.TIMESTAMP, "ascending"), (F.ROW, "ascending")]))
+
+
+def request_for(row: dict, ev: pa.Table, builder: RowBuilder) -> Request:
+    """The events of the row's user up to the row's last input event, as a serving request."""
+    mine = ev.filter(pc.equal(ev[F.USER_ID], pa.scalar(row[F.USER_RAW], ev[F.USER_ID].type))).to_pylist()
+    seq = row[F.seq_col(F.ITEM_ID)]
+    items = builder.encode(F.ITEM_ID, [e[F.ITEM_ID] for e in mine])
+    end = next(k + len(seq) for k in range(len(mine)) if mine[k][F.TIMESTAMP] == row[F.SESSION_START]
+               and list(items[k:k + len(seq)]) == list(seq))
+    side = builder.item_names[1:]
+    profile = {n: mine[0][n] for n in builder.user_names[1:]}
+    return Request(row[F.USER_RAW], [Event(e[F.ITEM_ID], e[F.TIMESTAMP], e[F.BEHAVIOR], {n: e[n] for n in side})
+                                     for e in mine[:end]], profile)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_rows_built_from_raw_events_equal_the_prepared_rows(tiny_prepared, split):
+    from seqrec.data.prepare import read_split
+
+    builder = RowBuilder(tiny_prepared)
+    prepared = read_split(tiny_prepared, split)
+    ev = raw_events(tiny_prepared.parent)
+    rows = prepared.slice(0, 40).to_pylist()
+    requests = [request_for(r, ev, builder) for r in rows]
+    served, reports = builder.rows(requests)
+    skip = {F.TARGETS, F.USER_RAW}
+    for name in prepared.column_names:
+        if name not in skip:
+            assert served[name].to_pylist() == prepared.slice(0, 40)[name].to_pylist(), name
+    assert [str(r[F.USER_RAW]) for r in rows] == served[F.USER_RAW].to_pylist()
+    assert all(rep.events_used == r[F.SEQ_LEN] for rep, r in zip(reports, rows))
+
+
+def test_unknown_ids_map_to_the_unknown_code_and_are_reported(tiny_prepared):
+    builder = RowBuilder(tiny_prepared)
+    known = builder.vocab[F.ITEM_ID][0].as_py()
+    req = Request("no-such-user", [Event(known, 1_000), Event(99_999_999, 1_010), Event("not-a-number", 1_020)])
+    table, (rep,) = builder.rows([req])
+    assert table[F.seq_col(F.ITEM_ID)].to_pylist() == [[F.FIRST_CODE, F.UNKNOWN, F.UNKNOWN]]
+    assert rep.unknown_items == [99_999_999, "not-a-number"] and rep.unknown_user and rep.events_used == 3
+    assert table[F.USER_ID].to_pylist() == [F.UNKNOWN]
+
+
+def test_a_request_without_events_has_no_row(tiny_prepared):
+    with pytest.raises(ValueError, match=r"requests \[1\] have no events"):
+        RowBuilder(tiny_prepared).rows([Request(1, [Event(5, 1)]), Request(2, [])])
+
+
+@pytest.fixture(scope="module")
+def tiny_artifacts(tiny_prepared, tmp_path_factory):
+    """A tiny SDM (with a flat index) and BST trained briefly on the tiny dataset, exported like `seqrec train` does."""
+    from seqrec.checkpoint import dataset_identity, save_checkpoint
+    from seqrec.data.prepare import read_split
+    from seqrec.export import build_index, export_checkpoint
+    from seqrec.train.distributed import TrainJob, build
+    from seqrec.train.loop import fit
+
+    root = tmp_path_factory.mktemp("artifacts")
+    train = read_split(tiny_prepared, "train")
+    out = {}
+    for name, model_name, options in (("sdm", "sdm:PSDMMAL", {"hidden": 8, "heads": 2, "id_dim": 4, "side_dim": 2, "profile_dim": 2}),
+                                      ("bst", "bst", {"id_dim": 8, "side_dim": 4, "mlp": "16-8", "heads": 2})):
+        job = TrainJob(model=model_name, data=str(tiny_prepared), options=options, epochs=1, batch_size=64, workers=0)
+        model, spec, manifest = build(job)
+        fit(model, train, spec, job.train_config(), log=None)
+        ck = save_checkpoint(root / name / "ck", model, epoch=1, step=0, dataset=dataset_identity(manifest, tiny_prepared))
+        export_checkpoint(ck, root / name / "export", tiny_prepared)
+        out[name] = root / name
+    build_index(out["sdm"] / "export", kind="flat")
+    return out
+
+
+def test_the_pipeline_top_k_equals_the_offline_two_stage_top_k(tiny_prepared, tiny_artifacts):
+    """Served (raw events → RowBuilder → SDM → FAISS → BST) and offline (prepared rows → evaluate's two-stage) agree."""
+    from seqrec.checkpoint import load_checkpoint
+    from seqrec.data.prepare import read_split
+    from seqrec.evaluate import encode_table, rerank, retrieve, score_table
+    from seqrec.serving import Pipeline
+
+    pipe = Pipeline(tiny_prepared, tiny_artifacts["sdm"], tiny_artifacts["bst"], candidates=50)
+    table = read_split(tiny_prepared, "test").slice(0, 25)
+    ev = raw_events(tiny_prepared.parent)
+    served = pipe.recommend([request_for(r, ev, pipe.rows) for r in table.to_pylist()], k=10)
+    matcher, _ = load_checkpoint(tiny_artifacts["sdm"] / "export" / "model")
+    ranker, _ = load_checkpoint(tiny_artifacts["bst"] / "export" / "model")
+    spec = pipe.rows.spec
+    top = retrieve(encode_table(matcher, table, spec), matcher.item_embeddings().detach().numpy(), 50, index="flat")
+    offline = rerank(score_table(ranker, table, spec, top), top, 10)
+    item_ids = np.load(tiny_artifacts["sdm"] / "export" / "item_ids.npy")
+    for got, want in zip(served, offline):
+        assert [i["item_id"] for i in got["items"]] == item_ids[want].tolist()
+        scores = [i["score"] for i in got["items"]]
+        assert scores == sorted(scores, reverse=True) and not got["cold_start"]
+    assert pipe.versions()["matcher"]["model"] == "sdm" and pipe.versions()["index"]["kind"] == "flat"
+
+
+def test_an_empty_history_gets_the_popular_items(tiny_prepared, tiny_artifacts):
+    from seqrec.serving import Pipeline
+
+    pipe = Pipeline(tiny_prepared, tiny_artifacts["sdm"], tiny_artifacts["bst"], candidates=50)
+    cold, warm = pipe.recommend([Request(7, []), Request(7, [Event(pipe.rows.vocab[F.ITEM_ID][3].as_py(), 100)])], k=5)
+    counts = pipe.rows.item_counts
+    assert cold["cold_start"] and [i["score"] for i in cold["items"]] == [None] * 5
+    top5 = np.argsort(-np.where(np.arange(len(counts)) >= F.FIRST_CODE, counts, -1), kind="stable")[:5]
+    assert [i["item_id"] for i in cold["items"]] == pipe.item_ids[top5].tolist()
+    assert not warm["cold_start"] and len(warm["items"]) == 5
