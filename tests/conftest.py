@@ -37,3 +37,28 @@ def tiny_prepared(tmp_path_factory):
     src = open_source(str(root / "events"), "synth", None)
     prepare(src, root / "prep", resolve_config(src, min_item_count=2), engine="local", progress=False)
     return root / "prep"
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny_prepared, tmp_path_factory):
+    """Two tiny SDM versions (the first with a flat index) and a BST, trained briefly on the tiny dataset, exported like `seqrec train` does."""
+    from seqrec.checkpoint import dataset_identity, save_checkpoint
+    from seqrec.data.prepare import read_split
+    from seqrec.export import build_index, export_checkpoint
+    from seqrec.train.distributed import TrainJob, build
+    from seqrec.train.loop import fit
+
+    root = tmp_path_factory.mktemp("artifacts")
+    train = read_split(tiny_prepared, "train")
+    out = {}
+    sdm = {"hidden": 8, "heads": 2, "id_dim": 4, "side_dim": 2, "profile_dim": 2}
+    for name, model_name, options, seed in (("sdm", "sdm:PSDMMAL", sdm, 0), ("sdm2", "sdm:PSDMMAL", sdm, 1),  # two versions
+                                            ("bst", "bst", {"id_dim": 8, "side_dim": 4, "mlp": "16-8", "heads": 2}, 0)):
+        job = TrainJob(model=model_name, data=str(tiny_prepared), options=options, epochs=1, batch_size=64, workers=0, seed=seed)
+        model, spec, manifest = build(job)
+        fit(model, train, spec, job.train_config(), log=None)
+        ck = save_checkpoint(root / name / "ck", model, epoch=1, step=0, dataset=dataset_identity(manifest, tiny_prepared))
+        export_checkpoint(ck, root / name / "export", tiny_prepared)
+        out[name] = root / name
+    build_index(out["sdm"] / "export", kind="flat")  # sdm2 has none: the Retriever builds a flat one
+    return out

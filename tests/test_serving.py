@@ -10,33 +10,7 @@ import pytest
 
 from seqrec import features as F
 from seqrec.serving import Event, Request, RowBuilder
-
-
-def raw_events(root) -> pa.Table:
-    """The tiny dataset's events after prepare's event filters (user cap, min item count), sorted like prepare."""
-    from seqrec.data.loaders import open_source
-    from seqrec.data.prepare import read_stage, resolve_config
-
-    src = open_source(str(root / "events"), "synth", None)
-    cfg = resolve_config(src, min_item_count=2)
-    ev = pa.concat_tables([read_stage(src, c, i, cfg)[0] for i, c in enumerate(src.chunks())])
-    counts = pc.value_counts(ev[F.ITEM_ID].combine_chunks())
-    keep = counts.field("values").filter(pc.greater_equal(counts.field("counts"), cfg.min_item_count))
-    ev = ev.filter(pc.is_in(ev[F.ITEM_ID], value_set=keep))
-    return ev.take(pc.sort_indices(ev, [(F.USER_ID, "ascending"), (F.TIMESTAMP, "ascending"), (F.ROW, "ascending")]))
-
-
-def request_for(row: dict, ev: pa.Table, builder: RowBuilder) -> Request:
-    """The events of the row's user up to the row's last input event, as a serving request."""
-    mine = ev.filter(pc.equal(ev[F.USER_ID], pa.scalar(row[F.USER_RAW], ev[F.USER_ID].type))).to_pylist()
-    seq = row[F.seq_col(F.ITEM_ID)]
-    items = builder.encode(F.ITEM_ID, [e[F.ITEM_ID] for e in mine])
-    end = next(k + len(seq) for k in range(len(mine)) if mine[k][F.TIMESTAMP] == row[F.SESSION_START]
-               and list(items[k:k + len(seq)]) == list(seq))
-    side = builder.item_names[1:]
-    profile = {n: mine[0][n] for n in builder.user_names[1:]}
-    return Request(row[F.USER_RAW], [Event(e[F.ITEM_ID], e[F.TIMESTAMP], e[F.BEHAVIOR], {n: e[n] for n in side})
-                                     for e in mine[:end]], profile)
+from serving_inputs import raw_events, request_for
 
 
 @pytest.mark.parametrize("split", ["val", "test"])
@@ -70,30 +44,6 @@ def test_unknown_ids_map_to_the_unknown_code_and_are_reported(tiny_prepared):
 def test_a_request_without_events_has_no_row(tiny_prepared):
     with pytest.raises(ValueError, match=r"requests \[1\] have no events"):
         RowBuilder(tiny_prepared).rows([Request(1, [Event(5, 1)]), Request(2, [])])
-
-
-@pytest.fixture(scope="module")
-def tiny_artifacts(tiny_prepared, tmp_path_factory):
-    """A tiny SDM (with a flat index) and BST trained briefly on the tiny dataset, exported like `seqrec train` does."""
-    from seqrec.checkpoint import dataset_identity, save_checkpoint
-    from seqrec.data.prepare import read_split
-    from seqrec.export import build_index, export_checkpoint
-    from seqrec.train.distributed import TrainJob, build
-    from seqrec.train.loop import fit
-
-    root = tmp_path_factory.mktemp("artifacts")
-    train = read_split(tiny_prepared, "train")
-    out = {}
-    for name, model_name, options in (("sdm", "sdm:PSDMMAL", {"hidden": 8, "heads": 2, "id_dim": 4, "side_dim": 2, "profile_dim": 2}),
-                                      ("bst", "bst", {"id_dim": 8, "side_dim": 4, "mlp": "16-8", "heads": 2})):
-        job = TrainJob(model=model_name, data=str(tiny_prepared), options=options, epochs=1, batch_size=64, workers=0)
-        model, spec, manifest = build(job)
-        fit(model, train, spec, job.train_config(), log=None)
-        ck = save_checkpoint(root / name / "ck", model, epoch=1, step=0, dataset=dataset_identity(manifest, tiny_prepared))
-        export_checkpoint(ck, root / name / "export", tiny_prepared)
-        out[name] = root / name
-    build_index(out["sdm"] / "export", kind="flat")
-    return out
 
 
 def test_the_pipeline_top_k_equals_the_offline_two_stage_top_k(tiny_prepared, tiny_artifacts):

@@ -83,6 +83,18 @@ search.json (with the best checkpoint's path) and search.png (the metric by head
 hidden size). --resume continues an interrupted search.
 """
 
+EPILOG_SERVE = """\
+examples:
+  seqrec serve --data data/ml-100k --run runs/ml-100k                  # the main command's experiment
+  seqrec serve --data data/ml-100k --matcher runs/sdm-ml --ranker runs/bst-ml --port 8000
+  seqrec serve --data data/ml-100k --run runs/ml-100k --once            # one recommendation, then stop
+  seqrec serve --data data/ml-100k --run runs/ml-100k --write-config serve.yaml && serve run serve.yaml
+
+POST /recommend {"user_id": 5, "events": [{"item_id": 50, "timestamp": 881250949}, ...], "k": 10}
+answers {"items": [{"item_id", "score", "match_score"}, ...], "model_versions", "timings_ms", ...};
+OpenAPI docs at /docs. The server listens on 127.0.0.1 unless --host says otherwise.
+"""
+
 
 def _time(value: str) -> int:
     """Epoch seconds, or an ISO 8601 date/time (naive times are UTC)."""
@@ -301,6 +313,24 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--wait-for-resources", action="store_true", default=None,
                     help="wait for an autoscaler when a trial does not fit the cluster (default: fail at once)")
 
+    sv = top.add_parser("serve", help="Ray Serve: SDM -> FAISS -> BST as one HTTP endpoint, from training runs",
+                        description="Start the composed recommendation app (Ingress -> UserEncoder -> Retriever -> Ranker) "
+                        "on Ray Serve from training runs' exports.", epilog=EPILOG_SERVE,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sv.add_argument("--data", required=True, help="the prepared dataset the models were trained on")
+    sv.add_argument("--run", help="a training run, or an experiment's --out (its train/ runs: SDM and BST preferred)")
+    sv.add_argument("--matcher", help="the matcher's training run (or export/ directory); overrides --run's")
+    sv.add_argument("--ranker", help="the ranker's training run (or export/ directory); overrides --run's")
+    sv.add_argument("--no-ranker", action="store_true", help="answer in the matcher's order (no BST stage)")
+    sv.add_argument("--index", choices=["auto", "flat", "hnsw", "ivf"], default="auto",
+                    help="the FAISS index to build when the matcher export has none (auto: flat up to 100k items, else hnsw)")
+    sv.add_argument("--candidates", type=_positive_int, default=300, help="items retrieved for the ranker (default 300)")
+    sv.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    sv.add_argument("--gpu", action="store_true", help="models and index on GPUs (one per UserEncoder and Ranker replica)")
+    sv.add_argument("--once", action="store_true", help="send one request (a test user's recent events), print the answer, stop")
+    sv.add_argument("--write-config", metavar="YAML", help="write a `serve run` / `serve deploy` config for these artifacts and exit")
+
     ix = top.add_parser("index", help="FAISS index over a trained matcher's item vectors",
                         description="Build the retrieval index of a training run's export (<run>/export).")
     ixs = ix.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
@@ -515,6 +545,71 @@ def cmd_tune(args) -> int:
     return 1 if summary["errors"] == summary["trials"] else 0
 
 
+def cmd_serve(args) -> int:
+    import json
+
+    from seqrec.serving import ensure_index, export_dir, find_runs
+
+    if not (args.run or args.matcher):
+        raise ValueError("seqrec serve needs --run (a training run or experiment directory) or --matcher")
+    matcher, ranker = find_runs(args.run) if args.run else (None, None)
+    matcher = export_dir(args.matcher) if args.matcher else matcher
+    ranker = None if args.no_ranker else (export_dir(args.ranker) if args.ranker else ranker)
+    index = ensure_index(matcher, args.index)
+    data = str(Path(args.data).resolve())
+    app_args = {"data": data, "matcher": str(matcher.resolve()), "ranker": str(ranker.resolve()) if ranker else None,
+                "candidates": args.candidates, "gpu": args.gpu}
+    print(f"matcher: {matcher} ({index['kind']} index over {index['items']:,} item codes)\nranker: {ranker or 'none'}")
+    if args.write_config:
+        from serve_apps.config import write_config
+
+        path = write_config(args.write_config, app_args, host=args.host, port=args.port)
+        print(f"wrote {path}: serve run {path}  (or serve deploy {path} on a cluster with the dashboard)")
+        return 0
+    import ray
+    from ray import serve
+
+    from serve_apps.config import config, deploy
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    deploy(config(app_args, host=args.host, port=args.port))  # as `serve run CONFIG` would: swappable in place
+    url = f"http://{args.host}:{args.port}"
+    print(f"serving on {url}/recommend (docs: {url}/docs)")
+    try:
+        if args.once:
+            print(json.dumps(_one_request(url, data), indent=1))
+            return 0
+        import time
+
+        while True:  # until Ctrl-C
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        serve.shutdown()
+
+
+def _one_request(url: str, data: str) -> dict:
+    """POST the recent events of the first test user (raw ids) and return the answer."""
+    import json
+    import urllib.request
+
+    from seqrec.data.prepare import read_split
+    from seqrec.serving import RowBuilder
+
+    builder = RowBuilder(data)
+    row = read_split(data, "test").slice(0, 1).to_pylist()[0]
+    req = builder.request_from_row(row)
+    body = {"user_id": req.user_id, "events": [{"item_id": e.item_id, "timestamp": e.timestamp, "behavior": e.behavior}
+                                               for e in req.events], "k": 10}
+    http = urllib.request.Request(f"{url}/recommend", data=json.dumps(body).encode(), method="POST",
+                                  headers={"content-type": "application/json", "x-request-id": "seqrec-serve-once"})
+    with urllib.request.urlopen(http, timeout=60) as r:
+        answer = json.loads(r.read())
+    return {"request": {"user_id": body["user_id"], "events": len(body["events"]), "k": 10}, "response": answer}
+
+
 def cmd_index_build(args) -> int:
     from seqrec.export import build_index
 
@@ -528,7 +623,7 @@ def cmd_index_build(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {("data", "fetch"): cmd_fetch, ("data", "synth"): cmd_synth, ("data", "prepare"): cmd_prepare, ("data", "stats"): cmd_stats,
-                ("evaluate", None): cmd_evaluate, ("train", None): cmd_train, ("tune", None): cmd_tune, ("index", "build"): cmd_index_build}
+                ("evaluate", None): cmd_evaluate, ("train", None): cmd_train, ("tune", None): cmd_tune, ("serve", None): cmd_serve, ("index", "build"): cmd_index_build}
     try:
         sub = getattr(args, "data_command", None) or getattr(args, "index_command", None)
         return handlers[(args.command, sub)](args)

@@ -157,6 +157,21 @@ class RowBuilder:
             if given[k] is not None:
                 reports[owner[k]].unknown_values.setdefault(name, []).append(given[k])
 
+    def request_from_row(self, row: dict) -> Request:
+        """A request carrying a prepared row's recent events (the BST history, then the session) with raw ids.
+
+        For demos and load tests: the events older than the history are not in a row, so the
+        long-term behaviours of the served row can be fewer than the prepared row's.
+        """
+        def raw(name, codes):
+            vocab = self.vocab[name]
+            return [vocab[c - F.FIRST_CODE].as_py() if c >= F.FIRST_CODE else None for c in codes]
+
+        items = raw(F.ITEM_ID, row[F.hist_col(F.ITEM_ID)] + row[F.seq_col(F.ITEM_ID)])
+        ts = row[F.hist_col(F.TIMESTAMP)] + row[F.seq_col(F.TIMESTAMP)]
+        beh = raw(F.BEHAVIOR, row[F.hist_col(F.BEHAVIOR)] + row[F.seq_col(F.BEHAVIOR)])
+        return Request(row[F.USER_RAW], [Event(i, t, b) for i, t, b in zip(items, ts, beh) if i is not None])
+
     def popular(self, k: int) -> np.ndarray:
         """The cold-start list: the ``k`` most frequent item codes of the training window."""
         counts = self.item_counts.copy()
@@ -178,6 +193,44 @@ def export_dir(run: str | Path) -> Path:
     """A training run directory or its export directory → the export directory."""
     run = Path(run)
     return run if (run / "export.json").exists() else run / "export"
+
+
+def find_runs(run: str | Path) -> tuple[Path, Path | None]:
+    """(matcher export, ranker export or None) of a training run or an experiment directory.
+
+    An experiment (``seqrec evaluate --trainer ray --out DIR``) keeps its runs in ``DIR/train/``:
+    the first SDM matcher (else any matcher) and the first BST ranker (else any ranker) there.
+    """
+    run = Path(run)
+    exports = sorted({p.parent for p in [*run.glob("export.json"), *run.glob("export/export.json"),
+                                           *run.glob("train/*/export/export.json"), *run.glob("*/export/export.json")]})
+    if not exports:
+        raise FileNotFoundError(f"no training run with an export under {run}: pass a `seqrec train` run directory or the "
+                                "--out of `seqrec evaluate --trainer ray`")
+    infos = [(e, json.loads((e / "export.json").read_text())) for e in exports]
+
+    def pick(kind: str, family: str):
+        of_kind = [e for e, i in infos if i["kind"] == kind]
+        preferred = [e for e, i in infos if i["kind"] == kind and i["model"].partition(":")[0] == family]
+        return (preferred or of_kind or [None])[0]
+
+    matcher = pick("matcher", "sdm")
+    if matcher is None:
+        raise FileNotFoundError(f"no matcher run under {run} (found {[str(e) for e in exports]}): serving needs one")
+    return matcher, pick("ranker", "bst")
+
+
+def ensure_index(export: Path, kind: str = "auto") -> dict:
+    """The matcher export's FAISS index, built when missing (``auto``: exact flat up to 100k items, HNSW above)."""
+    from seqrec.export import build_index
+
+    meta = export / "index" / "index.json"
+    if meta.exists() and kind == "auto":
+        return json.loads(meta.read_text())
+    if kind == "auto":
+        n = np.load(export / "item_ids.npy", mmap_mode="r").shape[0]
+        kind = "flat" if n <= 100_000 else "hnsw"
+    return build_index(export, kind=kind)
 
 
 class Pipeline:
@@ -303,4 +356,4 @@ def _identity(raw: list) -> np.ndarray:
     return np.array([seen.setdefault(str(v), len(seen)) for v in raw], np.int64)
 
 
-__all__ = ["Event", "Pipeline", "Request", "RowBuilder", "RowReport", "export_dir"]
+__all__ = ["Event", "Pipeline", "Request", "RowBuilder", "RowReport", "ensure_index", "export_dir", "find_runs"]

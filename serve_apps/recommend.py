@@ -1,0 +1,408 @@
+"""Ray Serve: the two-stage recommender as one composed application.
+
+    Ingress (FastAPI: POST /recommend, GET /healthz, /docs)
+      → UserEncoder (raw events → session row → SDM user vector; @serve.batch)
+      → Retriever   (FAISS top ``candidates`` over the matcher's item vectors)
+      → Ranker      (BST logits of the candidates; @serve.batch) → top k
+
+Every stage calls :mod:`seqrec.serving` (the same code the in-process pipeline and the offline
+evaluation use). Artifacts come from training runs (``seqrec train`` / ``seqrec evaluate
+--trainer ray``): the matcher's and the ranker's ``export/`` directories and the prepared
+dataset (vocabularies, catalogue). They are named in each deployment's ``user_config``, so a
+new model version is a ``serve deploy`` of a config with new paths: Serve calls ``reconfigure``
+on the running replicas (no restart). The Retriever keeps the previous matcher's index loaded,
+so a request encoded by either version during a swap is answered with the index of its own
+version; every response names the versions that answered it.
+
+Start it with ``seqrec serve`` (local, from a run) or ``serve run serve_apps/recommend.yaml``.
+This module does not use ``from __future__ import annotations``: Serve validates the builder's
+``args`` with the pydantic model in its annotation, which a string annotation would disable.
+"""
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+log = logging.getLogger("ray.serve")
+
+Id = Union[int, str]
+
+
+# ---------------------------------------------------------------------------------------------
+# the HTTP schema
+
+
+class EventIn(BaseModel):
+    """One behaviour: item, time, optional behaviour type; item side info as extra fields (e.g. category_id)."""
+
+    model_config = ConfigDict(extra="allow")
+    item_id: Id
+    timestamp: int = Field(description="seconds since the epoch")
+    behavior: Optional[Id] = Field(None, description="pv | fav | cart | buy, ...; default: the dataset's most frequent")
+
+
+class RecommendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: Id
+    profile: Dict[str, Optional[Id]] = Field(default_factory=dict, description="user profile by feature name; "
+                                             "default: the stored profile of a known user")
+    events: List[EventIn] = Field(default_factory=list, description="the user's behaviours, any order; empty: cold start")
+    k: int = Field(10, ge=1, description="how many items to return")
+    exclude_seen: bool = Field(False, description="leave out the items of the short-term session")
+
+
+class ItemOut(BaseModel):
+    item_id: Id
+    score: Optional[float] = Field(None, description="ranker logit (the matcher's score without a ranker)")
+    match_score: Optional[float] = Field(None, description="inner product of the user and item vectors")
+
+
+class RecommendOut(BaseModel):
+    request_id: Optional[str]
+    items: List[ItemOut]
+    cold_start: bool
+    unknown_items: List[Id] = Field(description="event item ids the vocabulary does not know (read as the unknown id)")
+    unknown_user: bool
+    unknown_values: Dict[str, List[Id]]
+    model_versions: Dict[str, Any]
+    timings_ms: Dict[str, float]
+
+
+class Limits(BaseModel):
+    max_k: int = 100
+    max_events: int = 1000
+    timeout_s: float = 5.0
+
+
+class AppArgs(BaseModel):
+    """``args`` of the application (``serve run`` config, or :func:`build`)."""
+
+    data: str = Field(description="the prepared dataset the models were trained on")
+    matcher: str = Field(description="the matcher's training run or its export/ directory")
+    ranker: Optional[str] = Field(None, description="the ranker's training run or export/ directory (none: matcher order)")
+    candidates: int = 300
+    max_k: int = 100
+    max_events: int = 1000
+    timeout_s: float = 5.0
+    gpu: bool = False  # models and the FAISS index on a GPU (one per replica of UserEncoder and Ranker)
+    threads: int = 1  # torch and FAISS threads per replica (Ray gives a fractional-CPU replica OMP_NUM_THREADS=1 anyway)
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.002
+
+
+def version_of(export: Path) -> Dict[str, Any]:
+    """A model version: the export's model, epoch and checkpoint, with a short id."""
+    info = json.loads((export / "export.json").read_text())
+    vid = hashlib.sha1(f"{info['checkpoint']}:{info['epoch']}".encode()).hexdigest()[:10]
+    return {"id": vid, "model": info["model"], "epoch": info["epoch"], "checkpoint": info["checkpoint"]}
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _threads(n: int) -> None:
+    import faiss
+    import torch
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
+def _device(gpu: bool) -> str:
+    import torch
+
+    if gpu and not torch.cuda.is_available():
+        raise RuntimeError("gpu=true but this replica sees no CUDA device")
+    return "cuda" if gpu else "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# deployments
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=5)
+class UserEncoder:
+    """Raw events → session row (``RowBuilder``, the training code) → SDM user vector, batched across requests."""
+
+    def __init__(self, data: str, threads: int = 1, gpu: bool = False):
+        from seqrec.serving import RowBuilder
+
+        _threads(threads)
+        self.builder = RowBuilder(data)
+        self.device = _device(gpu)
+        self.model, self.version = None, None
+
+    def reconfigure(self, config: Dict[str, Any]) -> None:
+        """``{"matcher": run or export dir, "max_batch_size": n, "batch_wait_timeout_s": s}``: swap the model in place."""
+        from seqrec.checkpoint import load_checkpoint
+        from seqrec.serving import export_dir
+
+        export = export_dir(config["matcher"])
+        model, _ = load_checkpoint(export / "model", map_location=self.device,
+                                   vocab_hash=self.builder.manifest.get("vocab_hash"))
+        self._warm_up(model)
+        self.model, self.version = model, version_of(export)  # one assignment each: a batch sees one version
+        self.encode.set_max_batch_size(int(config.get("max_batch_size", 16)))
+        self.encode.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.002)))
+
+    def _warm_up(self, model) -> None:
+        """One row through the row builder and the model before taking traffic (numba and torch warm up here,
+        not in the first user's request)."""
+        from seqrec.evaluate import encode_table
+        from seqrec.serving import Event, Request
+
+        item = self.builder.vocab["item_id"][0].as_py()
+        rows, _ = self.builder.rows([Request("warm-up", [Event(item, 0), Event(item, 60)])])
+        encode_table(model, rows, self.builder.spec, device=self.device)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def encode(self, requests: List[Any]) -> List[Any]:
+        from seqrec.evaluate import encode_table
+
+        t0 = time.perf_counter()
+        model, version = self.model, self.version
+        try:
+            rows, reports = self.builder.rows(requests)
+        except Exception:  # one bad request must not fail the others: build the rows one by one
+            return [await self._one(r, model, version) for r in requests]
+        vecs = encode_table(model, rows, self.builder.spec, device=self.device)
+        ms = (time.perf_counter() - t0) * 1e3
+        return [{"vec": vecs[i], "row": rows.slice(i, 1), "report": reports[i].__dict__, "version": version,
+                 "ms": ms, "batch": len(requests)} for i in range(len(requests))]
+
+    async def _one(self, request, model, version):
+        from seqrec.evaluate import encode_table
+
+        try:
+            rows, reports = self.builder.rows([request])
+        except Exception as e:  # noqa: BLE001 - returned in its slot, raised by the caller (serve.batch)
+            return e
+        vec = encode_table(model, rows, self.builder.spec, device=self.device)[0]
+        return {"vec": vec, "row": rows, "report": reports[0].__dict__, "version": version, "ms": 0.0, "batch": 1}
+
+    def check_health(self) -> None:
+        if self.model is None:
+            raise RuntimeError("no matcher loaded")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=5)
+class Retriever:
+    """FAISS top-N over the matcher's item vectors: the export's index (``seqrec index build``) or an exact flat
+    one; on the GPU where there is one (flat and IVF indexes). Keeps the previous version during a swap."""
+
+    def __init__(self, threads: int = 1, gpu: bool = False):
+        _threads(threads)
+        self.gpu = gpu
+        self.indexes: Dict[str, Any] = {}  # version id -> (ItemIndex, raw item ids), the current and the previous one
+        self.current: Optional[str] = None
+
+    def reconfigure(self, config: Dict[str, Any]) -> None:
+        """``{"matcher": run or export dir}``: load its index next to the current one."""
+        from seqrec.retrieval import ItemIndex
+        from seqrec.serving import export_dir
+
+        export = export_dir(config["matcher"])
+        version = version_of(export)
+        if (export / "index").exists():
+            index = ItemIndex.load(export / "index", use_gpu=self.gpu and _faiss_gpus() > 0)
+        else:
+            index = ItemIndex.build(np.load(export / "item_embeddings.npy"), kind="flat", use_gpu=self.gpu and _faiss_gpus() > 0)
+        ids = np.load(export / "item_ids.npy")
+        keep = {k: v for k, v in self.indexes.items() if k == self.current}
+        self.indexes = {**keep, version["id"]: (index, ids, version)}
+        self.current = version["id"]
+
+    async def retrieve(self, vec: np.ndarray, n: int, version: Dict[str, Any], exclude: Optional[List[int]] = None) -> Dict[str, Any]:
+        t0 = time.perf_counter()
+        if version["id"] not in self.indexes:
+            raise LookupError(f"matcher version {version['id']} ({version['checkpoint']}) is not loaded in the Retriever; "
+                              f"it has {sorted(self.indexes)}: UserEncoder and Retriever must name the same matcher")
+        index, ids, v = self.indexes[version["id"]]
+        ex = np.array([exclude], np.int64) if exclude else None
+        scores, codes = index.search(vec[None, :], min(n, index.ntotal), exclude=ex)
+        return {"codes": codes[0], "scores": scores[0], "item_ids": ids, "index": {"kind": index.kind, **index.params},
+                "ms": (time.perf_counter() - t0) * 1e3}
+
+    def check_health(self) -> None:
+        if not self.indexes:
+            raise RuntimeError("no index loaded")
+
+
+def _faiss_gpus() -> int:
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=5)
+class Ranker:
+    """BST logits of every request's candidates, batched across requests (one scoring call per batch)."""
+
+    def __init__(self, data: str, threads: int = 1, gpu: bool = False):
+        from seqrec.data.prepare import load_manifest
+        from seqrec.features import FeatureSpec
+
+        _threads(threads)
+        manifest = load_manifest(data)
+        self.vocab_hash = manifest.get("vocab_hash")
+        self.spec = FeatureSpec.from_dict(manifest["feature_spec"])
+        self.device = _device(gpu)
+        self.model, self.version = None, None
+
+    def reconfigure(self, config: Dict[str, Any]) -> None:
+        """``{"ranker": run or export dir, "max_batch_size": n, "batch_wait_timeout_s": s}``."""
+        from seqrec.checkpoint import load_checkpoint
+        from seqrec.serving import export_dir
+
+        export = export_dir(config["ranker"])
+        model, _ = load_checkpoint(export / "model", map_location=self.device, vocab_hash=self.vocab_hash)
+        self.model, self.version = model, version_of(export)
+        self.rank.set_max_batch_size(int(config.get("max_batch_size", 16)))
+        self.rank.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.002)))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def rank(self, rows: List[Any], codes: List[np.ndarray]) -> List[Any]:
+        import pyarrow as pa
+
+        from seqrec.evaluate import score_table
+
+        t0 = time.perf_counter()
+        model, version = self.model, self.version
+        width = max(len(c) for c in codes)
+        cands = np.full((len(codes), width), -1, np.int64)
+        for i, c in enumerate(codes):
+            cands[i, : len(c)] = c
+        table = pa.concat_tables(rows)
+        logits = score_table(model, table, self.spec, np.maximum(cands, 0), device=self.device)
+        logits = np.where(cands >= 0, logits, -np.inf)
+        ms = (time.perf_counter() - t0) * 1e3
+        return [{"logits": logits[i, : len(c)], "version": version, "ms": ms, "batch": len(codes)} for i, c in enumerate(codes)]
+
+    def check_health(self) -> None:
+        if self.model is None:
+            raise RuntimeError("no ranker loaded")
+
+
+app = FastAPI(
+    title="seqrec: two-stage recommendations",
+    description="SDM (sequential deep matching) retrieves candidates with FAISS; BST (behaviour sequence "
+    "transformer) ranks them. POST a user's raw events; an empty history gets the popular items.",
+)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, encoder: DeploymentHandle, retriever: DeploymentHandle, ranker: Optional[DeploymentHandle],
+                 data: str, candidates: int = 300, limits: Optional[Dict[str, Any]] = None):
+        from seqrec.serving import RowBuilder
+
+        self.encoder, self.retriever, self.ranker = encoder, retriever, ranker
+        self.candidates = int(candidates)
+        self.limits = Limits(**(limits or {}))
+        builder = RowBuilder(data)
+        self.popular_codes = builder.popular(self.limits.max_k)
+        self.popular_ids = [_plain(v) for v in builder.vocab["item_id"].take(self.popular_codes - 2).to_pylist()]
+
+    @app.get("/healthz")
+    async def healthz(self) -> Dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/recommend", response_model=RecommendOut)
+    async def recommend(self, body: RecommendIn, request: Request):
+        rid = request.headers.get("x-request-id")
+        problem = self._check(body)
+        if problem:
+            return JSONResponse(status_code=422, content={"detail": problem, "request_id": rid})
+        try:
+            return await asyncio.wait_for(self._recommend(body, rid), timeout=self.limits.timeout_s)
+        except asyncio.TimeoutError:
+            return JSONResponse(status_code=504, content={"detail": f"no answer within {self.limits.timeout_s:g}s", "request_id": rid})
+        except Exception as e:  # noqa: BLE001 - a replica error: a 5xx that names the request, never a hang
+            cause = getattr(e, "cause", None) or e
+            status = 503 if isinstance(cause, LookupError) else 500
+            log.error("request %s failed: %r", rid, e)
+            return JSONResponse(status_code=status, content={"detail": f"{type(cause).__name__}: {cause}", "request_id": rid})
+
+    def _check(self, body: RecommendIn) -> Optional[str]:
+        if body.k > self.limits.max_k:
+            return f"k={body.k} is more than max_k={self.limits.max_k}"
+        if body.k > self.candidates and body.events:
+            return f"k={body.k} is more than the {self.candidates} candidates the retriever returns"
+        if len(body.events) > self.limits.max_events:
+            return f"{len(body.events)} events are more than max_events={self.limits.max_events}; send the most recent ones"
+        return None
+
+    async def _recommend(self, body: RecommendIn, rid: Optional[str]) -> Dict[str, Any]:
+        from seqrec.serving import Event, Request as Req
+
+        t0 = time.perf_counter()
+        if not body.events:
+            items = [{"item_id": i, "score": None, "match_score": None} for i in self.popular_ids[: body.k]]
+            return {"request_id": rid, "items": items, "cold_start": True, "unknown_items": [], "unknown_user": False,
+                    "unknown_values": {}, "model_versions": {"cold_start": "popular items of the training window"},
+                    "timings_ms": {"total": (time.perf_counter() - t0) * 1e3}}
+        req = Req(body.user_id, [Event(e.item_id, e.timestamp, e.behavior, dict(e.model_extra or {})) for e in body.events],
+                  dict(body.profile))
+        enc = await self.encoder.encode.remote(req)
+        if isinstance(enc, Exception):
+            raise enc
+        t1 = time.perf_counter()
+        exclude = [int(c) for c in enc["row"].column("seq_item_id")[0].as_py()] if body.exclude_seen else None
+        ret = await self.retriever.retrieve.remote(enc["vec"], self.candidates, enc["version"], exclude)
+        t2 = time.perf_counter()
+        codes, match = ret["codes"], ret["scores"]
+        versions = {"matcher": enc["version"], "index": ret["index"], "ranker": None}
+        logits = match
+        if self.ranker is not None:
+            ranked = await self.ranker.rank.remote(enc["row"], codes)
+            logits, versions["ranker"] = ranked["logits"], ranked["version"]
+        t3 = time.perf_counter()
+        order = np.argsort(-logits, kind="stable")[: body.k]  # stable: ties keep the matcher's order
+        order = order[codes[order] >= 0]
+        ids = ret["item_ids"]
+        items = [{"item_id": _plain(ids[codes[o]]), "score": float(logits[o]), "match_score": float(match[o])} for o in order]
+        report = enc["report"]
+        timings = {"encode": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "rank": (t3 - t2) * 1e3,
+                   "encode_compute": enc["ms"], "retrieve_compute": ret["ms"],
+                   "rank_compute": ranked["ms"] if self.ranker is not None else 0.0,
+                   "total": (time.perf_counter() - t0) * 1e3}
+        return {"request_id": rid, "items": items, "cold_start": False, "unknown_items": report["unknown_items"],
+                "unknown_user": report["unknown_user"], "unknown_values": report["unknown_values"],
+                "model_versions": versions, "timings_ms": timings}
+
+
+# ---------------------------------------------------------------------------------------------
+# the application
+
+
+def build(args: AppArgs):
+    """The application for ``serve run`` / ``serve deploy`` (``import_path: serve_apps.recommend:build``)."""
+    if isinstance(args, dict):  # called directly from Python
+        args = AppArgs(**args)
+    for path, what in ((args.data, "data"), (args.matcher, "matcher"), (args.ranker, "ranker")):
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"{what}={path} does not exist")
+    batch = {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s}
+    gpu_opts = {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": 1}} if args.gpu else {}
+    encoder = UserEncoder.options(user_config={"matcher": str(args.matcher), **batch}, **gpu_opts).bind(
+        args.data, args.threads, args.gpu)
+    retriever = Retriever.options(user_config={"matcher": str(args.matcher)}).bind(args.threads, args.gpu)
+    ranker = None
+    if args.ranker:
+        ranker = Ranker.options(user_config={"ranker": str(args.ranker), **batch}, **gpu_opts).bind(
+            args.data, args.threads, args.gpu)
+    limits = {"max_k": args.max_k, "max_events": args.max_events, "timeout_s": args.timeout_s}
+    return Ingress.bind(encoder, retriever, ranker, args.data, args.candidates, limits)

@@ -1,0 +1,104 @@
+"""The composed Serve app (serve_apps/recommend.py) on the shared local Ray cluster, over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import requests
+
+from serving_inputs import raw_events, request_for
+
+
+def body_of(req, k: int = 5) -> dict:
+    return {"user_id": req.user_id, "k": k, "profile": req.profile,
+            "events": [{"item_id": e.item_id, "timestamp": e.timestamp, "behavior": e.behavior, **e.side} for e in req.events]}
+
+
+@pytest.fixture(scope="module")
+def app(ray_cluster, tiny_prepared, tiny_artifacts):
+    from ray import serve
+
+    from seqrec.tuning.run import free_port
+    from serve_apps.config import config, deploy
+
+    port = free_port()
+    args = {"data": str(tiny_prepared), "matcher": str(tiny_artifacts["sdm"]), "ranker": str(tiny_artifacts["bst"]),
+            "candidates": 50, "max_k": 20, "max_events": 1000}
+    cfg = config(args, port=port)
+    deploy(cfg)
+    yield {"url": f"http://127.0.0.1:{port}", "config": cfg, "args": args}
+    serve.shutdown()
+
+
+def post(app, body, **headers) -> requests.Response:
+    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    return requests.post(app["url"] + "/recommend", data=data, timeout=60,
+                         headers={"content-type": "application/json", **headers})
+
+
+def test_a_request_gets_k_ranked_items_the_versions_and_the_stage_timings(app, tiny_prepared):
+    from seqrec.data.prepare import read_split
+    from seqrec.serving import RowBuilder
+
+    req = RowBuilder(tiny_prepared).request_from_row(read_split(tiny_prepared, "test").slice(0, 1).to_pylist()[0])
+    r = post(app, body_of(req, k=7), **{"x-request-id": "t-1"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["request_id"] == "t-1" and r.headers["x-request-id"] == "t-1"
+    scores = [i["score"] for i in out["items"]]
+    assert len(out["items"]) == 7 and scores == sorted(scores, reverse=True) and not out["cold_start"]
+    versions = out["model_versions"]
+    assert versions["matcher"]["model"] == "sdm" and versions["ranker"]["model"] == "bst" and versions["index"]["kind"] == "flat"
+    assert {"encode", "retrieve", "rank", "total"} <= set(out["timings_ms"])
+    assert requests.get(app["url"] + "/healthz", timeout=30).json() == {"status": "ok"}
+    assert "/recommend" in requests.get(app["url"] + "/openapi.json", timeout=30).json()["paths"]
+
+
+def test_served_top_k_equals_the_in_process_pipeline(app, tiny_prepared, tiny_artifacts):
+    """Same artifacts, same raw events: HTTP through four deployments gives the in-process pipeline's answer."""
+    from seqrec.data.prepare import read_split
+    from seqrec.serving import Pipeline
+
+    pipe = Pipeline(tiny_prepared, tiny_artifacts["sdm"], tiny_artifacts["bst"], candidates=50)
+    ev = raw_events(tiny_prepared.parent)
+    reqs = [request_for(row, ev, pipe.rows) for row in read_split(tiny_prepared, "test").slice(0, 6).to_pylist()]
+    local = pipe.recommend(reqs, k=10)
+    for req, want in zip(reqs, local):
+        r = post(app, body_of(req, k=10))
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in want["items"]]
+        np.testing.assert_allclose([i["score"] for i in got["items"]], [i["score"] for i in want["items"]], rtol=1e-4, atol=1e-6)  # batch shapes differ
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ("{not json", 422, "JSON decode error"),
+    ({"events": []}, 422, "user_id"),
+    ({"user_id": 1, "events": [], "k": 0}, 422, "greater than or equal to 1"),
+    ({"user_id": 1, "events": [], "k": 21}, 422, "k=21 is more than max_k=20"),
+    ({"user_id": 1, "events": [{"item_id": 1, "timestamp": t} for t in range(1001)]}, 422, "1001 events are more than max_events=1000"),
+    ({"user_id": 1, "events": [{"timestamp": 5}]}, 422, "item_id"),
+    ({"user_id": 1, "events": [{"item_id": 1, "timestamp": "noon"}]}, 422, "timestamp"),
+    ({"user_id": 1, "events": [], "surprise": 1}, 422, "surprise"),
+])
+def test_bad_requests_get_422_naming_the_problem(app, body, status, message):
+    r = post(app, body, **{"x-request-id": "bad-1"})
+    assert r.status_code == status and message in r.text, r.text
+
+
+def test_unknown_ids_are_reported_and_an_empty_history_gets_the_popular_items(app, tiny_prepared):
+    from seqrec.serving import RowBuilder
+
+    builder = RowBuilder(tiny_prepared)
+    known = builder.vocab["item_id"][0].as_py()
+    r = post(app, {"user_id": "stranger", "events": [{"item_id": known, "timestamp": 100},
+                                                      {"item_id": 987654321, "timestamp": 130, "category_id": 4242}]})
+    out = r.json()
+    assert r.status_code == 200 and out["unknown_items"] == [987654321] and out["unknown_user"]
+    assert len(out["items"]) == 10 and not out["cold_start"]  # the default k
+    assert out["unknown_values"] == {"category_id": [4242]}
+    cold = post(app, {"user_id": 3, "events": [], "k": 4}).json()
+    popular = builder.popular(4)
+    assert cold["cold_start"] and [i["item_id"] for i in cold["items"]] == [builder.vocab["item_id"][c - 2].as_py() for c in popular]
