@@ -102,3 +102,118 @@ def test_unknown_ids_are_reported_and_an_empty_history_gets_the_popular_items(ap
     cold = post(app, {"user_id": 3, "events": [], "k": 4}).json()
     popular = builder.popular(4)
     assert cold["cold_start"] and [i["item_id"] for i in cold["items"]] == [builder.vocab["item_id"][c - 2].as_py() for c in popular]
+
+
+def _with_matchers(cfg: dict, encoder: str, retriever: str) -> dict:
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    for d in cfg["applications"][0]["deployments"]:
+        if d["name"] == "UserEncoder":
+            d["user_config"]["matcher"] = encoder
+        elif d["name"] == "Retriever":
+            d["user_config"]["matcher"] = retriever
+    return cfg
+
+
+def _replicas() -> set[str]:
+    import ray
+
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("SERVE_REPLICA::")}
+
+
+class Traffic:
+    """Requests in a loop on a thread, recording (status, matcher version id) of every answer."""
+
+    def __init__(self, app, body):
+        import threading
+
+        self.app, self.body, self.seen, self.stop = app, body, [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.is_set():
+            r = post(self.app, self.body)
+            self.seen.append((r.status_code, (r.json().get("model_versions") or {}).get("matcher", {}).get("id")
+                              if r.status_code == 200 else r.text))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=120)
+
+
+def _until(predicate, timeout: float = 120.0):
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _version(path) -> str:
+    from serve_apps.recommend import version_of
+    from seqrec.serving import export_dir
+
+    return version_of(export_dir(path))["id"]
+
+
+@pytest.mark.slow
+def test_model_swaps_happen_in_place_and_a_version_mismatch_is_a_503_with_the_request_id(app, tiny_prepared, tiny_artifacts):
+    """user_config swaps reconfigure the running replicas: no restart, no failed request; responses name the version."""
+    from seqrec.data.prepare import read_split
+    from seqrec.serving import RowBuilder
+    from serve_apps.config import deploy
+
+    v1, v2 = _version(tiny_artifacts["sdm"]), _version(tiny_artifacts["sdm2"])
+    body = body_of(RowBuilder(tiny_prepared).request_from_row(read_split(tiny_prepared, "test").slice(0, 1).to_pylist()[0]))
+    sdm, sdm2 = str(tiny_artifacts["sdm"]), str(tiny_artifacts["sdm2"])
+    before = _replicas()
+    # 1. only the encoder moves to v2: the retriever has no index for v2 -> 503 naming the versions, with the request id
+    deploy(_with_matchers(app["config"], sdm2, sdm))
+    assert _until(lambda: post(app, body).status_code == 503)
+    r = post(app, body, **{"x-request-id": "swap-1"})
+    assert r.status_code == 503 and r.json()["request_id"] == "swap-1" and f"matcher version {v2}" in r.json()["detail"]
+    # 2. both on v2, under traffic: every request answered, by v1 (the retriever keeps it) or v2
+    with Traffic(app, body) as traffic:
+        deploy(_with_matchers(app["config"], sdm2, sdm2))
+        assert _until(lambda: any(v == v2 for s, v in traffic.seen if s == 200))
+        # 3. back to v1 for both, under traffic: no failed request at all
+        n = len(traffic.seen)
+        deploy(_with_matchers(app["config"], sdm, sdm))
+        assert _until(lambda: any(v == v1 for s, v in traffic.seen[n:] if s == 200))
+    swapped = traffic.seen[n:]
+    assert swapped and all(s == 200 for s, _ in swapped), [x for x in swapped if x[0] != 200][:3]
+    assert _replicas() == before  # reconfigured in place: the same replica actors
+
+
+@pytest.mark.slow
+def test_a_killed_replica_is_replaced_and_later_requests_succeed(app, tiny_prepared):
+    import time
+
+    import ray
+
+    from seqrec.data.prepare import read_split
+    from seqrec.serving import RowBuilder
+
+    body = body_of(RowBuilder(tiny_prepared).request_from_row(read_split(tiny_prepared, "test").slice(0, 1).to_pylist()[0]))
+    (ranker,) = [n for n in _replicas() if "#Ranker#" in n]
+    with Traffic(app, body) as traffic:
+        assert _until(lambda: len(traffic.seen) >= 3)
+        ray.kill(ray.get_actor(ranker, namespace="serve"), no_restart=True)
+        killed_at = len(traffic.seen)
+        assert _until(lambda: [n for n in _replicas() if "#Ranker#" in n and n != ranker], timeout=120)
+        time.sleep(2)
+        assert _until(lambda: len(traffic.seen) >= killed_at + 10)
+    failed = [x for x in traffic.seen[killed_at:] if x[0] != 200]
+    # a request caught by the kill: a 5xx naming the request (500, or 504 after the 5 s limit while the handle
+    # waits for the replacement), never a hang
+    assert all(500 <= s < 600 and "request_id" in json.loads(text) for s, text in failed), failed
+    assert all(s == 200 for s, _ in traffic.seen[-5:])
+    assert all(post(app, body).status_code == 200 for _ in range(5))
