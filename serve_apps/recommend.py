@@ -232,7 +232,9 @@ class Retriever:
         index, ids, v = self.indexes[version["id"]]
         ex = np.array([exclude], np.int64) if exclude else None
         scores, codes = index.search(vec[None, :], min(n, index.ntotal), exclude=ex)
-        return {"codes": codes[0], "scores": scores[0], "item_ids": ids, "index": {"kind": index.kind, **index.params},
+        codes = codes[0]
+        raw = ids[np.maximum(codes, 0)]  # only the candidates' raw ids travel back, never the catalogue
+        return {"codes": codes, "scores": scores[0], "raw_ids": raw, "index": {"kind": index.kind, **index.params},
                 "ms": (time.perf_counter() - t0) * 1e3}
 
     def check_health(self) -> None:
@@ -372,8 +374,8 @@ class Ingress:
         t3 = time.perf_counter()
         order = np.argsort(-logits, kind="stable")[: body.k]  # stable: ties keep the matcher's order
         order = order[codes[order] >= 0]
-        ids = ret["item_ids"]
-        items = [{"item_id": _plain(ids[codes[o]]), "score": float(logits[o]), "match_score": float(match[o])} for o in order]
+        raw = ret["raw_ids"]
+        items = [{"item_id": _plain(raw[o]), "score": float(logits[o]), "match_score": float(match[o])} for o in order]
         report = enc["report"]
         timings = {"encode": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "rank": (t3 - t2) * 1e3,
                    "encode_compute": enc["ms"], "retrieve_compute": ret["ms"],

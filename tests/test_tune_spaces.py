@@ -92,3 +92,9 @@ def test_set_narrows_a_space_and_keeps_joint_constraints():
         override(space, "hidden", [48])
     with pytest.raises(ValueError, match="every value needs 2 parts"):
         override(space, "heads,hidden", [4])
+
+
+def test_seeds_go_only_to_the_spaces_that_take_them():
+    with pytest.raises(ValueError, match=r"the space 'small' takes no \['seeds'\]"):
+        load_space("sdm:PSDMMAL", "small", seeds=3)
+    assert load_space("bst", "paper_blocks", seeds=2)["seed"] == {"grid_search": [0, 1]}

@@ -467,7 +467,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    import inspect
     import json
 
     import yaml
@@ -475,7 +474,7 @@ def cmd_tune(args) -> int:
     from seqrec.experiment import parse_model
     from seqrec.train.distributed import TrainJob
     from seqrec.tuning.run import run_search, write_results
-    from seqrec.tuning.space import _spaces, load_space, override
+    from seqrec.tuning.space import load_space, override
 
     name = args.name
     exp = None
@@ -506,13 +505,7 @@ def cmd_tune(args) -> int:
             job = TrainJob.from_dict({k: v for k, v in flags.items() if v is not None} | {"options": options})
         job = TrainJob.from_dict(job.to_dict() | {"data": str(Path(job.data).resolve())})
         space_name = args.space
-        kwargs = {}
-        if args.seeds is not None:
-            fn = _spaces(job.model).get(space_name)
-            if fn is None or "seeds" not in inspect.signature(fn).parameters:
-                raise ValueError(f"--seeds applies to the paper_* grid spaces; the space {space_name!r} has no seeds")
-            kwargs["seeds"] = args.seeds
-        space = load_space(job.model, space_name, **kwargs)
+        space = load_space(job.model, space_name, **({"seeds": args.seeds} if args.seeds is not None else {}))
         for kv in args.set:
             key, sep, values = kv.partition("=")
             if not sep or not key:

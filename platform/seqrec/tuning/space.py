@@ -49,9 +49,15 @@ def _spaces(model: str) -> dict[str, Callable[..., dict]]:
 
 def load_space(model: str, name: str, **kwargs) -> dict:
     """The param space ``name`` for ``model`` (keyword arguments go to the space's function, e.g. ``seeds``)."""
+    import inspect
+
     spaces = _spaces(model)
     if name not in spaces:
         raise ValueError(f"no search space {name!r} for {model!r}; choose one of {sorted(spaces)}")
+    takes = set(inspect.signature(spaces[name]).parameters)
+    if set(kwargs) - takes:
+        raise ValueError(f"the space {name!r} takes no {sorted(set(kwargs) - takes)} (it takes {sorted(takes) or 'nothing'}); "
+                         "--seeds applies to the paper_* grids")
     return spaces[name](**kwargs)
 
 

@@ -1,0 +1,270 @@
+"""Serving latency: the composed Serve app over HTTP next to the same pipeline in-process, one run.
+
+    python benchmarks/bench_serve.py                         # 1M-item catalogue, 20 req/s for 60 s
+    python benchmarks/bench_serve.py --items 20000 --rate 10 --duration 20 --tag small
+
+Artifacts (under benchmarks/work/, reused): a synthetic dataset whose catalogue has about
+``--items`` items (``seqrec data synth`` + ``prepare`` with min item count 1), and an SDM
+(PSDMMAL) and a BST of the default configurations over it, exported as ``seqrec train`` exports
+them, with an approximate FAISS index (``--index``, default HNSW). The models are untrained
+(one checkpoint of their initial weights): the latency of a forward pass does not depend on the
+weights, and training on a 1M-item catalogue would take hours here.
+
+Requests are test users' recent events (the BST history plus the session, raw ids), cycled.
+
+* **in-process**: ``seqrec.serving.Pipeline.recommend`` on one request at a time, no Ray (the
+  same three stages the deployments call);
+* **HTTP, fixed rate**: ``--rate`` requests per second for ``--duration`` seconds (open loop:
+  each request is sent at its scheduled time from a thread pool, so a slow answer does not delay
+  the next request; latency is measured from the scheduled time);
+* **HTTP, closed loop**: ``--clients`` clients sending back to back for ``--closed-duration`` seconds.
+
+Every client is loopback only (127.0.0.1) and bounded in count and time. Summary keys:
+``p50_ms``, ``p95_ms``, ``p99_ms``, ``qps``, ``errors``, ``requests`` (the fixed-rate run),
+``inprocess_p50_ms``, ``serve_overhead_ratio_p50`` (HTTP p50 ÷ in-process p50),
+``catalogue_size``, ``gpu_p99_ms`` (null without a GPU), the closed-loop figures and the
+per-stage times (``stage_*_p50_ms``, from the responses' ``timings_ms``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info, write_result  # noqa: E402
+
+WORK = Path(__file__).resolve().parent / "work"
+
+
+def artifacts(items: int, index: str) -> dict:
+    """Dataset + untrained SDM and BST exports over a catalogue of about ``items`` items (cached in WORK)."""
+    import torch
+
+    from seqrec.checkpoint import dataset_identity, save_checkpoint
+    from seqrec.data.loaders import open_source
+    from seqrec.data.prepare import load_manifest, prepare, resolve_config
+    from seqrec.data.synth import generate
+    from seqrec.export import export_checkpoint
+    from seqrec.serving import ensure_index
+    from seqrec.train.distributed import TrainJob, build
+
+    root = WORK / f"serve-{items}"
+    raw, data = root / "events", root / "prep"
+    if not (data / "manifest.json").exists():
+        rows = max(4 * items, 200_000)
+        if not (raw / "synth.json").exists():
+            generate(raw, rows, seed=0, items=items, users=max(rows // 100, 1000), progress=False)
+        src = open_source(str(raw), "synth", None)
+        prepare(src, data, resolve_config(src, min_item_count=1), engine="local", progress=False, overwrite=True)
+    manifest = load_manifest(data)
+    out = {"data": data}
+    for name, model in (("sdm", "sdm:PSDMMAL"), ("bst", "bst")):
+        export = root / name / "export"
+        if not (export / "export.json").exists():
+            torch.manual_seed(0)
+            m, _, _ = build(TrainJob(model=model, data=str(data), workers=0))
+            ck = save_checkpoint(root / name / "checkpoint", m, epoch=0, step=0, dataset=dataset_identity(manifest, data))
+            export_checkpoint(ck, export, data)
+        out[name] = export
+    t0 = time.perf_counter()
+    info = ensure_index(out["sdm"], index)
+    out["index"] = info | {"build_s": time.perf_counter() - t0}
+    out["catalogue_size"] = int(np.load(out["sdm"] / "item_ids.npy", mmap_mode="r").shape[0]) - 2
+    return out
+
+
+def bodies(data: Path, n: int, k: int) -> list[dict]:
+    from seqrec.data.prepare import read_split
+    from seqrec.serving import RowBuilder
+
+    builder = RowBuilder(data)
+    rows = read_split(data, "test").slice(0, n).to_pylist()
+    out = []
+    for row in rows:
+        req = builder.request_from_row(row)
+        out.append({"user_id": req.user_id, "k": k,
+                    "events": [{"item_id": e.item_id, "timestamp": e.timestamp, "behavior": e.behavior} for e in req.events]})
+    return out
+
+
+def percentiles(ms: list[float]) -> dict:
+    a = np.asarray(ms, float)
+    if not len(a):
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None}
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)), "p99_ms": float(np.percentile(a, 99))}
+
+
+def in_process(art: dict, reqs: list[dict], n: int, candidates: int) -> dict:
+    from seqrec.serving import Event, Pipeline, Request
+
+    pipe = Pipeline(art["data"], art["sdm"], art["bst"], candidates=candidates)
+    lat, stages = [], {"rows_ms": [], "encode_ms": [], "retrieve_ms": [], "rank_ms": []}
+    for i in range(n + 5):
+        b = reqs[i % len(reqs)]
+        req = Request(b["user_id"], [Event(e["item_id"], e["timestamp"], e["behavior"]) for e in b["events"]])
+        t0 = time.perf_counter()
+        (res,) = pipe.recommend([req], k=b["k"])
+        if i >= 5:  # the first few warm up numba and torch
+            lat.append((time.perf_counter() - t0) * 1e3)
+            for key in stages:
+                stages[key].append(res["timings_ms"][key])
+    return {**percentiles(lat), "requests": len(lat), **{f"{k}_p50": float(np.median(v)) for k, v in stages.items()}}
+
+
+class Client:
+    """HTTP POSTs to the app over loopback, recording latency, status and the response's stage timings."""
+
+    def __init__(self, url: str):
+        import requests
+
+        self.url, self.local = url, threading.local()
+        self.requests = requests
+
+    def session(self):
+        if not hasattr(self.local, "s"):
+            self.local.s = self.requests.Session()
+        return self.local.s
+
+    def post(self, body: dict, start: float | None = None) -> dict:
+        start = time.perf_counter() if start is None else start
+        try:
+            r = self.session().post(self.url, json=body, timeout=30)
+            ok = r.status_code == 200
+            timings = r.json().get("timings_ms", {}) if ok else {}
+            status = r.status_code
+        except Exception as e:  # noqa: BLE001 - counted as an error
+            ok, timings, status = False, {}, repr(e)
+        return {"ms": (time.perf_counter() - start) * 1e3, "ok": ok, "status": status, "timings": timings}
+
+
+def fixed_rate(client: Client, reqs: list[dict], rate: float, duration: float) -> list[dict]:
+    n = int(rate * duration)
+    t0 = time.perf_counter() + 0.5
+    out: list[dict] = []
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        futures = []
+        for i in range(n):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(client.post, reqs[i % len(reqs)], due))
+        out = [f.result() for f in futures]
+    return out
+
+
+def closed_loop(client: Client, reqs: list[dict], clients: int, duration: float, max_requests: int = 100_000) -> tuple[list[dict], float]:
+    end = time.perf_counter() + duration
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def run(c: int) -> None:
+        i = c
+        while time.perf_counter() < end and len(results) < max_requests:
+            res = client.post(reqs[i % len(reqs)])
+            with lock:
+                results.append(res)
+            i += clients
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - t0
+
+
+def summarize(results: list[dict], wall: float) -> dict:
+    ok = [r for r in results if r["ok"]]
+    out = {**percentiles([r["ms"] for r in ok]), "requests": len(results), "errors": len(results) - len(ok),
+           "qps": len(ok) / wall if wall > 0 else None}
+    for stage in ("encode", "retrieve", "rank", "encode_compute", "retrieve_compute", "rank_compute", "total"):
+        vals = [r["timings"][stage] for r in ok if stage in r["timings"]]
+        out[f"stage_{stage}_p50_ms"] = float(np.median(vals)) if vals else None
+    statuses: dict = {}
+    for r in results:
+        if not r["ok"]:
+            statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
+    out["error_statuses"] = statuses
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=1_000_000, help="catalogue size to generate (default 1M)")
+    ap.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="hnsw", help="FAISS index (default hnsw)")
+    ap.add_argument("--rate", type=float, default=20.0, help="fixed-rate requests per second (default 20)")
+    ap.add_argument("--duration", type=float, default=60.0, help="fixed-rate seconds (default 60)")
+    ap.add_argument("--clients", type=int, default=4, help="closed-loop clients (default 4)")
+    ap.add_argument("--closed-duration", type=float, default=20.0, help="closed-loop seconds (default 20)")
+    ap.add_argument("--inprocess", type=int, default=200, help="in-process requests (default 200)")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--candidates", type=int, default=300)
+    ap.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (default: a free one)")
+    ap.add_argument("--gpu", action="store_true", help="models on the GPU and a GPU index (use --index flat or ivf)")
+    ap.add_argument("--tag", default="", help="suffix of the result file name")
+    args = ap.parse_args()
+
+    import ray
+    from ray import serve
+
+    from seqrec.tuning.run import free_port
+    from serve_apps.config import config, deploy
+
+    t0 = time.perf_counter()
+    art = artifacts(args.items, args.index)
+    setup_s = time.perf_counter() - t0
+    reqs = bodies(art["data"], 200, args.k)
+    print(f"catalogue {art['catalogue_size']:,} items, {art['index']['kind']} index; artifacts ready in {setup_s:.0f}s")
+    local = in_process(art, reqs, args.inprocess, args.candidates)
+    print(f"in-process: p50 {local['p50_ms']:.1f} ms, p99 {local['p99_ms']:.1f} ms")
+    port = args.port or free_port()
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    cfg = config({"data": str(art["data"]), "matcher": str(art["sdm"]), "ranker": str(art["bst"]),
+                  "candidates": args.candidates, "gpu": args.gpu}, port=port)
+    t1 = time.perf_counter()
+    deploy(cfg, timeout_s=600)
+    start_s = time.perf_counter() - t1
+    client = Client(f"http://127.0.0.1:{port}/recommend")
+    for b in reqs[:20]:  # warm-up, not measured
+        client.post(b)
+    t2 = time.perf_counter()
+    fixed = summarize(fixed_rate(client, reqs, args.rate, args.duration), time.perf_counter() - t2)
+    print(f"HTTP at {args.rate:g}/s for {args.duration:g}s: {json.dumps({k: v for k, v in fixed.items() if 'stage' not in k})}")
+    closed_results, wall = closed_loop(client, reqs, args.clients, args.closed_duration)
+    closed = summarize(closed_results, wall)
+    print(f"HTTP closed loop, {args.clients} clients: {json.dumps({k: v for k, v in closed.items() if 'stage' not in k})}")
+    serve.shutdown()
+    ray.shutdown()
+
+    summary = {
+        "p50_ms": fixed["p50_ms"], "p95_ms": fixed["p95_ms"], "p99_ms": fixed["p99_ms"], "qps": fixed["qps"],
+        "errors": fixed["errors"], "requests": fixed["requests"],
+        "inprocess_p50_ms": local["p50_ms"], "inprocess_p99_ms": local["p99_ms"],
+        "serve_overhead_ratio_p50": fixed["p50_ms"] / local["p50_ms"] if fixed["p50_ms"] and local["p50_ms"] else None,
+        "catalogue_size": art["catalogue_size"], "index": art["index"]["kind"],
+        "gpu_p99_ms": fixed["p99_ms"] if args.gpu else None,  # the GPU layout (--gpu: models and index on the GPU)
+        "closed_loop_clients": args.clients, "closed_loop_qps": closed["qps"], "closed_loop_p50_ms": closed["p50_ms"],
+        "closed_loop_p99_ms": closed["p99_ms"], "closed_loop_errors": closed["errors"],
+        **{k: v for k, v in fixed.items() if k.startswith("stage_")},
+        **{f"inprocess_{k}": v for k, v in local.items() if k.endswith("_ms_p50")},
+        "app_start_s": start_s,
+    }
+    write_result(f"bench_serve{('_' + args.tag) if args.tag else ''}", summary,
+                 params={**vars(args), "index_params": {k: v for k, v in art["index"].items() if k not in ("checkpoint",)},
+                         "models": "untrained default PSDMMAL and BST (latency does not depend on the weights)"},
+                 runs=[{"mode": "fixed_rate", **fixed}, {"mode": "closed_loop", **closed}, {"mode": "in_process", **local}],
+                 machine=machine_info())
+
+
+if __name__ == "__main__":
+    main()
