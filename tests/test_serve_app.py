@@ -217,3 +217,20 @@ def test_a_killed_replica_is_replaced_and_later_requests_succeed(app, tiny_prepa
     assert all(500 <= s < 600 and "request_id" in json.loads(text) for s, text in failed), failed
     assert all(s == 200 for s, _ in traffic.seen[-5:])
     assert all(post(app, body).status_code == 200 for _ in range(5))
+
+
+@pytest.mark.slow
+def test_seqrec_serve_once_prints_one_served_recommendation(tiny_prepared, tiny_artifacts):
+    """The README main command's last step: start the app from the runs, serve one test user, shut down."""
+    import os
+    import subprocess
+    import sys
+
+    from seqrec.tuning.run import free_port
+
+    out = subprocess.run([sys.executable, "-m", "seqrec.cli", "serve", "--data", str(tiny_prepared), "--run",
+                          str(tiny_artifacts["sdm"].parent), "--once", "--port", str(free_port())],
+                         env=os.environ | {"RAY_ADDRESS": "local"}, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "served 10 items for user" in out.stdout and "  10. item " in out.stdout
+    assert "versions: matcher sdm epoch 1" in out.stdout and "ranker bst epoch 1, index flat" in out.stdout

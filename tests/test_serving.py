@@ -80,3 +80,25 @@ def test_an_empty_history_gets_the_popular_items(tiny_prepared, tiny_artifacts):
     top5 = np.argsort(-np.where(np.arange(len(counts)) >= F.FIRST_CODE, counts, -1), kind="stable")[:5]
     assert [i["item_id"] for i in cold["items"]] == pipe.item_ids[top5].tolist()
     assert not warm["cold_start"] and len(warm["items"]) == 5
+
+
+def test_find_runs_picks_sdm_and_bst_and_the_config_names_them(tiny_prepared, tiny_artifacts, tmp_path):
+    import yaml
+
+    from seqrec.cli import main
+    from seqrec.serving import find_runs
+
+    root = tiny_artifacts["sdm"].parent
+    matcher, ranker = find_runs(root)
+    assert matcher == tiny_artifacts["sdm"] / "export" and ranker == tiny_artifacts["bst"] / "export"
+    assert find_runs(tiny_artifacts["sdm2"]) == (tiny_artifacts["sdm2"] / "export", None)  # one run, no ranker
+    with pytest.raises(FileNotFoundError, match="no training run with an export"):
+        find_runs(tmp_path)
+    out = tmp_path / "serve.yaml"
+    assert main(["serve", "--data", str(tiny_prepared), "--run", str(root), "--write-config", str(out), "--port", "8123"]) == 0
+    cfg = yaml.safe_load(out.read_text())
+    assert cfg["http_options"]["host"] == "127.0.0.1" and cfg["http_options"]["port"] == 8123
+    app = cfg["applications"][0]
+    assert app["import_path"] == "serve_apps.recommend:build" and app["args"]["ranker"] == str(tiny_artifacts["bst"] / "export")
+    configs = {d["name"]: d.get("user_config") for d in app["deployments"]}
+    assert configs["UserEncoder"]["matcher"] == configs["Retriever"]["matcher"] == str(tiny_artifacts["sdm"] / "export")

@@ -539,8 +539,6 @@ def cmd_tune(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import json
-
     from seqrec.serving import ensure_index, export_dir, find_runs
 
     if not (args.run or args.matcher):
@@ -571,7 +569,17 @@ def cmd_serve(args) -> int:
     print(f"serving on {url}/recommend (docs: {url}/docs)")
     try:
         if args.once:
-            print(json.dumps(_one_request(url, data), indent=1))
+            one = _one_request(url, data)
+            res, req = one["response"], one["request"]
+            t = res["timings_ms"]
+            print(f"served {len(res['items'])} items for user {req['user_id']} ({req['events']} events) in {t['total']:.0f} ms "
+                  f"(encode {t['encode']:.0f}, retrieve {t['retrieve']:.0f}, rank {t['rank']:.0f} ms, measured in the app):")
+            for i, item in enumerate(res["items"], 1):
+                print(f"  {i:2d}. item {item['item_id']}  score {item['score']:.4f}  match {item['match_score']:.4f}")
+            v = res["model_versions"]
+            ranker = f"{v['ranker']['model']} epoch {v['ranker']['epoch']}" if v.get("ranker") else "none"
+            print(f"versions: matcher {v['matcher']['model']} epoch {v['matcher']['epoch']} ({v['matcher']['checkpoint']}), "
+                  f"ranker {ranker}, index {v['index']['kind']}")
             return 0
         import time
 

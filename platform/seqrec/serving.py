@@ -226,7 +226,8 @@ def ensure_index(export: Path, kind: str = "auto") -> dict:
 
     meta = export / "index" / "index.json"
     if meta.exists() and kind == "auto":
-        return json.loads(meta.read_text())
+        info = json.loads(meta.read_text())
+        return {"path": str(meta.parent), "kind": info["kind"], "items": info["n_items"], **info.get("meta", {})}
     if kind == "auto":
         n = np.load(export / "item_ids.npy", mmap_mode="r").shape[0]
         kind = "flat" if n <= 100_000 else "hnsw"
