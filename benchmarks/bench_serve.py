@@ -1,10 +1,12 @@
 """Serving latency: the composed Serve app over HTTP next to the same pipeline in-process, one run.
 
-    python benchmarks/bench_serve.py                         # 1M-item catalogue, 20 req/s for 60 s
+    python benchmarks/bench_serve.py                         # ~1M-item catalogue, 20 req/s for 60 s
     python benchmarks/bench_serve.py --items 20000 --rate 10 --duration 20 --tag small
 
-Artifacts (under benchmarks/work/, reused): a synthetic dataset whose catalogue has about
-``--items`` items (``seqrec data synth`` + ``prepare`` with min item count 1), and an SDM
+Artifacts (under benchmarks/work/, reused): a synthetic dataset of ``5 × --items`` events over
+``--items`` generated items (``seqrec data synth`` + ``prepare`` with min item count 1; item
+popularity is a power law, so the catalogue, the items of the training window, is about half of
+them: 2M generated items give about 1M), and an SDM
 (PSDMMAL) and a BST of the default configurations over it, exported as ``seqrec train`` exports
 them, with an approximate FAISS index (``--index``, default HNSW). The models are untrained
 (one checkpoint of their initial weights): the latency of a forward pass does not depend on the
@@ -59,11 +61,11 @@ def artifacts(items: int, index: str) -> dict:
     root = WORK / f"serve-{items}"
     raw, data = root / "events", root / "prep"
     if not (data / "manifest.json").exists():
-        rows = max(4 * items, 200_000)
+        rows = max(5 * items, 200_000)
         if not (raw / "synth.json").exists():
             generate(raw, rows, seed=0, items=items, users=max(rows // 100, 1000), progress=False)
         src = open_source(str(raw), "synth", None)
-        prepare(src, data, resolve_config(src, min_item_count=1), engine="local", progress=False, overwrite=True)
+        prepare(src, data, resolve_config(src, min_item_count=1), engine="auto", progress=False, overwrite=True)
     manifest = load_manifest(data)
     out = {"data": data}
     for name, model in (("sdm", "sdm:PSDMMAL"), ("bst", "bst")):
@@ -200,8 +202,8 @@ def summarize(results: list[dict], wall: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--items", type=int, default=1_000_000, help="catalogue size to generate (default 1M)")
-    ap.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="hnsw", help="FAISS index (default hnsw)")
+    ap.add_argument("--items", type=int, default=2_000_000, help="items to generate (default 2M: a catalogue of about 1M)")
+    ap.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="ivf", help="FAISS index (default ivf)")
     ap.add_argument("--rate", type=float, default=20.0, help="fixed-rate requests per second (default 20)")
     ap.add_argument("--duration", type=float, default=60.0, help="fixed-rate seconds (default 60)")
     ap.add_argument("--clients", type=int, default=4, help="closed-loop clients (default 4)")

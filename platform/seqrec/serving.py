@@ -221,13 +221,15 @@ def find_runs(run: str | Path) -> tuple[Path, Path | None]:
 
 
 def ensure_index(export: Path, kind: str = "auto") -> dict:
-    """The matcher export's FAISS index, built when missing (``auto``: exact flat up to 100k items, HNSW above)."""
+    """The matcher export's FAISS index: the existing one when it is of ``kind`` (or ``kind`` is ``auto``), else
+    built (``auto``: exact flat up to 100k items, HNSW above)."""
     from seqrec.export import build_index
 
     meta = export / "index" / "index.json"
-    if meta.exists() and kind == "auto":
+    if meta.exists():
         info = json.loads(meta.read_text())
-        return {"path": str(meta.parent), "kind": info["kind"], "items": info["n_items"], **info.get("meta", {})}
+        if kind in ("auto", info["kind"]):
+            return {"path": str(meta.parent), "kind": info["kind"], "items": info["n_items"], **info.get("meta", {})}
     if kind == "auto":
         n = np.load(export / "item_ids.npy", mmap_mode="r").shape[0]
         kind = "flat" if n <= 100_000 else "hnsw"

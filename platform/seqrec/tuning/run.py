@@ -7,7 +7,7 @@ The trial splits the values into training options and model options
 - ``workers == 0`` (:func:`inprocess_trial`): the single-process loop (:func:`seqrec.train.fit`)
   in the trial's own process. After every epoch it reports the validation metrics, the epoch and
   a checkpoint (:mod:`seqrec.checkpoint`) to Tune. Small searches on one machine are fast this
-  way: a trial costs its training time plus a second or two.
+  way: a trial costs its training time plus about half a second (trials reuse their worker process).
 - ``workers >= 1`` (:func:`train_trial`): the trial is the driver of a Ray Train run
   (:func:`seqrec.train.distributed.run_training`: ``TorchTrainer`` over N workers fed by Ray
   Data) with a ``TuneReportCallback``, so each epoch's ``ray.train.report`` becomes a Tune
@@ -287,8 +287,10 @@ def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", sear
         tuner = tune.Tuner(
             trainable,
             param_space={**search_space(space, search), **fixed},
+            # in-process trials reuse their worker process: a new one costs seconds of imports (torch, seqrec) per trial
             tune_config=tune.TuneConfig(metric=select, mode="max", scheduler=sched, num_samples=samples,
-                                        search_alg=_search_alg(search, select, seed, max_concurrent)),
+                                        search_alg=_search_alg(search, select, seed, max_concurrent),
+                                        reuse_actors=job.workers == 0),
             run_config=tune.RunConfig(name=name, storage_path=str(exp.parent), checkpoint_config=keep,
                                       verbose=1 if log else 0, progress_reporter=_reporter(space, select)),
         )
