@@ -210,15 +210,11 @@ class Retriever:
 
     def reconfigure(self, config: Dict[str, Any]) -> None:
         """``{"matcher": run or export dir}``: load its index next to the current one."""
-        from seqrec.retrieval import ItemIndex
-        from seqrec.serving import export_dir
+        from seqrec.serving import export_dir, load_index
 
         export = export_dir(config["matcher"])
         version = version_of(export)
-        if (export / "index").exists():
-            index = ItemIndex.load(export / "index", use_gpu=self.gpu and _faiss_gpus() > 0)
-        else:
-            index = ItemIndex.build(np.load(export / "item_embeddings.npy"), kind="flat", use_gpu=self.gpu and _faiss_gpus() > 0)
+        index = load_index(export, use_gpu=self.gpu and _faiss_gpus() > 0)
         ids = np.load(export / "item_ids.npy")
         keep = {k: v for k, v in self.indexes.items() if k == self.current}
         self.indexes = {**keep, version["id"]: (index, ids, version)}
@@ -348,7 +344,7 @@ class Ingress:
         return None
 
     async def _recommend(self, body: RecommendIn, rid: Optional[str]) -> Dict[str, Any]:
-        from seqrec.serving import Event, Request as Req
+        from seqrec.serving import Event, Request as Req, top_items
 
         t0 = time.perf_counter()
         if not body.events:
@@ -372,10 +368,7 @@ class Ingress:
             ranked = await self.ranker.rank.remote(enc["row"], codes)
             logits, versions["ranker"] = ranked["logits"], ranked["version"]
         t3 = time.perf_counter()
-        order = np.argsort(-logits, kind="stable")[: body.k]  # stable: ties keep the matcher's order
-        order = order[codes[order] >= 0]
-        raw = ret["raw_ids"]
-        items = [{"item_id": _plain(raw[o]), "score": float(logits[o]), "match_score": float(match[o])} for o in order]
+        items = top_items(codes, ret["raw_ids"], match, logits, body.k)
         report = enc["report"]
         timings = {"encode": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "rank": (t3 - t2) * 1e3,
                    "encode_compute": enc["ms"], "retrieve_compute": ret["ms"],

@@ -265,6 +265,23 @@ def ensure_index(export: Path, kind: str = "auto") -> dict:
     return build_index(export, kind=kind)
 
 
+def load_index(export: Path, use_gpu: bool = False):
+    """The matcher export's FAISS index (``seqrec index build``), or an exact flat one over its item vectors."""
+    from seqrec.retrieval import ItemIndex
+
+    if (export / "index").exists():
+        return ItemIndex.load(export / "index", use_gpu=use_gpu)
+    return ItemIndex.build(np.load(export / "item_embeddings.npy"), kind="flat", use_gpu=use_gpu)
+
+
+def top_items(codes: np.ndarray, raw_ids: np.ndarray, match: np.ndarray, logits: np.ndarray, k: int) -> list[dict]:
+    """The top ``k`` of one request's candidates by ranker logit (stable: ties keep the matcher's order);
+    ``raw_ids`` holds each candidate's raw id, and candidates with code -1 (fewer than asked) are dropped."""
+    order = np.argsort(-logits, kind="stable")[:k]
+    order = order[codes[order] >= 0]
+    return [{"item_id": _plain(raw_ids[o]), "score": float(logits[o]), "match_score": float(match[o])} for o in order]
+
+
 class Pipeline:
     """SDM user network → FAISS top ``candidates`` → BST scores → top k, in this process.
 
@@ -277,7 +294,6 @@ class Pipeline:
     def __init__(self, data_dir: str | Path, matcher: str | Path, ranker: str | Path | None = None,
                  candidates: int = 300, device: str = "cpu", use_gpu_index: bool = False):
         from seqrec.checkpoint import load_checkpoint
-        from seqrec.retrieval import ItemIndex
 
         self.rows = RowBuilder(data_dir)
         vocab_hash = self.rows.manifest.get("vocab_hash")
@@ -285,10 +301,7 @@ class Pipeline:
         self.matcher_info = _export_info(m_dir, "matcher")
         self.matcher, _ = load_checkpoint(m_dir / "model", map_location=device, vocab_hash=vocab_hash)
         self.item_ids = np.load(m_dir / "item_ids.npy")
-        if (m_dir / "index").exists():
-            self.index = ItemIndex.load(m_dir / "index", use_gpu=use_gpu_index)
-        else:
-            self.index = ItemIndex.build(np.load(m_dir / "item_embeddings.npy"), kind="flat", use_gpu=use_gpu_index)
+        self.index = load_index(m_dir, use_gpu=use_gpu_index)
         if self.index.n_items != len(self.item_ids):
             raise ValueError(f"{m_dir}: the index has {self.index.n_items} item codes, item_ids.npy {len(self.item_ids)}")
         self.ranker, self.ranker_info = None, None
@@ -349,11 +362,8 @@ class Pipeline:
         return out
 
     def answer(self, codes: np.ndarray, match: np.ndarray, logits: np.ndarray, k: int) -> dict:
-        """The top ``k`` of one request's candidates by ranker logit (stable: ties keep the matcher's order)."""
-        order = np.argsort(-logits, kind="stable")[:k]
-        order = order[codes[order] >= 0]
-        return {"items": [{"item_id": _plain(self.item_ids[codes[o]]), "score": float(logits[o]),
-                           "match_score": float(match[o])} for o in order], "cold_start": False}
+        """The top ``k`` of one request's candidates (:func:`top_items`)."""
+        return {"items": top_items(codes, self.item_ids[np.maximum(codes, 0)], match, logits, k), "cold_start": False}
 
     def cold_start(self, k: int) -> dict:
         """The documented answer to a request with no events: the most popular items, no scores."""
@@ -388,4 +398,4 @@ def _identity(raw: list) -> np.ndarray:
     return np.array([seen.setdefault(str(v), len(seen)) for v in raw], np.int64)
 
 
-__all__ = ["Event", "Pipeline", "Request", "RowBuilder", "RowReport", "ensure_index", "export_dir", "find_runs"]
+__all__ = ["Event", "Pipeline", "Request", "RowBuilder", "RowReport", "ensure_index", "export_dir", "find_runs", "load_index", "top_items"]
