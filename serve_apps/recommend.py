@@ -14,7 +14,8 @@ on the running replicas (no restart). The Retriever keeps the previous matcher's
 so a request encoded by either version during a swap is answered with the index of its own
 version; every response names the versions that answered it.
 
-Start it with ``seqrec serve`` (local, from a run) or ``serve run serve_apps/recommend.yaml``.
+Start it with ``seqrec serve`` (local, from a run), or ``serve run serve_apps/recommend.yaml`` (the runs of
+the README's main command; ``seqrec serve --write-config`` writes one for any runs).
 This module does not use ``from __future__ import annotations``: Serve validates the builder's
 ``args`` with the pydantic model in its annotation, which a string annotation would disable.
 """
@@ -89,7 +90,9 @@ class AppArgs(BaseModel):
     """``args`` of the application (``serve run`` config, or :func:`build`)."""
 
     data: str = Field(description="the prepared dataset the models were trained on")
-    matcher: str = Field(description="the matcher's training run or its export/ directory")
+    run: Optional[str] = Field(None, description="a training run or an experiment's --out: its SDM matcher and BST "
+                               "ranker, as `seqrec serve --run` picks them (matcher / ranker override)")
+    matcher: Optional[str] = Field(None, description="the matcher's training run or its export/ directory")
     ranker: Optional[str] = Field(None, description="the ranker's training run or export/ directory (none: matcher order)")
     candidates: int = 300
     max_k: int = 100
@@ -98,7 +101,9 @@ class AppArgs(BaseModel):
     gpu: bool = False  # models and the FAISS index on a GPU (one per replica of UserEncoder and Ranker)
     threads: int = 1  # torch and FAISS threads per replica (Ray gives a fractional-CPU replica OMP_NUM_THREADS=1 anyway)
     max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.002
+    # 0: a batch is whatever has queued while the previous one ran (no added wait at low load;
+    # batches still form under load)
+    batch_wait_timeout_s: float = 0.0
 
 
 def version_of(export: Path) -> Dict[str, Any]:
@@ -155,7 +160,7 @@ class UserEncoder:
         self._warm_up(model)
         self.model, self.version = model, version_of(export)  # one assignment each: a batch sees one version
         self.encode.set_max_batch_size(int(config.get("max_batch_size", 16)))
-        self.encode.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.002)))
+        self.encode.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
 
     def _warm_up(self, model) -> None:
         """One row through the row builder and the model before taking traffic (numba and torch warm up here,
@@ -167,7 +172,7 @@ class UserEncoder:
         rows, _ = self.builder.rows([Request("warm-up", [Event(item, 0), Event(item, 60)])])
         encode_table(model, rows, self.builder.spec, device=self.device)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def encode(self, requests: List[Any]) -> List[Any]:
         from seqrec.evaluate import encode_table
 
@@ -179,18 +184,27 @@ class UserEncoder:
             return [await self._one(r, model, version) for r in requests]
         vecs = encode_table(model, rows, self.builder.spec, device=self.device)
         ms = (time.perf_counter() - t0) * 1e3
-        return [{"vec": vecs[i], "row": rows.slice(i, 1), "report": reports[i].__dict__, "version": version,
-                 "ms": ms, "batch": len(requests)} for i in range(len(requests))]
+        return [self._result(rows.slice(i, 1), vecs[i], reports[i], version, ms, len(requests)) for i in range(len(requests))]
 
     async def _one(self, request, model, version):
         from seqrec.evaluate import encode_table
 
+        t0 = time.perf_counter()
         try:
             rows, reports = self.builder.rows([request])
         except Exception as e:  # noqa: BLE001 - returned in its slot, raised by the caller (serve.batch)
             return e
         vec = encode_table(model, rows, self.builder.spec, device=self.device)[0]
-        return {"vec": vec, "row": rows, "report": reports[0].__dict__, "version": version, "ms": 0.0, "batch": 1}
+        return self._result(rows, vec, reports[0], version, (time.perf_counter() - t0) * 1e3, 1)
+
+    @staticmethod
+    def _result(row, vec, report, version, ms, batch) -> Dict[str, Any]:
+        """One request's answer: numpy, bytes and plain values only (cheap to pass on; see rows_to_bytes)."""
+        from seqrec.serving import rows_to_bytes
+
+        seen = np.asarray(row.column("seq_item_id")[0].values, np.int64)
+        return {"vec": vec, "row": rows_to_bytes(row), "seen": seen, "report": report.__dict__, "version": version,
+                "ms": ms, "batch": batch}
 
     def check_health(self) -> None:
         if self.model is None:
@@ -268,13 +282,14 @@ class Ranker:
         model, _ = load_checkpoint(export / "model", map_location=self.device, vocab_hash=self.vocab_hash)
         self.model, self.version = model, version_of(export)
         self.rank.set_max_batch_size(int(config.get("max_batch_size", 16)))
-        self.rank.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.002)))
+        self.rank.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def rank(self, rows: List[Any], codes: List[np.ndarray]) -> List[Any]:
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def rank(self, rows: List[bytes], codes: List[np.ndarray]) -> List[Any]:
         import pyarrow as pa
 
         from seqrec.evaluate import score_table
+        from seqrec.serving import rows_from_bytes
 
         t0 = time.perf_counter()
         model, version = self.model, self.version
@@ -282,7 +297,7 @@ class Ranker:
         cands = np.full((len(codes), width), -1, np.int64)
         for i, c in enumerate(codes):
             cands[i, : len(c)] = c
-        table = pa.concat_tables(rows)
+        table = pa.concat_tables([rows_from_bytes(r) for r in rows])
         logits = score_table(model, table, self.spec, np.maximum(cands, 0), device=self.device)
         logits = np.where(cands >= 0, logits, -np.inf)
         ms = (time.perf_counter() - t0) * 1e3
@@ -358,7 +373,7 @@ class Ingress:
         if isinstance(enc, Exception):
             raise enc
         t1 = time.perf_counter()
-        exclude = [int(c) for c in enc["row"].column("seq_item_id")[0].as_py()] if body.exclude_seen else None
+        exclude = [int(c) for c in enc["seen"]] if body.exclude_seen else None
         ret = await self.retriever.retrieve.remote(enc["vec"], self.candidates, enc["version"], exclude)
         t2 = time.perf_counter()
         codes, match = ret["codes"], ret["scores"]
@@ -385,11 +400,21 @@ class Ingress:
 
 def build(args: AppArgs):
     """The application for ``serve run`` / ``serve deploy`` (``import_path: serve_apps.recommend:build``)."""
+    from seqrec.serving import find_runs
+
     if isinstance(args, dict):  # called directly from Python
         args = AppArgs(**args)
-    for path, what in ((args.data, "data"), (args.matcher, "matcher"), (args.ranker, "ranker")):
+    for path, what in ((args.data, "data"), (args.run, "run"), (args.matcher, "matcher"), (args.ranker, "ranker")):
         if path is not None and not Path(path).exists():
-            raise FileNotFoundError(f"{what}={path} does not exist")
+            raise FileNotFoundError(f"{what}={path} does not exist (relative paths are read from {Path.cwd()})")
+    if args.matcher is None and args.run is None:
+        raise ValueError("the recommend app needs `run` (a training run or experiment) or `matcher`")
+    if args.run is not None:
+        matcher, ranker = find_runs(args.run)
+        args = args.model_copy(update={"matcher": args.matcher or str(matcher), "ranker": args.ranker or (ranker and str(ranker))})
+    # absolute paths: the replicas need not share this process's working directory
+    args = args.model_copy(update={k: str(Path(v).resolve()) for k in ("data", "matcher", "ranker")
+                                   if (v := getattr(args, k)) is not None})
     batch = {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s}
     gpu_opts = {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": 1}} if args.gpu else {}
     encoder = UserEncoder.options(user_config={"matcher": str(args.matcher), **batch}, **gpu_opts).bind(

@@ -12,7 +12,7 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        from seqrec.tuning.run import free_port
+        from seqrec.cluster import free_port
 
         # the dashboard, as on a real cluster: Ray Train frees the workers of a trial that Tune stops through its
         # State API (tests/test_tune_run.py); its address is named so that Ray finds it beside other clusters

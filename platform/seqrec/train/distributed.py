@@ -433,8 +433,9 @@ def check_resources(job: TrainJob, per_worker: dict) -> None:
     """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="WARNING")
+    from seqrec.cluster import start_ray
+
+    start_ray(job.workers)
     if job.workers == 0:  # local mode: the loop runs in this process
         return
     total = ray.cluster_resources()

@@ -33,6 +33,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from seqrec.cluster import free_port, start_ray
 from seqrec.tuning.space import check_space, expand, split
 
 SCHEDULERS = ("asha", "fifo")
@@ -152,35 +153,6 @@ def _has_dashboard() -> bool:
         return bool(ray._private.worker.global_worker.node.address_info.get("webui_url"))  # noqa: SLF001
     except AttributeError:  # connected as a client: assume a real cluster, which runs its dashboard
         return True
-
-
-def start_ray(workers: int) -> None:
-    """Connect to (or start) Ray. Ray Train trials need the dashboard when ASHA may stop them.
-
-    Ray Train frees a stopped run's worker placement group from a cleaner actor that asks the
-    dashboard's State API whether the run's controller is alive. Without the dashboard, a trial
-    that ASHA stops keeps its workers' CPUs forever and the next trials wait for them (a hang).
-    So a cluster this function starts runs the dashboard, on a free port named in
-    ``RAY_API_SERVER_ADDRESS`` so that the cleaner finds it even beside other Ray clusters.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if workers == 0:
-        ray.init(include_dashboard=False, logging_level="WARNING")
-        return
-    port = free_port()
-    os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, logging_level="WARNING")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def search_space(space: dict, search: str) -> dict:
