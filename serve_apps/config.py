@@ -6,6 +6,16 @@ from pathlib import Path
 
 DEPLOYMENTS = ("Ingress", "UserEncoder", "Retriever", "Ranker")
 
+#: The GPU layout (``gpu: true``): UserEncoder, Retriever (a FAISS GPU index) and Ranker share one GPU
+#: in these fractions, so one GPU node holds a replica of each; more replicas spread over more GPUs.
+GPU_SHARE = {"UserEncoder": 0.25, "Retriever": 0.25, "Ranker": 0.5}
+
+
+def actor_options(name: str, gpu: bool = False) -> dict:
+    """A deployment's Ray resources: a quarter CPU each (the four fit a 2-CPU machine beside Ray's own
+    processes), plus its share of a GPU in the GPU layout (the Ingress never takes one)."""
+    return {"num_cpus": 0.25, **({"num_gpus": GPU_SHARE[name]} if gpu and name in GPU_SHARE else {})}
+
 #: How Serve itself runs. Ray reads these settings from the environment of the cluster's processes
 #: when they start, so they belong to the cluster (``ray start``, a KubeRay pod spec), not to an app.
 #: - ``fast`` (default of ``seqrec serve``): Ray Serve's documented high-throughput mode
@@ -52,16 +62,13 @@ def config(app_args: dict, host: str = "127.0.0.1", port: int = 8000, request_ti
     """The config as a dict. A model swap is a new ``user_config`` (the same matcher for UserEncoder and
     Retriever), deployed with ``serve deploy``: the replicas reconfigure in place."""
     batch = {"max_batch_size": app_args.get("max_batch_size", 16), "batch_wait_timeout_s": app_args.get("batch_wait_timeout_s", 0.0)}
-    deployments = [
-        {"name": "Ingress", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}},
-        {"name": "UserEncoder", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25},
-         "user_config": {"matcher": app_args["matcher"], **batch}},
-        {"name": "Retriever", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25},
-         "user_config": {"matcher": app_args["matcher"]}},
-    ]
+    gpu = bool(app_args.get("gpu"))
+    user_configs = {"Ingress": None, "UserEncoder": {"matcher": app_args["matcher"], **batch},
+                    "Retriever": {"matcher": app_args["matcher"]}}
     if app_args.get("ranker"):
-        deployments.append({"name": "Ranker", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25},
-                            "user_config": {"ranker": app_args["ranker"], **batch}})
+        user_configs["Ranker"] = {"ranker": app_args["ranker"], **batch}
+    deployments = [{"name": name, "num_replicas": 1, "ray_actor_options": actor_options(name, gpu),
+                    **({"user_config": uc} if uc is not None else {})} for name, uc in user_configs.items()]
     return {
         "proxy_location": "HeadOnly",
         # a config file's default host is 0.0.0.0 (every interface), unlike serve.start's: name it

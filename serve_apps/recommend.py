@@ -98,7 +98,7 @@ class AppArgs(BaseModel):
     max_k: int = 100
     max_events: int = 1000
     timeout_s: float = 5.0
-    gpu: bool = False  # models and the FAISS index on a GPU (one per replica of UserEncoder and Ranker)
+    gpu: bool = False  # models and the FAISS index on a GPU that UserEncoder, Retriever and Ranker share (config.GPU_SHARE)
     threads: int = 1  # torch and FAISS threads per replica (Ray gives a fractional-CPU replica OMP_NUM_THREADS=1 anyway)
     max_batch_size: int = 16
     # 0: a batch is whatever has queued while the previous one ran (no added wait at low load;
@@ -228,7 +228,14 @@ class Retriever:
 
         export = export_dir(config["matcher"])
         version = version_of(export)
-        index = load_index(export, use_gpu=self.gpu and _faiss_gpus() > 0)
+        index = load_index(export)
+        if self.gpu:  # the GPU index where FAISS can make one, else the CPU index, said in the log and every answer
+            why = "FAISS sees no GPU (a faiss-cpu build?)" if _faiss_gpus() == 0 else (
+                "FAISS has no GPU hnsw index (build flat or ivf)" if index.kind == "hnsw" else None)
+            if why:
+                log.warning("gpu=true, but the %s index stays on the CPU: %s", index.kind, why)
+            else:
+                index = index.to_gpu()
         ids = np.load(export / "item_ids.npy")
         keep = {k: v for k, v in self.indexes.items() if k == self.current}
         self.indexes = {**keep, version["id"]: (index, ids, version)}
@@ -244,7 +251,7 @@ class Retriever:
         scores, codes = index.search(vec[None, :], min(n, index.ntotal), exclude=ex)
         codes = codes[0]
         raw = ids[np.maximum(codes, 0)]  # only the candidates' raw ids travel back, never the catalogue
-        return {"codes": codes, "scores": scores[0], "raw_ids": raw, "index": {"kind": index.kind, **index.params},
+        return {"codes": codes, "scores": scores[0], "raw_ids": raw, "index": {"kind": index.kind, "on_gpu": index.on_gpu, **index.params},
                 "ms": (time.perf_counter() - t0) * 1e3}
 
     def check_health(self) -> None:
@@ -401,6 +408,7 @@ class Ingress:
 def build(args: AppArgs):
     """The application for ``serve run`` / ``serve deploy`` (``import_path: serve_apps.recommend:build``)."""
     from seqrec.serving import find_runs
+    from serve_apps.config import actor_options
 
     if isinstance(args, dict):  # called directly from Python
         args = AppArgs(**args)
@@ -416,13 +424,15 @@ def build(args: AppArgs):
     args = args.model_copy(update={k: str(Path(v).resolve()) for k in ("data", "matcher", "ranker")
                                    if (v := getattr(args, k)) is not None})
     batch = {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s}
-    gpu_opts = {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": 1}} if args.gpu else {}
-    encoder = UserEncoder.options(user_config={"matcher": str(args.matcher), **batch}, **gpu_opts).bind(
+    def res(name: str) -> Dict[str, Any]:
+        return {"ray_actor_options": actor_options(name, args.gpu)}
+
+    encoder = UserEncoder.options(user_config={"matcher": str(args.matcher), **batch}, **res("UserEncoder")).bind(
         args.data, args.threads, args.gpu)
-    retriever = Retriever.options(user_config={"matcher": str(args.matcher)}).bind(args.threads, args.gpu)
+    retriever = Retriever.options(user_config={"matcher": str(args.matcher)}, **res("Retriever")).bind(args.threads, args.gpu)
     ranker = None
     if args.ranker:
-        ranker = Ranker.options(user_config={"ranker": str(args.ranker), **batch}, **gpu_opts).bind(
+        ranker = Ranker.options(user_config={"ranker": str(args.ranker), **batch}, **res("Ranker")).bind(
             args.data, args.threads, args.gpu)
     limits = {"max_k": args.max_k, "max_events": args.max_events, "timeout_s": args.timeout_s}
     return Ingress.bind(encoder, retriever, ranker, args.data, args.candidates, limits)

@@ -253,7 +253,8 @@ def test_seqrec_serve_once_prints_one_served_recommendation(tiny_prepared, tiny_
 @pytest.mark.slow
 def test_serve_run_of_the_repository_config_serves_an_experiments_runs(tiny_prepared, tiny_artifacts, tmp_path):
     """Ray Serve's own CLI: `serve run` of serve_apps/recommend.yaml (relative `data` and `run`, as after the
-    README's main command) starts the app on its own cluster and answers as the in-process pipeline does."""
+    README's main command) starts the app on its own cluster, here in fast mode (the cluster's variables, as
+    the file's header says), and answers as the in-process pipeline does, with the request id and the 422s."""
     import os
     import signal
     import subprocess
@@ -266,6 +267,7 @@ def test_serve_run_of_the_repository_config_serves_an_experiments_runs(tiny_prep
     from seqrec.cluster import free_port
     from seqrec.data.prepare import read_split
     from seqrec.serving import Pipeline, RowBuilder, find_runs
+    from serve_apps.config import cluster_env
 
     repo = Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load((repo / "serve_apps" / "recommend.yaml").read_text())
@@ -278,15 +280,18 @@ def test_serve_run_of_the_repository_config_serves_an_experiments_runs(tiny_prep
     serve_cli = Path(sys.executable).parent / "serve"
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([str(serve_cli), "run", "recommend.yaml"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            env=os.environ | {"RAY_ADDRESS": "local"})
+                            env=os.environ | {"RAY_ADDRESS": "local"} | cluster_env("fast"))
     try:
         req = RowBuilder(tiny_prepared).request_from_row(read_split(tiny_prepared, "test").slice(0, 1).to_pylist()[0])
         app, answer, end = {"url": f"http://127.0.0.1:{port}"}, None, time.time() + 300
         while time.time() < end and proc.poll() is None:
             try:
-                r = post(app, body_of(req, k=10))
+                r = post(app, body_of(req, k=10), **{"x-request-id": "cli-1"})
                 if r.status_code == 200:
                     answer = r.json()
+                    assert answer["request_id"] == "cli-1" and r.headers["x-request-id"] == "cli-1"
+                    bad = post(app, {**body_of(req), "k": 1000})
+                    assert bad.status_code == 422 and "max_k" in bad.json()["detail"]
                     break
             except requests.ConnectionError:
                 pass

@@ -124,3 +124,44 @@ def test_the_fast_serve_mode_sets_serves_high_throughput_variables_with_free_por
     assert cluster_env("standard") == {} and set(SERVE_MODES) == {"fast", "standard"}
     with pytest.raises(ValueError, match="serve mode 'turbo'"):
         cluster_env("turbo")
+
+
+def test_the_gpu_layout_shares_one_gpu_between_the_model_deployments():
+    from serve_apps.config import config
+
+    def options(gpu: bool) -> dict:
+        cfg = config({"data": "d", "matcher": "m", "ranker": "r", "gpu": gpu})
+        return {d["name"]: d["ray_actor_options"] for d in cfg["applications"][0]["deployments"]}
+
+    gpu = options(True)
+    assert "num_gpus" not in gpu["Ingress"] and all(gpu[n]["num_gpus"] > 0 for n in ("UserEncoder", "Retriever", "Ranker"))
+    assert sum(o.get("num_gpus", 0) for o in gpu.values()) <= 1  # one GPU node holds a replica of each
+    assert not any("num_gpus" in o for o in options(False).values())
+
+
+def test_a_retriever_asked_for_a_gpu_without_one_keeps_the_cpu_index_and_says_so(tiny_artifacts):
+    import asyncio
+    import logging
+
+    from serve_apps.recommend import Retriever, version_of
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    keep, logger = Keep(), logging.getLogger("ray.serve")  # Serve's logger does not propagate to caplog
+    logger.addHandler(keep)
+    try:
+        retriever = Retriever.func_or_class(threads=1, gpu=True)  # the deployment's class, outside Serve
+        retriever.reconfigure({"matcher": str(tiny_artifacts["sdm"])})
+    finally:
+        logger.removeHandler(keep)
+    assert any("stays on the CPU" in line for line in keep.lines)
+    export = tiny_artifacts["sdm"] / "export"
+    vec = np.load(export / "item_embeddings.npy")[2]
+    out = asyncio.run(retriever.retrieve(vec, 5, version_of(export)))
+    assert out["index"]["on_gpu"] is False and len(out["codes"]) == 5

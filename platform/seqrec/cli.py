@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--candidates", type=_positive_int, default=300, help="items retrieved for the ranker (default 300)")
     sv.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    sv.add_argument("--gpu", action="store_true", help="models and index on GPUs (one per UserEncoder and Ranker replica)")
+    sv.add_argument("--gpu", action="store_true", help="models and the FAISS index on a GPU that UserEncoder, Retriever and Ranker share")
     sv.add_argument("--once", action="store_true", help="send one request (a test user's recent events), print the answer, stop")
     sv.add_argument("--address", default=None, help="a running Ray cluster to serve on (default: $RAY_ADDRESS; "
                     "without either, a new local cluster that stops with the command)")
