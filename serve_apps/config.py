@@ -6,6 +6,11 @@ from pathlib import Path
 
 DEPLOYMENTS = ("Ingress", "UserEncoder", "Retriever", "Ranker")
 
+#: ``@serve.batch`` settings of UserEncoder and Ranker, and their defaults in the app's args and
+#: ``user_config``. A wait of 0: a batch is whatever queued while the previous one ran (no added
+#: wait at low load; batches still form under load).
+BATCH = {"max_batch_size": 16, "batch_wait_timeout_s": 0.0}
+
 #: The GPU layout (``gpu: true``): UserEncoder, Retriever (a FAISS GPU index) and Ranker share one GPU
 #: in these fractions, so one GPU node holds a replica of each; more replicas spread over more GPUs.
 GPU_SHARE = {"UserEncoder": 0.25, "Retriever": 0.25, "Ranker": 0.5}
@@ -59,17 +64,22 @@ def start_local_cluster(mode: str = "fast", **init_kwargs) -> dict:
     return env
 
 
-def config(app_args: dict, host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float = 30.0) -> dict:
-    """The config as a dict. A model swap is a new ``user_config`` (the same matcher for UserEncoder and
-    Retriever), deployed with ``serve deploy``: the replicas reconfigure in place."""
-    batch = {"max_batch_size": app_args.get("max_batch_size", 16), "batch_wait_timeout_s": app_args.get("batch_wait_timeout_s", 0.0)}
-    gpu = bool(app_args.get("gpu"))
+def deployment_options(app_args: dict) -> dict:
+    """Each deployment's ``ray_actor_options`` and ``user_config`` (model paths, batching) for the app's
+    args: the one source for the Python builder (``recommend.build``) and the written config."""
+    batch = {k: app_args.get(k, v) for k, v in BATCH.items()}
     user_configs = {"Ingress": None, "UserEncoder": {"matcher": app_args["matcher"], **batch},
                     "Retriever": {"matcher": app_args["matcher"]}}
     if app_args.get("ranker"):
         user_configs["Ranker"] = {"ranker": app_args["ranker"], **batch}
-    deployments = [{"name": name, "num_replicas": 1, "ray_actor_options": actor_options(name, gpu),
-                    **({"user_config": uc} if uc is not None else {})} for name, uc in user_configs.items()]
+    return {name: {"ray_actor_options": actor_options(name, bool(app_args.get("gpu"))),
+                   **({"user_config": uc} if uc is not None else {})} for name, uc in user_configs.items()}
+
+
+def config(app_args: dict, host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float = 30.0) -> dict:
+    """The config as a dict. A model swap is a new ``user_config`` (the same matcher for UserEncoder and
+    Retriever), deployed with ``serve deploy``: the replicas reconfigure in place."""
+    deployments = [{"name": name, "num_replicas": 1, **opts} for name, opts in deployment_options(app_args).items()]
     return {
         "proxy_location": "HeadOnly",
         # a config file's default host is 0.0.0.0 (every interface), unlike serve.start's: name it

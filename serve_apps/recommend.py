@@ -35,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_apps.config import BATCH, deployment_options
+
 log = logging.getLogger("ray.serve")
 
 Id = Union[int, str]
@@ -100,10 +102,8 @@ class AppArgs(BaseModel):
     timeout_s: float = 5.0
     gpu: bool = False  # models and the FAISS index on a GPU that UserEncoder, Retriever and Ranker share (config.GPU_SHARE)
     threads: int = 1  # torch and FAISS threads per replica (Ray gives a fractional-CPU replica OMP_NUM_THREADS=1 anyway)
-    max_batch_size: int = 16
-    # 0: a batch is whatever has queued while the previous one ran (no added wait at low load;
-    # batches still form under load)
-    batch_wait_timeout_s: float = 0.0
+    max_batch_size: int = BATCH["max_batch_size"]
+    batch_wait_timeout_s: float = BATCH["batch_wait_timeout_s"]
 
 
 def version_of(export: Path) -> Dict[str, Any]:
@@ -111,10 +111,6 @@ def version_of(export: Path) -> Dict[str, Any]:
     info = json.loads((export / "export.json").read_text())
     vid = hashlib.sha1(f"{info['checkpoint']}:{info['epoch']}".encode()).hexdigest()[:10]
     return {"id": vid, "model": info["model"], "epoch": info["epoch"], "checkpoint": info["checkpoint"]}
-
-
-def _plain(v):
-    return v.item() if isinstance(v, np.generic) else v
 
 
 def _threads(n: int) -> None:
@@ -159,8 +155,8 @@ class UserEncoder:
                                    vocab_hash=self.builder.manifest.get("vocab_hash"))
         self._warm_up(model)
         self.model, self.version = model, version_of(export)  # one assignment each: a batch sees one version
-        self.encode.set_max_batch_size(int(config.get("max_batch_size", 16)))
-        self.encode.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
+        self.encode.set_max_batch_size(int(config.get("max_batch_size", BATCH["max_batch_size"])))
+        self.encode.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", BATCH["batch_wait_timeout_s"])))
 
     def _warm_up(self, model) -> None:
         """One row through the row builder and the model before taking traffic (numba and torch warm up here,
@@ -172,7 +168,7 @@ class UserEncoder:
         rows, _ = self.builder.rows([Request("warm-up", [Event(item, 0), Event(item, 60)])])
         encode_table(model, rows, self.builder.spec, device=self.device)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    @serve.batch(**BATCH)
     async def encode(self, requests: List[Any]) -> List[Any]:
         from seqrec.evaluate import encode_table
 
@@ -288,10 +284,10 @@ class Ranker:
         export = export_dir(config["ranker"])
         model, _ = load_checkpoint(export / "model", map_location=self.device, vocab_hash=self.vocab_hash)
         self.model, self.version = model, version_of(export)
-        self.rank.set_max_batch_size(int(config.get("max_batch_size", 16)))
-        self.rank.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
+        self.rank.set_max_batch_size(int(config.get("max_batch_size", BATCH["max_batch_size"])))
+        self.rank.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", BATCH["batch_wait_timeout_s"])))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    @serve.batch(**BATCH)
     async def rank(self, rows: List[bytes], codes: List[np.ndarray]) -> List[Any]:
         import pyarrow as pa
 
@@ -334,7 +330,7 @@ class Ingress:
         self.limits = Limits(**(limits or {}))
         builder = RowBuilder(data)
         self.popular_codes = builder.popular(self.limits.max_k)
-        self.popular_ids = [_plain(v) for v in builder.vocab["item_id"].take(self.popular_codes - 2).to_pylist()]
+        self.popular_ids = builder.vocab["item_id"].take(self.popular_codes - 2).to_pylist()
 
     @app.get("/healthz")
     async def healthz(self) -> Dict[str, str]:
@@ -408,7 +404,6 @@ class Ingress:
 def build(args: AppArgs):
     """The application for ``serve run`` / ``serve deploy`` (``import_path: serve_apps.recommend:build``)."""
     from seqrec.serving import find_runs
-    from serve_apps.config import actor_options
 
     if isinstance(args, dict):  # called directly from Python
         args = AppArgs(**args)
@@ -423,16 +418,9 @@ def build(args: AppArgs):
     # absolute paths: the replicas need not share this process's working directory
     args = args.model_copy(update={k: str(Path(v).resolve()) for k in ("data", "matcher", "ranker")
                                    if (v := getattr(args, k)) is not None})
-    batch = {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s}
-    def res(name: str) -> Dict[str, Any]:
-        return {"ray_actor_options": actor_options(name, args.gpu)}
-
-    encoder = UserEncoder.options(user_config={"matcher": str(args.matcher), **batch}, **res("UserEncoder")).bind(
-        args.data, args.threads, args.gpu)
-    retriever = Retriever.options(user_config={"matcher": str(args.matcher)}, **res("Retriever")).bind(args.threads, args.gpu)
-    ranker = None
-    if args.ranker:
-        ranker = Ranker.options(user_config={"ranker": str(args.ranker), **batch}, **res("Ranker")).bind(
-            args.data, args.threads, args.gpu)
+    opts = deployment_options(args.model_dump())
+    encoder = UserEncoder.options(**opts["UserEncoder"]).bind(args.data, args.threads, args.gpu)
+    retriever = Retriever.options(**opts["Retriever"]).bind(args.threads, args.gpu)
+    ranker = Ranker.options(**opts["Ranker"]).bind(args.data, args.threads, args.gpu) if args.ranker else None
     limits = {"max_k": args.max_k, "max_events": args.max_events, "timeout_s": args.timeout_s}
-    return Ingress.bind(encoder, retriever, ranker, args.data, args.candidates, limits)
+    return Ingress.options(**opts["Ingress"]).bind(encoder, retriever, ranker, args.data, args.candidates, limits)

@@ -103,7 +103,7 @@ class RowBuilder:
         valid = arr.is_valid().to_numpy(zero_copy_only=False)
         x = arr.fill_null(0).to_numpy(zero_copy_only=False)
         pos = np.clip(np.searchsorted(keys, x), 0, max(len(keys) - 1, 0))
-        hit = valid & (len(keys) > 0) & (keys[pos] == x) if len(keys) else np.zeros(len(x), bool)
+        hit = valid & (keys[pos] == x) if len(keys) else np.zeros(len(x), bool)
         out[hit] = codes[pos[hit]]
         return out
 
