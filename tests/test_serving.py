@@ -165,3 +165,14 @@ def test_a_retriever_asked_for_a_gpu_without_one_keeps_the_cpu_index_and_says_so
     vec = np.load(export / "item_embeddings.npy")[2]
     out = asyncio.run(retriever.retrieve(vec, 5, version_of(export)))
     assert out["index"]["on_gpu"] is False and len(out["codes"]) == 5
+
+
+def test_the_app_builder_names_a_missing_path_and_a_missing_matcher(tiny_prepared, tmp_path):
+    from serve_apps.recommend import build
+
+    with pytest.raises(ValueError, match="needs `run` .* or `matcher`"):
+        build({"data": str(tiny_prepared)})
+    with pytest.raises(FileNotFoundError, match=r"run=no/such/run does not exist \(relative paths are read from "):
+        build({"data": str(tiny_prepared), "run": "no/such/run"})
+    with pytest.raises(FileNotFoundError, match="no training run with an export"):
+        build({"data": str(tiny_prepared), "run": str(tmp_path)})
