@@ -18,8 +18,8 @@ format). Then, each in a fresh process as a user would run them:
 
 Wall time is measured around each command (interpreter start and imports included);
 ``in_process_s`` is the time inside it; at 1M rows a ``seqrec-warm-process`` run also times a
-second ``prepare`` call in one process (imports, numba's kernel load and Arrow's start-up paid). Memory is the peak summed RSS (and PSS) of the
-command and every descendant process, Ray's raylet and workers included.
+second ``prepare`` call in one process (imports, numba's kernel load and Arrow's start-up paid).
+Memory is the peak summed RSS (and PSS) of the command and every descendant process, Ray's raylet and workers included.
 
 Summary keys (issue #2): ``speedup_vs_naive_1m`` (naive wall / seqrec wall at 1M rows),
 ``events_per_s_10m`` and ``peak_rss_gib_10m`` (the slower / larger of the Parquet and
@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine_info, run_measured, write_result  # noqa: E402
+from common import REPO, run_measured, write_result  # noqa: E402
 
 NAIVE = r"""
 import sys, time, json
@@ -139,7 +139,8 @@ def main() -> None:
             src = synth(work, n, layout)
             r = prepare_run(src, work / "out", "auto")
             runs.append({"kind": "seqrec", "rows": n, "layout": layout, **r})
-            print(f"{n:>11,} {layout:<10} seqrec ({r['engine_used']}): {r['wall_s']:.1f} s wall, {r['events_per_s']:,} events/s, peak {r['peak_rss_gib']:.2f} GiB", flush=True)
+            print(f"{n:>11,} {layout:<10} seqrec ({r['engine_used']}): {r['wall_s']:.1f} s wall, "
+                  f"{r['events_per_s']:,} events/s, peak {r['peak_rss_gib']:.2f} GiB", flush=True)
             if n in naive_sizes and layout == "parquet":
                 if r["engine_used"] != "ray":
                     rr = prepare_run(src, work / "out", "ray")

@@ -1,6 +1,6 @@
 """Ranking latency: score 300 candidates for one user (one CPU thread), and candidates/s in batch.
 
-    python benchmarks/bench_rank.py                  # ~2 minutes on 2 cores; run it on an idle machine
+    python benchmarks/bench_rank.py                  # run it on an idle machine
 
 The budget (issue #5): ≤ 5 ms for 300 candidates on one CPU thread, so that match + rank stays
 within the paper's 15–20 ms. Models are untrained (latency does not depend on the weights) and

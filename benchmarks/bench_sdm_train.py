@@ -37,10 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, write_result  # noqa: E402
 
 from seqrec.batch import Batch  # noqa: E402
+from seqrec.config import TrainConfig  # noqa: E402
 from seqrec.data.prepare import load_manifest, read_split  # noqa: E402
 from seqrec.features import FeatureSpec  # noqa: E402
 from seqrec.models import build_model  # noqa: E402
-from seqrec.train.loop import length_grouped_batches, make_optimizer, train_step, TrainConfig  # noqa: E402
+from seqrec.train.engine import make_optimizer, train_step  # noqa: E402
+from seqrec.train.loop import length_grouped_batches  # noqa: E402
 
 
 def prefix_samples(batches: list[Batch]) -> list[tuple[Batch, int, int]]:
@@ -77,7 +79,8 @@ def prefix_batches(rows, size: int, rng: np.random.Generator) -> list[tuple[Batc
                 seq_len=torch.tensor([t for _, _, t in group]),
                 seq_time=stack(lambda b: b.seq_time),
                 seq_behavior=stack(lambda b: b.seq_behavior),
-                long_term={k: torch.stack([pad(b.long_term[k][i], max(bb.long_term[k].shape[1] for bb, _, _ in group)) for b, i, _ in group])
+                long_term={k: torch.stack([pad(b.long_term[k][i], max(bb.long_term[k].shape[1] for bb, _, _ in group))
+                                           for b, i, _ in group])
                            for k in group[0][0].long_term},
                 hist_item=torch.zeros(len(group), 0, dtype=torch.long), hist_time=torch.zeros(len(group), 0, dtype=torch.long),
                 hist_behavior=torch.zeros(len(group), 0, dtype=torch.long), targets=torch.zeros(len(group), 0, dtype=torch.long),
@@ -137,7 +140,8 @@ def run_device(device: torch.device, spec, table, args) -> list[dict]:
     rows = prefix_samples(list(length_grouped_batches(table, spec, 512, np.random.default_rng(2))))
     prefixes = prefix_batches(rows, args.prefix_batch_size, np.random.default_rng(3))
     results = []
-    for name, batches, per_prefix in (("seqrec", sessions, False), ("seqrec-equal-targets", sessions_small, False), ("per-prefix", prefixes, True)):
+    for name, batches, per_prefix in (("seqrec", sessions, False), ("seqrec-equal-targets", sessions_small, False),
+                                      ("per-prefix", prefixes, True)):
         torch.manual_seed(0)
         model = build_model("sdm", spec, **args.model_options).to(device)
         opt = make_optimizer(model, TrainConfig())
@@ -149,7 +153,8 @@ def run_device(device: torch.device, spec, table, args) -> list[dict]:
         if len(batches) < need:
             batches = (batches * (need // max(len(batches), 1) + 1))[:need]
         r = timed(fn, batches, args.warmup, args.steps, device)
-        r.update(layout=name, device=str(device), batch=(args.prefix_batch_size if per_prefix else (small if "equal" in name else args.batch_size)),
+        r.update(layout=name, device=str(device),
+                 batch=(args.prefix_batch_size if per_prefix else (small if "equal" in name else args.batch_size)),
                  batch_unit="prefix samples" if per_prefix else "sessions", loss=model.config.loss,
                  threads=torch.get_num_threads())
         print(r)

@@ -6,16 +6,16 @@
 Artifacts (under benchmarks/work/, reused): a synthetic dataset of ``5 × --items`` events over
 ``--items`` generated items (``seqrec data synth`` + ``prepare`` with min item count 1; item
 popularity is a power law, so the catalogue, the items of the training window, is about half of
-them: 2M generated items give about 1M), and an SDM
+them; the result's ``catalogue_size`` says how many), and an SDM
 (PSDMMAL) and a BST of the default configurations over it, exported as ``seqrec train`` exports
 them, with an approximate FAISS index (``--index``, default HNSW). The models are untrained
 (one checkpoint of their initial weights): the latency of a forward pass does not depend on the
-weights, and training on a 1M-item catalogue would take hours here.
+weights, and training on a catalogue this size is out of reach of a benchmark.
 
 Requests are test users' recent events (the BST history plus the session, raw ids), cycled.
 
 * **in-process**: ``seqrec.serving.Pipeline.recommend`` on one request at a time, no Ray (the
-  same three stages the deployments call);
+  same stage functions the deployments call);
 * **HTTP, fixed rate**: ``--rate`` requests per second for ``--duration`` seconds (open loop:
   each request is sent at its scheduled time from a thread pool, so a slow answer does not delay
   the next request; latency is measured from the scheduled time);
@@ -237,7 +237,7 @@ def summarize(results: list[dict], wall: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--items", type=int, default=2_000_000, help="items to generate (default 2M: a catalogue of about 1M)")
+    ap.add_argument("--items", type=int, default=2_000_000, help="items to generate (default 2M; the catalogue is about half of them)")
     ap.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="ivf", help="FAISS index (default ivf)")
     ap.add_argument("--rate", type=float, default=20.0, help="fixed-rate requests per second (default 20)")
     ap.add_argument("--duration", type=float, default=60.0, help="fixed-rate seconds (default 60)")
@@ -307,7 +307,8 @@ def main() -> None:
         "cpu_ms_per_request": round(sum(cpu.values()), 1), "cpu_ms_per_request_by_process": cpu,
     }
     write_result(f"bench_serve{('_' + args.tag) if args.tag else ''}", summary,
-                 params={**vars(args), "cluster_env": env, "index_params": {k: v for k, v in art["index"].items() if k not in ("checkpoint",)},
+                 params={**vars(args), "cluster_env": env,
+                         "index_params": {k: v for k, v in art["index"].items() if k not in ("checkpoint",)},
                          "models": "untrained default PSDMMAL and BST (latency does not depend on the weights)"},
                  runs=[{"mode": "fixed_rate", **fixed}, {"mode": "closed_loop", **closed}, {"mode": "in_process", **local}],
                  machine=machine_info())

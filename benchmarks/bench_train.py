@@ -45,13 +45,14 @@ def ingest_fn(config: dict) -> None:
     import numpy as np
     import ray.train
 
+    from seqrec.config import TrainJob
     from seqrec.data.prepare import load_manifest
     from seqrec.features import FeatureSpec
-    from seqrec.train.distributed import TrainJob, iter_pools
+    from seqrec.train.distributed import iter_pools
 
     spec = FeatureSpec.from_dict(load_manifest(config["data"])["feature_spec"])
     shard = ray.train.get_dataset_shard("train")
-    job = TrainJob(model="sdm", data=config["data"], batch_size=config["batch_size"])  # the default ingest options
+    job = TrainJob.from_dict({"model": "sdm", "data": config["data"], "batch_size": config["batch_size"]})  # the default ingest options
     rng = np.random.default_rng(0)
     for epoch in range(1, config["epochs"] + 1):
         t0, targets, rows = time.perf_counter(), 0, 0
@@ -74,11 +75,11 @@ def ingest_fn(config: dict) -> None:
 
 
 def measure_ingest(data: Path, workers: int, batch_size: int, storage: str) -> dict:
+    import json
+
     import ray.data
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    import json
 
     out = Path(tempfile.mkdtemp(prefix="ingest_", dir=storage))
     TorchTrainer(
@@ -94,11 +95,15 @@ def measure_ingest(data: Path, workers: int, batch_size: int, storage: str) -> d
 
 
 def measure_training(data: Path, model: str, workers: int, storage: str, gpu: bool = False, cache: str = "off", **options) -> dict:
-    from seqrec.train.distributed import TrainJob, run_training
+    from seqrec.config import TrainJob
+    from seqrec.train.distributed import run_training
 
-    job = TrainJob(model=model, data=str(data), options=options, epochs=2, workers=workers, gpu=gpu, cache=cache,
-                   cpus_per_worker=0.5 if not gpu else 1.0, storage=storage, name=f"{model.replace(':', '-')}-{workers}w-{time.time_ns()}",
-                   patience=None, batch_size=256 if model.startswith("sdm") else 32)
+    # the batch size is global: each of the workers takes its share (before, these were per-worker sizes)
+    per_worker = 256 if model.startswith("sdm") else 32
+    job = TrainJob.from_dict(dict(model=model, data=str(data), options=options, epochs=2, workers=workers, gpu=gpu, cache=cache,
+                                  cpus_per_worker=0.5 if not gpu else 1.0, storage=storage,
+                                  name=f"{model.replace(':', '-')}-{workers}w-{time.time_ns()}", patience=None,
+                                  batch_size=per_worker * max(workers, 1)))
     s = run_training(job, log=print)
     last = s["history"][-1]
     return {"targets_per_s": last["targets_per_s"], "data_wait_s": last["data_wait_s"], "first_batch_s": last["first_batch_s"],
@@ -145,7 +150,8 @@ def main() -> int:
         "steady_ingest_over_model_ratio": round(runs["ingest_1w"]["steady_targets_per_s"] / runs["sdm_1w"]["steady_targets_per_s"], 2),
         "gpu_targets_per_s": None if gpu is None else round(gpu),
     }
-    params = {"rows": args.rows, "data": str(data), "cpus": args.cpus, "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:])}
+    params = {"rows": args.rows, "data": str(data), "cpus": args.cpus,
+              "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:])}
     write_result("bench_train", summary, params, runs, machine_info())
     return 0
 

@@ -36,14 +36,15 @@ from quality_matching import prepared  # noqa: E402
 def direct_epoch(job) -> float:
     """One in-process trial's work without Ray: build, read the splits, one epoch, validation."""
     from seqrec.data.prepare import read_split
-    from seqrec.train.distributed import build, select_metric, validation
+    from seqrec.train.factory import build
     from seqrec.train.loop import fit
+    from seqrec.train.validation import select_metric, validator
 
     t0 = time.perf_counter()
-    model, spec, manifest = build(job)
+    model, spec, manifest = build(job.model, job.data, job.options, seed=job.train.seed)
     train, val = read_split(job.data, "train"), read_split(job.data, "val")
-    fit(model, train, spec, job.train_config(), validate=lambda m: validation(job, m, val, spec, manifest)[0],
-        select=select_metric(job, manifest), log=None)
+    fit(model, train, spec, job.train, validate=validator(job.model, val, spec, manifest, job.rank_negatives),
+        select=select_metric(job.model, manifest), log=None)
     return time.perf_counter() - t0
 
 
@@ -72,18 +73,18 @@ def main() -> None:
 
     import ray
 
-    from seqrec.train.distributed import TrainJob
     from seqrec.cluster import start_ray
+    from seqrec.config import TrainJob
 
     data = prepared("ml-100k", "user-day", 0)
     base = dict(model="sdm:PSDMMAL", data=str(data), epochs=1, patience=None)
-    direct = [direct_epoch(TrainJob(**base, workers=0)) for _ in range(2)]
+    direct = [direct_epoch(TrainJob.from_dict({**base, "workers": 0})) for _ in range(2)]
     direct_s = min(direct)
     start_ray(workers=1)  # with the dashboard, as Ray Train trials need
     runs, summary = [], {"direct_epoch_s": direct_s}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind, job in (("inprocess", TrainJob(**base, workers=0, cpus_per_worker=1.0)),
-                          ("train", TrainJob(**base, workers=1, cpus_per_worker=args.cpus_per_worker))):
+        for kind, job in (("inprocess", TrainJob.from_dict({**base, "workers": 0, "cpus_per_worker": 1.0})),
+                          ("train", TrainJob.from_dict({**base, "workers": 1, "cpus_per_worker": args.cpus_per_worker}))):
             one = search(job, 1, Path(tmp), f"{kind}-1")
             many = search(job, args.trials, Path(tmp), f"{kind}-{args.trials}")
             marginal = (many["wall_s"] - one["wall_s"]) / (args.trials - 1)

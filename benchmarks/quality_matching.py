@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, RESULTS, machine_info, write_result  # noqa: E402
 
+from seqrec.config import ExperimentSpec, TrainConfig  # noqa: E402
 from seqrec.experiment import DEFAULT_MODELS, expand_models, run_experiment  # noqa: E402
-from seqrec.train import TrainConfig  # noqa: E402
 
 WORK = REPO / "benchmarks" / "work"
 BASELINES = ("item_cf", "youtube_dnn", "gru4rec", "narm")
@@ -93,7 +93,8 @@ def main() -> int:
     entries = expand_models(models, args.ablation)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience)
     name = f"quality_matching_{args.dataset.replace('-', '')}_{args.split.replace('-', '')}" + (f"_{args.suffix}" if args.suffix else "")
-    report = run_experiment(data, entries, list(range(args.seeds)), cfg, WORK / name, model_options={"hidden": args.hidden})
+    report = run_experiment(ExperimentSpec(str(data), entries, list(range(args.seeds)), str(WORK / name), match=cfg,
+                                           model_options={"hidden": args.hidden}))
     summary = {label: {k: round(v["mean"], 5) for k, v in m.items()} for label, m in report["summary"].items()}
     summary["expectations"] = expectations(report["summary"], report["protocol"])
     params = {k: report[k] for k in ("dataset", "protocol", "split", "content_hash", "vocab_hash", "seeds", "train",

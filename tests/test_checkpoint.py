@@ -6,15 +6,16 @@ import json
 
 import pytest
 import torch
-
 from batchgen import item_side_table, random_batch, tiny_spec, with_history
+
 from seqrec.checkpoint import load_checkpoint, load_optimizer, read_meta, save_checkpoint
 from seqrec.models import build_model
 
 DATASET = {"content_hash": "c0ffee", "vocab_hash": "v1", "source": "tiny"}
 
 
-@pytest.mark.parametrize("name,opts", [("sdm:PSDMMAL", {"hidden": 8, "heads": 2}), ("bst", {"mlp": "16-8", "pos_dim": 8, "heads": 4, "id_dim": 8, "side_dim": 8})])
+@pytest.mark.parametrize("name,opts", [("sdm:PSDMMAL", {"hidden": 8, "heads": 2}),
+                                       ("bst", {"mlp": "16-8", "pos_dim": 8, "heads": 4, "id_dim": 8, "side_dim": 8})])
 def test_round_trip_rebuilds_the_model_and_the_optimizer(tmp_path, name, opts):
     spec = tiny_spec()
     torch.manual_seed(0)

@@ -87,3 +87,31 @@ def test_console_script_and_stdlib_platform():
     assert not (REPO / "platform" / "__init__.py").exists()
     r = subprocess.run([sys.executable, "-m", "seqrec.cli", "--help"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0 and "seqrec data prepare" in r.stdout
+
+
+def test_training_flags_come_from_the_config_fields(tmp_path):
+    """Each training option is declared once (seqrec.config): its flag, help and default come from the field,
+    a YAML config holds the same keys, and only the flags given override it."""
+    from dataclasses import fields
+
+    from seqrec.cli import _job
+    from seqrec.config import RunConfig, ScalingConfig, TrainConfig
+
+    train = _subparser("train")
+    flags = {s for a in train._actions for s in a.option_strings}
+    for cls in (TrainConfig, ScalingConfig, RunConfig):
+        for f in fields(cls):
+            assert "--" + f.name.replace("_", "-") in flags, f"seqrec train has no flag for {cls.__name__}.{f.name}"
+    help_of = {s: a.help for a in train._actions for s in a.option_strings}
+    assert help_of["--batch-size"].endswith(f"(default {TrainConfig().batch_size})")
+    assert help_of["--patience"].endswith(f"(default {TrainConfig().patience})")
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("model: bst\ndata: d\ntrain: {epochs: 4, lr: 0.01}\nworkers: 2\n")
+    job = _job(train.parse_args(["--config", str(cfg), "--epochs", "7", "--grad-clip", "none"]), "train")
+    assert (job.train.epochs, job.train.lr, job.train.grad_clip, job.scaling.workers) == (7, 0.01, None, 2)
+    # tune: --seed is the search's seed and --name the search's name, never the trials' training options
+    tune = _subparser("tune")
+    job = _job(tune.parse_args(["sdm", "--data", "d", "--seed", "5", "--name", "s", "--epochs", "2"]), "tune", workers=0)
+    assert (job.train.seed, job.run.name, job.train.epochs, job.scaling.workers) == (0, None, 2, 0)
+    with pytest.raises(ValueError, match="batch size 32 does not split evenly over 3 workers"):
+        _job(train.parse_args(["sdm", "--data", "d", "--batch-size", "32", "--workers", "3"]), "train")

@@ -10,13 +10,14 @@ import torch
 from seqrec import features as F
 from seqrec.batch import collate
 from seqrec.cli import main
-from seqrec.data.prepare import load_manifest, prepare, read_split, resolve_config
+from seqrec.config import ExperimentSpec, TrainConfig
 from seqrec.data.loaders import open_source
+from seqrec.data.prepare import load_manifest, prepare, read_split, resolve_config
 from seqrec.evaluate import evaluate_matcher, item_cf_inputs, retrieve, seen_items
 from seqrec.experiment import expand_models, parse_model, run_experiment
 from seqrec.features import FeatureSpec
 from seqrec.models import build_model
-from seqrec.train import TrainConfig, fit
+from seqrec.train import fit
 
 TINY = {"hidden": 8, "id_dim": 4, "side_dim": 2, "profile_dim": 2}
 
@@ -88,8 +89,9 @@ def test_training_improves_validation(tiny_prepared):
 
 def test_run_experiment_writes_tables_and_plots(tiny_prepared, tmp_path):
     entries = expand_models(["item_cf", "gru4rec", "sdm:PSDMMAL@heads=2#sdm h2"])
-    report = run_experiment(tiny_prepared, entries, [0, 1], TrainConfig(epochs=2, batch_size=64), tmp_path,
-                            model_options=TINY, log=None)
+    cfg = TrainConfig(epochs=2, batch_size=64)
+    report = run_experiment(ExperimentSpec(str(tiny_prepared), entries, [0, 1], str(tmp_path), cfg, cfg, model_options=TINY),
+                            log=None)
     s = report["summary"]
     assert list(s) == ["item_cf", "gru4rec", "sdm h2"]
     assert s["item_cf"]["HitRate@50"]["n"] == 1 and s["gru4rec"]["HitRate@50"]["n"] == 2
@@ -112,8 +114,9 @@ def test_leave_one_out_metrics(tmp_path, tiny_prepared):
     src = open_source(str(tiny_prepared.parent / "events"), "synth", None)
     out = tmp_path / "loo"
     prepare(src, out, resolve_config(src, min_item_count=2, split="loo"), engine="local", progress=False)
-    report = run_experiment(out, expand_models(["item_cf", "narm"]), [0], TrainConfig(epochs=1, batch_size=64),
-                            None, model_options=TINY, log=None)
+    cfg = TrainConfig(epochs=1, batch_size=64)
+    report = run_experiment(ExperimentSpec(str(out), expand_models(["item_cf", "narm"]), [0], None, cfg, cfg,
+                                           model_options=TINY), log=None)
     assert report["protocol"] == "loo"
     assert set(report["summary"]["narm"]) == {f"{m}@{k}" for m in ("Hit", "NDCG") for k in (10, 20, 50)}
     assert "NDCG@20" in report["table"]
@@ -144,8 +147,9 @@ def test_parse_model_entries():
 
 
 def test_unigram_sampler_gets_item_counts(tiny_prepared):
-    report = run_experiment(tiny_prepared, expand_models(["gru4rec@loss=sampled,sampler=unigram,num_sampled=50"]), [0],
-                            TrainConfig(epochs=1, batch_size=64), None, model_options=TINY, log=None)
+    cfg = TrainConfig(epochs=1, batch_size=64)
+    report = run_experiment(ExperimentSpec(str(tiny_prepared), expand_models(["gru4rec@loss=sampled,sampler=unigram,num_sampled=50"]),
+                                           [0], None, cfg, cfg, model_options=TINY), log=None)
     assert report["runs"][0]["history"][0]["targets"] > 0
 
 
@@ -153,8 +157,10 @@ def test_without_validation_the_last_epoch_is_kept(tmp_path, tiny_prepared):
     src = open_source(str(tiny_prepared.parent / "events"), "synth", None)
     out = tmp_path / "noval"
     prepare(src, out, resolve_config(src, min_item_count=2, val=False), engine="local", progress=False)
-    report = run_experiment(out, expand_models(["gru4rec"]), [0], TrainConfig(epochs=2, batch_size=64), None,
-                            model_options=TINY, log=None)
+    cfg = TrainConfig(epochs=2, batch_size=64)
+    report = run_experiment(ExperimentSpec(str(out), expand_models(["gru4rec"]), [0], None, cfg, cfg, model_options=TINY),
+                            log=None)
     assert report["selection"].startswith("last epoch") and report["runs"][0]["best_epoch"] == 2
     with pytest.raises(FileNotFoundError):
-        run_experiment(tmp_path / "missing", expand_models(["gru4rec"]), [0], TrainConfig(epochs=1), None, log=None)
+        run_experiment(ExperimentSpec(str(tmp_path / "missing"), expand_models(["gru4rec"]), [0], None, TrainConfig(epochs=1)),
+                       log=None)

@@ -73,7 +73,8 @@ def test_fetch_uses_env_cache_and_open_source_finds_it(tmp_path, monkeypatch, fa
 
 def test_wheel_without_the_files(tmp_path, monkeypatch):
     monkeypatch.setattr(fetch, "_download_wheel", lambda dest, progress: _fake_wheel(dest, with_files=("inter",)))
-    with pytest.raises(RuntimeError, match=r"lacks recbole/dataset_example/ml-100k/ml-100k.item.*copy ml-100k.inter, ml-100k.item, ml-100k.user"):
+    with pytest.raises(RuntimeError,
+                       match=r"lacks recbole/dataset_example/ml-100k/ml-100k.item.*copy ml-100k.inter, ml-100k.item, ml-100k.user"):
         fetch.fetch_ml100k(tmp_path, progress=False)
     assert not any((tmp_path / "ml-100k" / f).exists() for f in fetch.ML100K_FILES)  # nothing half-extracted
 
@@ -83,7 +84,9 @@ def test_pip_failure_reports_stderr_and_the_manual_fix(tmp_path, monkeypatch):
 
     def fake_run(cmd, **kw):
         seen["cmd"] = cmd
-        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="WARNING: retrying\nERROR: No matching distribution found for recbole==1.2.1 (network unreachable)\n")
+        return subprocess.CompletedProcess(cmd, 1, stdout="",
+                                           stderr="WARNING: retrying\n"
+                                                  "ERROR: No matching distribution found for recbole==1.2.1 (network unreachable)\n")
 
     monkeypatch.setattr(fetch.subprocess, "run", fake_run)
     with pytest.raises(RuntimeError) as ei:

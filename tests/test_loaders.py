@@ -364,7 +364,8 @@ def test_generic_csv_with_yaml_mapping():
 def test_generic_csv_from_cli_pairs_headerless_tsv(tmp_path):
     p = tmp_path / "log.tsv"
     p.write_text("10\t1500000000123\tA\n11\t1500000001999\tB\n")
-    m = ColumnMapping.from_pairs(["user_id=0", "timestamp=1", "item_id=2", "id_type=str", "header=false", "delimiter=tab", "timestamp_format=milliseconds"])
+    m = ColumnMapping.from_pairs(["user_id=0", "timestamp=1", "item_id=2", "id_type=str", "header=false", "delimiter=tab",
+                                  "timestamp_format=milliseconds"])
     src = DelimitedSource(p, m)
     ev = src.read_all().events
     assert ev.to_pylist() == [
@@ -387,7 +388,8 @@ def test_generic_csv_from_cli_pairs_headerless_tsv(tmp_path):
         ({"user_id": "u", "item_id": "i", "timestamp": "t", "colour": "c"}, r"unknown key 'colour'; allowed keys: user_id, item_id"),
         ({"user_id": "u", "item_id": "i"}, r"'timestamp' is required"),
         ({"user_id": "u", "item_id": "i", "timestamp": "t", "id_type": "uuid"}, r"id_type='uuid' is not one of int, str"),
-        ({"user_id": "u", "item_id": "i", "timestamp": "t", "timestamp_format": "days"}, r"timestamp_format='days' is not one of seconds, milliseconds, iso8601"),
+        ({"user_id": "u", "item_id": "i", "timestamp": "t", "timestamp_format": "days"},
+         r"timestamp_format='days' is not one of seconds, milliseconds, iso8601"),
         ({"user_id": "u", "item_id": "i", "timestamp": "t", "behaviors": ["pv"]}, r"no `behavior` column is mapped"),
         ({"user_id": "u", "item_id": "u", "timestamp": "t"}, r"source column\(s\) \['u'\] are mapped to more than one field"),
         ({"user_id": "u", "item_id": "i", "timestamp": "t", "item_features": {"timestamp": "x"}}, r"feature name 'timestamp'"),
@@ -403,7 +405,8 @@ def test_mapping_errors(d, match):
 
 def test_mapping_column_errors(tmp_path):
     m = ColumnMapping(user_id="uid", item_id="sku", timestamp="time")
-    with pytest.raises(ValueError, match=r"mapping timestamp='time', but .*generic.csv has no column 'time'; available columns: \['uid', 'when'"):
+    with pytest.raises(ValueError,
+                       match=r"mapping timestamp='time', but .*generic.csv has no column 'time'; available columns: \['uid', 'when'"):
         DelimitedSource(FIX / "generic.csv", m)
     with pytest.raises(ValueError, match=r"'user_id=uid' |is not key=value"):
         ColumnMapping.from_pairs(["user_id uid"])

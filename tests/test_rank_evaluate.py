@@ -11,14 +11,14 @@ import torch
 from seqrec import features as F
 from seqrec.batch import collate
 from seqrec.cli import main
+from seqrec.config import ExperimentSpec, TrainConfig
+from seqrec.data.items import read_items
 from seqrec.data.prepare import load_manifest, read_split
 from seqrec.evaluate import (
     chunk_candidates,
     encode_table,
     evaluate_ranker,
-    item_table,
     metrics_from_topk,
-    prepare_ranker,
     rank_eval_samples,
     rerank,
     retrieve,
@@ -30,7 +30,7 @@ from seqrec.experiment import expand_models, item_counts, run_experiment
 from seqrec.features import FeatureSpec
 from seqrec.metrics import ranking_metrics
 from seqrec.models import build_model
-from seqrec.train import TrainConfig
+from seqrec.train.factory import build
 
 MATCH_TINY = {"hidden": 8, "id_dim": 4, "side_dim": 2, "profile_dim": 2}
 RANK_TINY = {"mlp": [16, 8], "id_dim": 4, "side_dim": 4, "other_dim": 2, "cross_buckets": 32}
@@ -42,16 +42,15 @@ def _spec(d):
 
 
 def _ranker(d, name="bst", **extra):
-    spec = _spec(d)
-    torch.manual_seed(0)
-    return prepare_ranker(build_model(name, spec, **{**(BST_TINY if name == "bst" else RANK_TINY), **extra}), d, spec).eval()
+    return build(name, d, {**(BST_TINY if name == "bst" else RANK_TINY), **extra}, seed=0)[0].eval()
 
 
 def test_item_table_comes_from_items_parquet(tiny_prepared):
     import pyarrow.parquet as pq
 
     spec = _spec(tiny_prepared)
-    side, counts = item_table(tiny_prepared, spec)
+    items = read_items(tiny_prepared, spec)
+    side, counts = items.side, items.counts
     rows = pq.read_table(tiny_prepared / "items.parquet").to_pylist()
     assert side.shape == (spec.n_items, len(spec.item_side))
     for r in rows[2:50]:
@@ -135,10 +134,10 @@ def test_two_stage_reranks_the_matchers_candidates(tiny_prepared):
 
 def test_run_experiment_ranking_and_pipeline_tables(tiny_prepared, tmp_path):
     entries = expand_models(["sdm:PSDMMA", "wdl", "bst@pos_dim=8,heads=4#BST b=1"])
-    report = run_experiment(tiny_prepared, entries, [0, 1], TrainConfig(epochs=1, batch_size=64), tmp_path,
-                            model_options=MATCH_TINY, rank_options=RANK_TINY, log=None,
-                            rank_train=TrainConfig(epochs=2, batch_size=32), rank_negatives=2, pipeline=True,
-                            candidates=60, plots=False)
+    report = run_experiment(ExperimentSpec(str(tiny_prepared), entries, [0, 1], str(tmp_path), TrainConfig(epochs=1, batch_size=64),
+                                           TrainConfig(epochs=2, batch_size=32), model_options=MATCH_TINY,
+                                           rank_options=RANK_TINY, rank_negatives=2, pipeline=True, candidates=60,
+                                           plots=False), log=None)
     s = report["summary"]
     assert {"AUC", "GAUC", "LogLoss"} <= set(s["BST b=1"]) and s["wdl"]["AUC"]["n"] == 2
     assert 0.0 <= s["BST b=1"]["AUC"]["mean"] <= 1.0
@@ -152,7 +151,8 @@ def test_run_experiment_ranking_and_pipeline_tables(tiny_prepared, tmp_path):
     assert runs[0]["kind"] == "ranker" and runs[0]["config"]["heads"] == 4 and "val_AUC" in runs[0]
     assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith("model,runs,")
     with pytest.raises(ValueError, match="--pipeline needs a neural matcher"):
-        run_experiment(tiny_prepared, expand_models(["item_cf", "wdl"]), [0], TrainConfig(epochs=1), None, pipeline=True, log=None)
+        run_experiment(ExperimentSpec(str(tiny_prepared), expand_models(["item_cf", "wdl"]), [0], None, TrainConfig(epochs=1),
+                                      TrainConfig(epochs=1), pipeline=True), log=None)
 
 
 def test_cli_pipeline(tiny_prepared, tmp_path, capsys):
@@ -165,11 +165,12 @@ def test_cli_pipeline(tiny_prepared, tmp_path, capsys):
 
 
 def test_hard_negatives_use_the_first_matcher(tiny_prepared):
-    report = run_experiment(tiny_prepared, expand_models(["youtube_dnn", "wdl@hard_negatives=1"]), [0],
-                            TrainConfig(epochs=1, batch_size=64), None, model_options={"hidden": 8},
-                            rank_options=RANK_TINY, log=None, rank_negatives=1)
+    cfg = TrainConfig(epochs=1, batch_size=64)
+    report = run_experiment(ExperimentSpec(str(tiny_prepared), expand_models(["youtube_dnn", "wdl@hard_negatives=1"]), [0],
+                                           None, cfg, cfg, model_options={"hidden": 8}, rank_options=RANK_TINY,
+                                           rank_negatives=1), log=None)
     run = report["runs"][1]
     assert run["config"]["hard_negatives"] == 1 and run["history"][0]["targets"] > 0
     with pytest.raises(ValueError, match="needs a neural matcher listed before it"):
-        run_experiment(tiny_prepared, expand_models(["wdl@hard_negatives=1", "youtube_dnn"]), [0], TrainConfig(epochs=1),
-                       None, rank_options=RANK_TINY, log=None)
+        run_experiment(ExperimentSpec(str(tiny_prepared), expand_models(["wdl@hard_negatives=1", "youtube_dnn"]), [0], None,
+                                      TrainConfig(epochs=1), TrainConfig(epochs=1), rank_options=RANK_TINY), log=None)

@@ -7,7 +7,6 @@ import pytest
 
 from seqrec import metrics as M
 
-
 # --------------------------------------------------------------------------- references
 
 

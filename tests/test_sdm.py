@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as nnf
-
 from batchgen import pad_batch, prefix_batch, random_batch, tiny_spec
+
 from seqrec import features as F
 from seqrec.batch import Batch
 from seqrec.models import build_model, is_ranker, make_config, model_from_dict, model_names
@@ -62,7 +62,7 @@ def test_padding_changes_nothing(name):
 
 
 def test_shapes_with_distinct_sizes():
-    b, t, l, d, h, n = 3, 7, 5, 16, 4, 99
+    b, t, l, d, h, n = 3, 7, 5, 16, 4, 99  # noqa: E741 - l is the SDM notation L (long-term length)
     model = tiny("sdm:PSDMMAL", hidden=d, heads=h)
     batch = random_batch(SPEC, b=b, t=t, l=l)
     assert model.user_states(batch).shape == (b, t, d)
@@ -126,7 +126,8 @@ def test_next_item_targets_by_hand():
     assert got == [(0, 0, 6), (0, 1, 7), (0, 2, 7), (1, 0, 9)]
 
 
-@pytest.mark.parametrize("name,loss", [("sdm:PSDMMAL", "full"), ("sdm:PSDMMAL", "sampled"), ("gru4rec", "sampled"), ("narm", "full"), ("youtube_dnn", "full")])
+@pytest.mark.parametrize("name,loss", [("sdm:PSDMMAL", "full"), ("sdm:PSDMMAL", "sampled"), ("gru4rec", "sampled"), ("narm", "full"),
+                                       ("youtube_dnn", "full")])
 def test_learns_next_item_given_previous(name, loss):
     """Toy data: the next item is (previous + 1) mod cycle; every model should learn it."""
     n_items = 40

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import requests
-
 from serving_inputs import raw_events, request_for
 
 
@@ -58,8 +57,9 @@ def test_a_request_gets_k_ranked_items_the_versions_and_the_stage_timings(app, t
 
 def test_served_top_k_equals_the_in_process_pipeline(app, tiny_prepared, tiny_artifacts):
     """Same artifacts, same raw events: HTTP through four deployments gives the in-process pipeline's answer."""
+    from seqrec import features as F
     from seqrec.data.prepare import read_split
-    from seqrec.serving import Pipeline
+    from seqrec.serving import Pipeline, Request
 
     pipe = Pipeline(tiny_prepared, tiny_artifacts["sdm"], tiny_artifacts["bst"], candidates=50)
     ev = raw_events(tiny_prepared.parent)
@@ -70,7 +70,23 @@ def test_served_top_k_equals_the_in_process_pipeline(app, tiny_prepared, tiny_ar
         assert r.status_code == 200, r.text
         got = r.json()
         assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in want["items"]]
-        np.testing.assert_allclose([i["score"] for i in got["items"]], [i["score"] for i in want["items"]], rtol=1e-4, atol=1e-6)  # batch shapes differ
+        np.testing.assert_allclose([i["score"] for i in got["items"]], [i["score"] for i in want["items"]],
+                                   rtol=1e-4, atol=1e-6)  # batch shapes differ
+        # one answer assembly (seqrec.serving.answer): the same fields, versions and reports on both paths
+        assert set(got) == set(want) and got["model_versions"] == want["model_versions"] == pipe.versions()
+        assert [got[f] for f in ("cold_start", "unknown_items", "unknown_user", "unknown_values")] == \
+            [want[f] for f in ("cold_start", "unknown_items", "unknown_user", "unknown_values")]
+    # exclude_seen leaves out the same items (the short-term session's) on both paths
+    (want,) = pipe.recommend(reqs[:1], k=10, exclude_seen=True)
+    got = post(app, {**body_of(reqs[0], k=10), "exclude_seen": True}).json()
+    assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in want["items"]]
+    rows, _ = pipe.rows.rows(reqs[:1])
+    session = set(pipe.item_ids[rows[F.seq_col(F.ITEM_ID)][0].as_py()].tolist())
+    assert session and not session & {i["item_id"] for i in got["items"]}
+    # and a request without events gets the same cold-start answer
+    (cold,) = pipe.recommend([Request(reqs[0].user_id, [])], k=4)
+    got = post(app, {"user_id": reqs[0].user_id, "events": [], "k": 4}).json()
+    assert got["items"] == cold["items"] and got["cold_start"] and got["model_versions"] == cold["model_versions"]
 
 
 @pytest.mark.parametrize("body, status, message", [
@@ -158,10 +174,9 @@ def _until(predicate, timeout: float = 120.0):
 
 
 def _version(path) -> str:
-    from serve_apps.recommend import version_of
-    from seqrec.serving import export_dir
+    from seqrec.serving import export_dir, model_version
 
-    return version_of(export_dir(path))["id"]
+    return model_version(export_dir(path))["id"]
 
 
 @pytest.mark.slow
@@ -237,10 +252,10 @@ def test_seqrec_serve_once_prints_one_served_recommendation(tiny_prepared, tiny_
     # a new local cluster runs Serve in fast mode (HAProxy ingress, gRPC between deployments) ...
     assert "Serve mode fast (HAProxy ingress" in out.stdout
     # ... and answers what the in-process pipeline answers for the same request
+    import re
+
     from seqrec.data.prepare import read_split
     from seqrec.serving import Pipeline, RowBuilder, find_runs
-
-    import re
 
     served = [m.group(1) for m in re.finditer(r"^\s*\d+\. item (\S+)", out.stdout, re.M)]
     matcher, ranker = find_runs(tiny_artifacts["sdm"].parent)

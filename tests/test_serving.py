@@ -4,13 +4,11 @@ the rows `seqrec data prepare` wrote for the same events (the reference is the p
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
+from serving_inputs import raw_events, request_for
 
 from seqrec import features as F
 from seqrec.serving import Event, Request, RowBuilder
-from serving_inputs import raw_events, request_for
 
 
 @pytest.mark.parametrize("split", ["val", "test"])
@@ -114,6 +112,34 @@ def test_rows_travel_between_deployments_as_arrow_ipc_bytes_unchanged(tiny_prepa
         assert back.schema == part.schema and back.to_pylist() == part.to_pylist()
 
 
+def test_encoded_requests_travel_with_their_rows_as_arrow_ipc_bytes(tiny_prepared, tiny_artifacts):
+    """What the UserEncoder hands on (one request's Encoded) pickles its rows as IPC bytes and comes back equal."""
+    import pickle
+
+    from seqrec.serving import encode, load_model
+
+    builder = RowBuilder(tiny_prepared)
+    matcher = load_model(tiny_artifacts["sdm"], "matcher", vocab_hash=builder.manifest.get("vocab_hash"))
+    known = builder.vocab[F.ITEM_ID]
+    enc = encode(builder, matcher, [Request(1, [Event(known[0].as_py(), 10), Event(known[1].as_py(), 20)]),
+                                    Request(2, [Event(known[2].as_py(), 10), Event(987654321, 20)])]).take(1)
+    assert isinstance(enc.__getstate__()["rows"], bytes)
+    back = pickle.loads(pickle.dumps(enc))
+    assert back.rows.schema == enc.rows.schema and back.rows.to_pylist() == enc.rows.to_pylist()
+    np.testing.assert_array_equal(back.vecs, enc.vecs)
+    assert back.vecs.shape == (1, enc.vecs.shape[1]) and back.reports[0].unknown_items == [987654321]
+    assert back.matcher == matcher.version and back.seen().tolist() == [[F.FIRST_CODE + 2, F.UNKNOWN]]
+
+
+def test_a_model_of_the_wrong_kind_is_refused_with_what_is_needed(tiny_artifacts):
+    from seqrec.serving import load_catalogue, load_model
+
+    with pytest.raises(ValueError, match="holds a ranker .*a matcher is needed"):
+        load_model(tiny_artifacts["bst"], "matcher")
+    with pytest.raises(ValueError, match="holds a ranker .*a matcher is needed"):
+        load_catalogue(tiny_artifacts["bst"])
+
+
 def test_the_fast_serve_mode_sets_serves_high_throughput_variables_with_free_ports():
     from serve_apps.config import SERVE_MODES, cluster_env
 
@@ -143,7 +169,8 @@ def test_a_retriever_asked_for_a_gpu_without_one_keeps_the_cpu_index_and_says_so
     import asyncio
     import logging
 
-    from serve_apps.recommend import Retriever, version_of
+    from seqrec.serving import model_version
+    from serve_apps.recommend import Retriever
 
     class Keep(logging.Handler):
         def __init__(self):
@@ -163,8 +190,8 @@ def test_a_retriever_asked_for_a_gpu_without_one_keeps_the_cpu_index_and_says_so
     assert any("stays on the CPU" in line for line in keep.lines)
     export = tiny_artifacts["sdm"] / "export"
     vec = np.load(export / "item_embeddings.npy")[2]
-    out = asyncio.run(retriever.retrieve(vec, 5, version_of(export)))
-    assert out["index"]["on_gpu"] is False and len(out["codes"]) == 5
+    out = asyncio.run(retriever.retrieve(vec, 5, model_version(export)))
+    assert out.index["on_gpu"] is False and len(out.codes[0]) == 5
 
 
 def test_the_app_builder_names_a_missing_path_and_a_missing_matcher(tiny_prepared, tmp_path):

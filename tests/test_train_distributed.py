@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from seqrec.checkpoint import load_checkpoint, read_meta
-from seqrec.train.distributed import TrainJob, run_training
+from seqrec.config import TrainJob
+from seqrec.train.distributed import run_training
 
 TINY = {"hidden": 8, "id_dim": 4, "side_dim": 2, "profile_dim": 2, "heads": 2}
 
@@ -27,15 +28,15 @@ def _fast_health_checks(monkeypatch):
 def job(data, tmp_path, **kw) -> TrainJob:
     base = dict(model="sdm:PSDMMAL", data=str(data), options=TINY, epochs=2, batch_size=32, group_pool=4, workers=1,
                 cpus_per_worker=0.5, storage=str(tmp_path / "runs"), shuffle_buffer_rows=0, patience=None, status_every=1)
-    return TrainJob(**{**base, **kw})
+    return TrainJob.from_dict({**base, **kw})
 
 
 @pytest.mark.slow  # several TorchTrainer.fit runs (~30 s each on 2 idle cores)
 def test_two_workers_follow_the_one_worker_loss_curve(ray_cluster, tiny_prepared, tmp_path):
-    """Same global batch (2 × 16 vs 1 × 32) and seed: DDP averages the two halves' gradients."""
+    """Same global batch (32: 2 × 16 vs 1 × 32) and seed: DDP averages the two halves' gradients."""
     one = run_training(job(tiny_prepared, tmp_path, name="w1", workers=1, batch_size=32, epochs=3), log=None)
     # and the 2-worker run streams its split from the files each epoch instead of caching it
-    two = run_training(job(tiny_prepared, tmp_path, name="w2", workers=2, batch_size=16, epochs=3, cache="off"), log=None)
+    two = run_training(job(tiny_prepared, tmp_path, name="w2", workers=2, batch_size=32, epochs=3, cache="off"), log=None)
     assert one["cached"] and not two["cached"]
     l1 = [h["loss"] for h in one["history"]]
     l2 = [h["loss"] for h in two["history"]]
@@ -101,7 +102,7 @@ def _kill_when(status: Path, rank: int, epoch: int, killed: list, sig=signal.SIG
 
 @pytest.mark.slow  # several TorchTrainer.fit runs (~30 s each on 2 idle cores)
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tiny_prepared, tmp_path):
-    j = job(tiny_prepared, tmp_path, name="ft", workers=2, batch_size=16, epochs=3, max_failures=2, cache="off")
+    j = job(tiny_prepared, tmp_path, name="ft", workers=2, batch_size=32, epochs=3, max_failures=2, cache="off")
     killed: list = []
     watcher = _kill_when(tmp_path / "runs" / "ft" / "status", rank=1, epoch=2, killed=killed)
     s = run_training(j, log=None)
@@ -137,7 +138,7 @@ def test_a_stopped_run_continues_when_run_again(ray_cluster, tiny_prepared, tmp_
 def test_a_worker_group_larger_than_the_cluster_fails_at_once(ray_cluster, tiny_prepared, tmp_path):
     """Ray Train would wait for the placement group forever; seqrec names the shortfall instead."""
     with pytest.raises(ValueError, match=r"CPU 6 needed, 2 in the cluster.*--wait-for-resources"):
-        run_training(job(tiny_prepared, tmp_path, name="big", workers=3, cpus_per_worker=2.0), log=None)
+        run_training(job(tiny_prepared, tmp_path, name="big", workers=3, batch_size=30, cpus_per_worker=2.0), log=None)
     with pytest.raises(ValueError, match=r"GPU 1 needed, 0 in the cluster"):
         run_training(job(tiny_prepared, tmp_path, name="gpu", gpu=True), log=None)
     assert not (tmp_path / "runs" / "big").exists()
@@ -156,7 +157,7 @@ def test_evaluate_trains_each_model_through_ray_train(ray_cluster, tiny_prepared
                  "--pipeline", "--seeds", "1", "--epochs", "2", "--rank-epochs", "1", "--batch-size", "32",
                  "--trainer", "ray", "--workers", "2", "--cpus-per-worker", "0.5", "--out", str(out), "--no-plots", "--quiet"]) == 0
     report = json.loads((out / "results.json").read_text())
-    assert report["trainer"] == "ray" and report["ray_train"]["workers"] == 2
+    assert report["trainer"] == "ray" and report["scaling"]["workers"] == 2
     sdm, bst = report["runs"]
     for run in (sdm, bst):
         run_dir = Path(run["run_dir"])
@@ -176,30 +177,34 @@ def test_evaluate_trains_each_model_through_ray_train(ray_cluster, tiny_prepared
 
 def test_training_jobs_validate_their_options(tiny_prepared, tmp_path):
     with pytest.raises(ValueError, match="cache='yes'"):
-        TrainJob(model="bst", data=str(tiny_prepared), cache="yes")
+        TrainJob.from_dict({"model": "bst", "data": str(tiny_prepared), "cache": "yes"})
     with pytest.raises(ValueError, match="amp='bf16' needs --gpu"):
-        TrainJob(model="bst", data=str(tiny_prepared), amp="bf16")
+        TrainJob.from_dict({"model": "bst", "data": str(tiny_prepared), "amp": "bf16"})
     with pytest.raises(ValueError, match="unknown training options \\['epoch'\\]"):
         TrainJob.from_dict({"model": "bst", "data": "x", "epoch": 3})
     cfg = tmp_path / "train.yaml"
     cfg.write_text("model: bst\ndata: %s\nepochs: 4\noptions: {mlp: 16-8}\n" % tiny_prepared)
     j = TrainJob.from_yaml(cfg, epochs=None, workers=2, options={"heads": 4})
-    assert (j.model, j.epochs, j.workers, j.options) == ("bst", 4, 2, {"mlp": "16-8", "heads": 4})
+    assert (j.model, j.train.epochs, j.scaling.workers, j.options) == ("bst", 4, 2, {"mlp": "16-8", "heads": 4})
 
 
 def test_experiments_on_ray_train_check_their_options_before_training(tiny_prepared, tmp_path):
+    from seqrec.config import ExperimentSpec, ScalingConfig, TrainConfig
     from seqrec.experiment import expand_models, run_experiment
-    from seqrec.train import TrainConfig
 
     entries = expand_models(["sdm:PSDMMAL@hidden=8", "bst@mlp=16-8"])
     cfg = TrainConfig(epochs=1, batch_size=32)
+
+    def spec(**kw):
+        return ExperimentSpec(**{"data": str(tiny_prepared), "models": entries, "seeds": [0], "match": cfg, "rank": cfg,
+                                 "out": str(tmp_path), **kw})
+
     with pytest.raises(ValueError, match="batch size 32 does not split evenly over 3 workers"):
-        run_experiment(tiny_prepared, entries, [0], cfg, tmp_path, trainer="ray", ray_train={"workers": 3}, log=None)
+        run_experiment(spec(trainer="ray", scaling=ScalingConfig(workers=3)), log=None)
     with pytest.raises(ValueError, match="needs an output directory"):
-        run_experiment(tiny_prepared, entries, [0], cfg, None, trainer="ray", log=None)
+        run_experiment(spec(out=None, trainer="ray"), log=None)
     with pytest.raises(ValueError, match="trainer='spark'"):
-        run_experiment(tiny_prepared, entries, [0], cfg, tmp_path, trainer="spark", log=None)
+        run_experiment(spec(trainer="spark"), log=None)
     with pytest.raises(ValueError, match="hard_negatives draws negatives"):
-        run_experiment(tiny_prepared, expand_models(["sdm:PSDMMAL", "bst@hard_negatives=1"]), [0], cfg, tmp_path,
-                       trainer="ray", log=None)
+        run_experiment(spec(models=expand_models(["sdm:PSDMMAL", "bst@hard_negatives=1"]), trainer="ray"), log=None)
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 from ray import tune
 
-from seqrec.train.distributed import TrainJob
+from seqrec.config import TrainJob
 from seqrec.tuning.run import run_search, trial_job
 
 
 def base(data, **kw) -> TrainJob:
-    return TrainJob(**{"model": "sdm:PSDMMAL", "data": str(data), "options": {"hidden": 8, "heads": 2, "id_dim": 4,
+    return TrainJob.from_dict({"model": "sdm:PSDMMAL", "data": str(data), "options": {"hidden": 8, "heads": 2, "id_dim": 4,
                        "side_dim": 2, "profile_dim": 2}, "epochs": 3, "batch_size": 64, "workers": 0, "patience": None, **kw})
 
 
 def test_trial_values_override_the_base_job(tiny_prepared):
     job = trial_job({"__job": base(tiny_prepared).to_dict(), "heads,hidden": (4, 16), "lr": 0.01, "fusion": "add"})
-    assert (job.lr, job.epochs) == (0.01, 3)
+    assert (job.train.lr, job.train.epochs) == (0.01, 3)
     assert job.options == {"hidden": 16, "heads": 4, "id_dim": 4, "side_dim": 2, "profile_dim": 2, "fusion": "add"}
 
 
@@ -76,7 +76,7 @@ def test_a_tiny_search_from_the_cli_writes_the_table_the_yaml_and_the_plot_and_t
     assert (model.config.heads, model.config.hidden, model.config.fusion) == (best["config"]["heads"], 8, best["config"]["fusion"])
     assert meta["epoch"] == best["epoch"] and meta["metrics"]["Recall@50"] == pytest.approx(best["Recall@50"])
     job = TrainJob.from_yaml(exp / "best.yaml")
-    assert job.options == {"id_dim": 4, "side_dim": 2, "profile_dim": 2, **best["config"]} and job.epochs == 2
+    assert job.options == {"id_dim": 4, "side_dim": 2, "profile_dim": 2, **best["config"]} and job.train.epochs == 2
     # the YAML trains
     assert main(["train", "--config", str(exp / "best.yaml"), "--epochs", "1", "--storage", str(tmp_path / "runs")]) == 0
     run = json.loads((tmp_path / "runs" / "sdm-PSDMMAL-prep" / "run.json").read_text())
@@ -89,8 +89,8 @@ def test_a_tiny_search_from_the_cli_writes_the_table_the_yaml_and_the_plot_and_t
 def test_optuna_draws_joint_dimensions_as_strings(ray_cluster, tiny_prepared, tmp_path):
     pytest.importorskip("optuna")  # the test extra installs it
     from seqrec.tuning.run import search_space
-    from tune_spaces.sdm import divisible
     from seqrec.tuning.space import joint
+    from tune_spaces.sdm import divisible
 
     space = {**joint(divisible, heads=(1, 2), hidden=(8,)), "fusion": tune.choice(["add", "gated"])}
     assert search_space(space, "optuna")["heads,hidden"].categories == ["1,8", "2,8"]
@@ -194,11 +194,11 @@ def test_fit_resumes_from_a_trial_checkpoint(tiny_prepared, tmp_path):
 
     from seqrec.checkpoint import save_checkpoint
     from seqrec.data.prepare import read_split
-    from seqrec.train.distributed import build
+    from seqrec.train.factory import build
     from seqrec.train.loop import fit
 
     job = base(tiny_prepared, epochs=1)
-    model, spec, _ = build(job)
+    model, spec, _ = build(job.model, job.data, job.options)
     train = read_split(job.data, "train")
     saved = {}
 
@@ -207,8 +207,8 @@ def test_fit_resumes_from_a_trial_checkpoint(tiny_prepared, tmp_path):
                         extra={"train_state": {"best": 0.5, "stale": 1}})
         saved["weights"] = {k: v.clone() for k, v in m.state_dict().items()}
 
-    fit(model, train, spec, job.train_config(), log=None, on_epoch=keep)
-    fresh, _, _ = build(job)
+    fit(model, train, spec, job.train, log=None, on_epoch=keep)
+    fresh, _, _ = build(job.model, job.data, job.options)
     seen = []
 
     def record(res, m, opt):
@@ -216,11 +216,11 @@ def test_fit_resumes_from_a_trial_checkpoint(tiny_prepared, tmp_path):
 
     import dataclasses
 
-    cfg = dataclasses.replace(job.train_config(), epochs=3)
+    cfg = dataclasses.replace(job.train, epochs=3)
     out = fit(fresh, train, spec, cfg, log=None, on_epoch=record, resume=tmp_path / "ck")
     assert seen == [2, 3] and [h.epoch for h in out.history] == [2, 3]
-    untouched, _, _ = build(job)
-    resumed_only, _, _ = build(job)
+    untouched, _, _ = build(job.model, job.data, job.options)
+    resumed_only, _, _ = build(job.model, job.data, job.options)
     fit(resumed_only, train, spec, dataclasses.replace(cfg, epochs=1), log=None, resume=tmp_path / "ck")  # nothing left to train
     assert all(torch.equal(resumed_only.state_dict()[k], saved["weights"][k]) for k in saved["weights"])
     assert not all(torch.equal(untouched.state_dict()[k], saved["weights"][k]) for k in saved["weights"])

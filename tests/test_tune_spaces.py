@@ -9,7 +9,8 @@ from ray import tune
 from seqrec.data.prepare import load_manifest
 from seqrec.features import FeatureSpec
 from seqrec.models import make_config
-from seqrec.tuning import check_space, expand, joint, load_space, space_names, split
+from seqrec.tuning import check_space, expand, joint, split
+from tune_spaces import load_space, space_names
 
 MODELS = ["sdm:PSDMMAL", "bst", "gru4rec", "narm", "youtube_dnn", "din", "wdl", "wdl_seq"]
 

@@ -61,9 +61,10 @@ A run lives in <storage>/<name>: Ray Train's checkpoint_epoch-N directories (seq
 model config + weights + optimizer + epoch/step + the dataset's content and vocabulary hashes),
 tensorboard/, training_curve.png, run.json and export/ (the best checkpoint's model, and for a
 matcher its item vectors; `seqrec index build` adds the FAISS index). Re-running the same
---name with the same --storage resumes from the last checkpoint. A --config YAML holds any
-seqrec.train.distributed.TrainJob field (model, data, options, epochs, workers, ...); flags
-given on the command line win. With RAY_ADDRESS set (or under `ray job submit`) the run uses
+--name with the same --storage resumes from the last checkpoint. A --config YAML holds the
+options of seqrec.config.TrainJob (model, data, options, and the sections train, scaling and run,
+or their keys flat: epochs, workers, ...); flags given on the command line win. --batch-size is
+the global batch: each of N workers takes batch_size / N rows. With RAY_ADDRESS set (or under `ray job submit`) the run uses
 that cluster; otherwise a local Ray instance is started.
 """
 
@@ -126,14 +127,70 @@ def _positive_int(value: str) -> int:
     return v
 
 
+def _nullable(cast):
+    """An argparse type for an optional value: ``none`` is None."""
+    def parse(text: str):
+        return None if text.lower() in ("none", "null") else cast(text)
+
+    parse.__name__ = cast.__name__
+    return parse
+
+
+def config_flags(parser, cls, defaults=None, prefix: str = "", skip=(), title: str | None = None) -> None:
+    """One flag per field of the config dataclass ``cls`` (``--batch-size``), with the field's help and choices.
+
+    The default shown is ``defaults``' value (an instance of ``cls``; default: ``cls()``), so each default is
+    stated once, in :mod:`seqrec.config`. A flag not given leaves no attribute (``argparse.SUPPRESS``): a YAML
+    config's value stands then. Written here rather than with a CLI library because the command keeps
+    argparse's subcommands, examples and help layout."""
+    import typing
+    from dataclasses import fields
+
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(title) if title else parser
+    base = defaults if defaults is not None else cls()
+    made = []
+    for f in fields(cls):
+        if f.name in skip or "help" not in f.metadata:
+            continue
+        made.append(f.name)
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        default = getattr(base, f.name)
+        shown = "none" if default is None else default
+        hint = hints[f.name]
+        if hint is bool:  # a switch: off unless given
+            group.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=f.metadata["help"])
+            continue
+        kw = {"default": argparse.SUPPRESS, "help": f"{f.metadata['help']} (default {shown})"}
+        args = typing.get_args(hint)
+        cast = next(a for a in args if a is not type(None)) if args else hint
+        kw["type"] = _nullable(cast) if type(None) in args else cast
+        if f.metadata.get("choices"):
+            kw["choices"] = f.metadata["choices"]
+        group.add_argument(flag, metavar=f.name.upper() if not kw.get("choices") else None, **kw)
+    parser.set_defaults(**{_made(cls, prefix): tuple(made)})  # which flags config_values reads back
+
+
+def _made(cls, prefix: str) -> str:
+    return f"config_flags.{cls.__name__}.{prefix}"
+
+
+def config_values(args, cls, prefix: str = "") -> dict:
+    """The fields of ``cls`` given on the command line, among the flags :func:`config_flags` made."""
+    names = getattr(args, _made(cls, prefix), ())
+    return {n: getattr(args, prefix + n) for n in names if hasattr(args, prefix + n)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqrec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from seqrec import __version__
+    from seqrec.config import ExperimentSpec, RunConfig, ScalingConfig, TrainConfig
 
     parser.add_argument("--version", action="version", version=f"seqrec {__version__}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    data = top.add_parser("data", help="fetch, synthesize, prepare and inspect datasets", description="Datasets: fetch, synth, prepare, stats.")
+    data = top.add_parser("data", help="fetch, synthesize, prepare and inspect datasets",
+                          description="Datasets: fetch, synth, prepare, stats.")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     fetch = sub.add_parser("fetch", help="download a public dataset into the cache",
@@ -218,32 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ablation", action="append", default=[], choices=["heads", "fusion"],
                     help="add the paper's ablation: heads 1/2/4/8 (Table 3) or fusion types (Table 4); repeatable")
     ev.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
-    ev.add_argument("--epochs", type=int, default=20, help="max epochs (default 20; early stop on validation)")
-    ev.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping (default 3)")
-    ev.add_argument("--batch-size", type=int, default=128, help="sessions per batch (default 128)")
-    ev.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001, the paper's)")
     ev.add_argument("--hidden", type=int, default=64, help="hidden size D of every model (default 64)")
     ev.add_argument("--loss", choices=["auto", "sampled", "full"], default="auto",
                     help="sampled softmax, exact softmax, or auto: exact up to 5,000 items (default)")
     ev.add_argument("--num-sampled", type=int, default=1000, help="negatives per batch for the sampled softmax (default 1000)")
-    ev.add_argument("--index", choices=["exact", "flat", "hnsw", "ivf"], default="exact",
-                    help="top-K retrieval for the test split: exact (torch), FAISS flat, HNSW or IVF (default exact)")
-    ev.add_argument("--exclude-seen", action="store_true",
-                    help="never recommend items of the input session, long-term subset or history (default: keep them, as the paper)")
-    ev.add_argument("--rank-batch-size", type=int, default=32,
-                    help="rankers: sessions per batch (each expands to one sample per position plus negatives; default 32)")
-    ev.add_argument("--rank-epochs", type=int, default=5, help="rankers: max epochs (default 5; the paper trains 1)")
-    ev.add_argument("--rank-negatives", type=int, default=4,
-                    help="rankers: popularity negatives per positive in the AUC evaluation (default 4)")
-    ev.add_argument("--pipeline", action="store_true",
-                    help="two-stage table: the first neural matcher retrieves --candidates, each ranker re-ranks them")
-    ev.add_argument("--candidates", type=int, default=300, help="matcher candidates per user for --pipeline (default 300)")
-    ev.add_argument("--trainer", choices=["local", "ray"], default="local",
-                    help="local: train in this process; ray: train each model on Ray Train workers fed by Ray Data "
-                    "(runs, checkpoints and exports under OUT/train/)")
-    ev.add_argument("--workers", type=int, default=1, help="--trainer ray: Ray Train workers per model (default 1)")
-    ev.add_argument("--cpus-per-worker", type=float, default=1.0, help="--trainer ray: CPUs per worker (default 1)")
-    ev.add_argument("--gpu", action="store_true", help="--trainer ray: one GPU per worker")
+    spec = ExperimentSpec(data="")
+    config_flags(ev, ExperimentSpec, spec, title="experiment")
+    config_flags(ev, TrainConfig, spec.match, skip=("seed",), title="matchers' training (seeds come from --seeds)")
+    config_flags(ev, TrainConfig, spec.rank, prefix="rank_", skip=("seed",), title="rankers' training")
+    config_flags(ev, ScalingConfig, spec.scaling, title="--trainer ray: Ray Train workers")
     ev.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ev.add_argument("--out", required=True, help="output directory for results and plots")
     ev.add_argument("--no-plots", action="store_true", help="skip the attention and gate plots")
@@ -257,26 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("model", nargs="?", help="sdm | sdm:VARIANT | gru4rec | narm | youtube_dnn | bst | din | wdl | wdl_seq "
                     "(or `model:` in --config)")
     tr.add_argument("--data", help="a directory written by `seqrec data prepare` (or `data:` in --config)")
-    tr.add_argument("--config", help="YAML file of training options (seqrec.train.distributed.TrainJob fields)")
+    tr.add_argument("--config", help="YAML file of training options (seqrec.config.TrainJob: sections train, scaling, run, or flat keys)")
     tr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a model option, e.g. heads=2; repeatable")
-    tr.add_argument("--workers", type=int, help="Ray Train workers (default 1; 0 = in this process, no workers)")
-    tr.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (NCCL); default CPU (gloo)")
-    tr.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (default 1; fractions allowed)")
-    tr.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision on GPU (default auto: bf16 where supported)")
-    tr.add_argument("--epochs", type=int, help="max epochs (default 10)")
-    tr.add_argument("--batch-size", type=int, help="session rows per worker batch (default 256)")
-    tr.add_argument("--lr", type=float, help="Adam learning rate (default 0.001)")
-    tr.add_argument("--patience", type=int, help="epochs without validation gain before stopping (default 3)")
-    tr.add_argument("--seed", type=int, help="random seed (default 0)")
-    tr.add_argument("--name", help="run name (default MODEL-DATASET); the same name resumes")
-    tr.add_argument("--storage", help="where runs live (default runs/; a shared path on a cluster)")
-    tr.add_argument("--keep-checkpoints", type=int, help="best N checkpoints kept by the validation metric (default 2)")
-    tr.add_argument("--max-failures", type=int, help="worker-group restarts from the last checkpoint (default 1)")
-    tr.add_argument("--cache", choices=["auto", "on", "off"],
-                    help="keep the training split in Ray's object store (default auto: when its Parquet is <= 64 MiB; "
-                    "off: stream it from the files every epoch)")
-    tr.add_argument("--wait-for-resources", action="store_true", default=None,
-                    help="wait for an autoscaler to add nodes when the cluster is too small (default: fail at once)")
+    config_flags(tr, TrainConfig, title="training")
+    config_flags(tr, ScalingConfig, title="scaling")
+    config_flags(tr, RunConfig, title="the run")
 
     tu = top.add_parser("tune", help="hyperparameter search with Ray Tune (ASHA; in-process or Ray Train trials)",
                         description="Search a model's hyperparameters on a prepared dataset with Ray Tune: every trial "
@@ -285,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=EPILOG_TUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
     tu.add_argument("model", nargs="?", help="sdm | sdm:VARIANT | gru4rec | narm | youtube_dnn | bst | din | wdl | wdl_seq")
     tu.add_argument("--data", help="a directory written by `seqrec data prepare` (with a validation split)")
-    tu.add_argument("--config", help="YAML of the base training options every trial shares (TrainJob fields)")
+    tu.add_argument("--config", help="YAML of the base training options every trial shares (seqrec.config.TrainJob)")
     tu.add_argument("--space", default="default", help="a search space of tune_spaces/<model>.py (default: default)")
     tu.add_argument("--samples", type=_positive_int, default=1,
                     help="trials drawn from the space (grid spaces: repeats of the whole grid; default 1)")
@@ -298,21 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="0 (default): each trial trains in its own process; N: each trial is a Ray Train run of N workers")
     tu.add_argument("--cpus-per-worker", type=float,
                     help="CPUs per trial (0 workers; default 1) or per Ray Train worker (default 0.5)")
-    tu.add_argument("--gpu", action="store_true", default=None, help="one GPU per trial (0 workers) or per worker")
     tu.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
                     help="asha (default): stop poor trials at epoch milestones; fifo: train every trial to the end")
     tu.add_argument("--search", choices=["random", "optuna"], default="random",
                     help="random (default; grids are enumerated) or optuna (TPE; pip install 'seqrec[optuna]')")
-    tu.add_argument("--epochs", type=int, help="max epochs per trial (default 10)")
-    tu.add_argument("--batch-size", type=int, help="session rows per batch (default 256)")
-    tu.add_argument("--patience", type=int, help="epochs without validation gain before a trial stops (default 3)")
     tu.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster's resources hold)")
     tu.add_argument("--seed", type=int, default=0, help="the search's random seed (default 0; trials' seeds are --set seed=...)")
     tu.add_argument("--name", help="search name (default MODEL-SPACE-DATASET)")
     tu.add_argument("--storage", default="runs/tune", help="where searches live (default runs/tune; shared on a cluster)")
     tu.add_argument("--resume", action="store_true", help="continue the interrupted search <storage>/<name>")
-    tu.add_argument("--wait-for-resources", action="store_true", default=None,
-                    help="wait for an autoscaler when a trial does not fit the cluster (default: fail at once)")
+    config_flags(tu, TrainConfig, skip=("seed",), title="every trial's training (trials' seeds: --set seed=...)")
+    config_flags(tu, ScalingConfig, skip=("workers", "cpus_per_worker"), title="scaling")
 
     sv = top.add_parser("serve", help="Ray Serve: SDM -> FAISS -> BST as one HTTP endpoint, from training runs",
                         description="Start the composed recommendation app (Ingress -> UserEncoder -> Retriever -> Ranker) "
@@ -421,52 +442,58 @@ def cmd_synth(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from dataclasses import replace
+
     import torch
 
+    from seqrec.config import ExperimentSpec, ScalingConfig, TrainConfig
     from seqrec.experiment import expand_models, run_experiment
-    from seqrec.train import TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.seeds < 1:
         raise ValueError(f"--seeds {args.seeds} must be >= 1")
-    entries = expand_models(args.models, args.ablation)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience)
-    rank_cfg = TrainConfig(epochs=args.rank_epochs, batch_size=args.rank_batch_size, lr=args.lr, patience=args.patience)
-    options = {"hidden": args.hidden, "loss": args.loss, "num_sampled": args.num_sampled}
-    report = run_experiment(args.data, entries, list(range(args.seeds)), cfg, args.out, model_options=options,
-                            index=args.index, exclude_seen=args.exclude_seen, plots=not args.no_plots,
-                            log=None if args.quiet else print, rank_train=rank_cfg, rank_negatives=args.rank_negatives,
-                            pipeline=args.pipeline, candidates=args.candidates, trainer=args.trainer,
-                            ray_train={"workers": args.workers, "cpus_per_worker": args.cpus_per_worker, "gpu": args.gpu})
+    base = ExperimentSpec(data=args.data)
+    spec = replace(
+        base, **config_values(args, ExperimentSpec), models=expand_models(args.models, args.ablation),
+        seeds=list(range(args.seeds)), out=args.out, plots=not args.no_plots,
+        match=replace(base.match, **config_values(args, TrainConfig)),
+        rank=replace(base.rank, **config_values(args, TrainConfig, prefix="rank_")),
+        scaling=replace(base.scaling, **config_values(args, ScalingConfig)),
+        model_options={"hidden": args.hidden, "loss": args.loss, "num_sampled": args.num_sampled})
+    report = run_experiment(spec, log=None if args.quiet else print)
     print(f"\n{report['dataset']}: {report['split']} split, test split, % mean ± std over {args.seeds} seed(s)\n")
     print(report["table"])
     print(f"\nwrote {Path(args.out).resolve()}/results.{{md,csv,json}}")
     return 0
 
 
-def cmd_train(args) -> int:
+def _job(args, command: str, **fixed):
+    """The training job of ``seqrec train`` / ``seqrec tune``: --config's YAML, then the flags given, then ``fixed``."""
+    from seqrec.config import RunConfig, ScalingConfig, TrainConfig, TrainJob
     from seqrec.experiment import parse_model
-    from seqrec.train.distributed import TrainJob, run_training
 
     options = {}
     for kv in args.option:
-        entry = parse_model(f"{args.model or 'sdm'}@{kv}")
-        options.update(entry.options)
-    flags = {"model": args.model, "data": args.data, "workers": args.workers, "gpu": args.gpu,
-             "cpus_per_worker": args.cpus_per_worker, "amp": args.amp, "epochs": args.epochs, "batch_size": args.batch_size,
-             "lr": args.lr, "patience": args.patience, "seed": args.seed, "name": args.name, "storage": args.storage,
-             "keep_checkpoints": args.keep_checkpoints, "max_failures": args.max_failures,
-             "wait_for_resources": args.wait_for_resources, "cache": args.cache}
+        options.update(parse_model(f"{args.model or 'sdm'}@{kv}").options)
+    given = {k: v for k, v in (("model", args.model), ("data", args.data)) if v is not None}
+    for cls in (TrainConfig, ScalingConfig, RunConfig):
+        given.update(config_values(args, cls))  # a flag given as `none` sets None
+    given.update(fixed)
     if args.config:
-        job = TrainJob.from_yaml(args.config, options=options, **flags)
-    else:
-        if not args.model or not args.data:
-            raise ValueError("seqrec train needs MODEL and --data (or a --config file that names them)")
-        job = TrainJob.from_dict({k: v for k, v in flags.items() if v is not None} | {"options": options})
-    from seqrec.cluster import start_ray
+        job = TrainJob.from_yaml(args.config, options=options)
+        return job.replace(**given)
+    if not args.model or not args.data:
+        raise ValueError(f"seqrec {command} needs MODEL and --data (or a --config file that names them)")
+    return TrainJob.from_dict(given | {"options": options})
 
-    start_ray(job.workers)
+
+def cmd_train(args) -> int:
+    from seqrec.cluster import start_ray
+    from seqrec.train.distributed import run_training
+
+    job = _job(args, "train")
+    start_ray(job.scaling.workers)
     summary = run_training(job)
     print(f"export: {summary['export']['files']} in {summary['run_dir']}/export")
     return 0
@@ -477,10 +504,10 @@ def cmd_tune(args) -> int:
 
     import yaml
 
-    from seqrec.experiment import parse_model
-    from seqrec.train.distributed import TrainJob
+    from seqrec.config import TrainJob
     from seqrec.tuning.run import run_search, write_results
-    from seqrec.tuning.space import load_space, override
+    from seqrec.tuning.space import override
+    from tune_spaces import load_space
 
     name = args.name
     exp = None
@@ -495,21 +522,10 @@ def cmd_tune(args) -> int:
         job, space_name = TrainJob.from_dict(state["job"]), state["space"]
         space = {}
     else:
-        options = {}
-        for kv in args.option:
-            options.update(parse_model(f"{args.model or 'sdm'}@{kv}").options)
         workers = args.workers_per_trial
         cpus = args.cpus_per_worker if args.cpus_per_worker is not None else (1.0 if workers == 0 else 0.5)
-        flags = {"model": args.model, "data": args.data, "workers": workers, "gpu": args.gpu, "cpus_per_worker": cpus,
-                 "epochs": args.epochs, "batch_size": args.batch_size, "patience": args.patience,
-                 "wait_for_resources": args.wait_for_resources}
-        if args.config:
-            job = TrainJob.from_yaml(args.config, options=options, **flags)
-        else:
-            if not args.model or not args.data:
-                raise ValueError("seqrec tune needs MODEL and --data (or a --config file that names them)")
-            job = TrainJob.from_dict({k: v for k, v in flags.items() if v is not None} | {"options": options})
-        job = TrainJob.from_dict(job.to_dict() | {"data": str(Path(job.data).resolve())})
+        job = _job(args, "tune", workers=workers, cpus_per_worker=cpus)
+        job = job.replace(data=str(Path(job.data).resolve()))
         space_name = args.space
         space = load_space(job.model, space_name, **({"seeds": args.seeds} if args.seeds is not None else {}))
         for kv in args.set:
@@ -525,10 +541,10 @@ def cmd_tune(args) -> int:
                       storage=args.storage, seed=args.seed, max_concurrent=args.max_concurrent, resume=args.resume,
                       space_name=space_name)
     from seqrec.data.prepare import load_manifest
-    from seqrec.train.distributed import select_metric
+    from seqrec.train.validation import select_metric
 
     exp = Path(args.storage).resolve() / name
-    select = select_metric(job, load_manifest(job.data))
+    select = select_metric(job.model, load_manifest(job.data))
     summary = write_results(grid, job, space_name, exp, select,
                             search={"scheduler": args.scheduler, "search": args.search, "samples": args.samples})
     print((exp / "trials.md").read_text())
@@ -639,7 +655,8 @@ def cmd_index_build(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {("data", "fetch"): cmd_fetch, ("data", "synth"): cmd_synth, ("data", "prepare"): cmd_prepare, ("data", "stats"): cmd_stats,
-                ("evaluate", None): cmd_evaluate, ("train", None): cmd_train, ("tune", None): cmd_tune, ("serve", None): cmd_serve, ("index", "build"): cmd_index_build}
+                ("evaluate", None): cmd_evaluate, ("train", None): cmd_train, ("tune", None): cmd_tune, ("serve", None): cmd_serve,
+                ("index", "build"): cmd_index_build}
     try:
         sub = getattr(args, "data_command", None) or getattr(args, "index_command", None)
         return handlers[(args.command, sub)](args)

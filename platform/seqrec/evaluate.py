@@ -23,22 +23,25 @@ seed so every model sees the same samples. The recommendation moment is the row'
 The two-stage pipeline (``two_stage``): the matcher retrieves the top ``candidates`` (300, SDM's
 online setting) per row, the ranker re-scores them, and the matching metrics are computed on the
 ranker's top K, next to the matcher's own top K.
+
+Running a model over rows (user vectors, ranker logits, seen items) is :mod:`seqrec.inference`,
+which serving calls too; its functions stay importable from here.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from seqrec import features as F
-from seqrec.batch import pad_lists, collate
+from seqrec.batch import pad_lists
+from seqrec.config import INDEXES
 from seqrec.features import FeatureSpec
+from seqrec.inference import chunk_candidates, encode_table, score_table, seen_items  # noqa: F401 - re-exported
 from seqrec.metrics import loo_metrics, matching_metrics
 
 WINDOW_KS = (20, 50, 100)
 LOO_KS = (10, 20, 50)
-INDEXES = ("exact", "flat", "hnsw", "ivf")
 
 
 def protocol_of(manifest: dict) -> str:
@@ -55,26 +58,9 @@ def selection_metric(protocol: str) -> str:
     return "NDCG@20" if protocol == "loo" else "Recall@50"
 
 
-def seen_items(table: pa.Table) -> np.ndarray:
-    """(U, E) the item codes each row has already seen (session, long-term, history), 0-padded."""
-    parts = [pad_lists(table[c]) for c in (F.seq_col(F.ITEM_ID), F.long_term_col(F.ITEM_ID), F.hist_col(F.ITEM_ID))]
-    return np.concatenate(parts, axis=1)
-
-
 def truth_of(table: pa.Table) -> np.ndarray:
     """(U, M) ground truth item codes, 0-padded."""
     return pad_lists(table[F.TARGETS])
-
-
-@torch.no_grad()
-def encode_table(model, table: pa.Table, spec: FeatureSpec, batch_size: int = 1024, device: str = "cpu") -> np.ndarray:
-    """(U, D) user vectors (last position) for every row of ``table``, in row order."""
-    model.eval()
-    out = []
-    for start in range(0, table.num_rows, batch_size):
-        batch = collate(table.slice(start, batch_size), spec).to(device)
-        out.append(model.encode_users(batch).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.hidden), np.float32)
 
 
 def retrieve(user_vecs: np.ndarray, item_vecs: np.ndarray, k: int, index: str = "exact", exclude: np.ndarray | None = None) -> np.ndarray:
@@ -117,32 +103,6 @@ def evaluate_matcher(
     return metrics_from_topk(retrieve(users, items, max(ks), index, exclude), table, protocol, ks)
 
 
-def item_table(data_dir, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
-    """From ``items.parquet``: (N, n_side) side-feature codes of every item code and (N,) training counts."""
-    import pyarrow.parquet as pq
-    from pathlib import Path
-
-    side_names = [f.name for f in spec.item_side]
-    t = pq.read_table(Path(data_dir) / "items.parquet", columns=["code", "count", *side_names])
-    code = t["code"].to_numpy().astype(np.int64)
-    if code.max(initial=-1) >= spec.n_items:
-        raise ValueError(f"items.parquet has item code {code.max()} but the feature spec has {spec.n_items} items")
-    side = np.zeros((spec.n_items, len(side_names)), np.int64)
-    for j, n in enumerate(side_names):
-        side[code, j] = t[n].to_numpy()
-    side[F.UNKNOWN] = F.UNKNOWN  # an unknown item has unknown side features
-    counts = np.zeros(spec.n_items, np.float64)
-    counts[code] = t["count"].to_numpy()
-    return side, counts
-
-
-def prepare_ranker(model, data_dir, spec: FeatureSpec):
-    """Fill a ranker's item table (side features, popularity) from the prepared dataset."""
-    side, counts = item_table(data_dir, spec)
-    model.set_item_table(torch.from_numpy(side), torch.from_numpy(counts))
-    return model
-
-
 def rank_eval_samples(table: pa.Table, counts: np.ndarray, negatives: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(U, C) candidates and (U, C) labels: each row's known ground-truth items (label 1) and
     ``negatives`` popularity-drawn items per positive that are not in its ground truth (label 0).
@@ -175,43 +135,8 @@ def rank_eval_samples(table: pa.Table, counts: np.ndarray, negatives: int = 4, s
     return cands, labels
 
 
-@torch.no_grad()
-def score_table(model, table: pa.Table, spec: FeatureSpec, candidates: np.ndarray, budget: int = 16_384, device: str = "cpu") -> np.ndarray:
-    """(U, C) ranker logits of ``candidates`` for every row of ``table`` (codes < 2 get -inf).
-
-    Rows are scored in batches of about ``budget`` (row, candidate) pairs.
-    """
-    model.eval()
-    out = np.full(candidates.shape, -np.inf, np.float32)
-    step = max(1, budget // max(1, candidates.shape[1]))
-    for start in range(0, table.num_rows, step):
-        rows = slice(start, start + step)
-        c = torch.from_numpy(np.maximum(candidates[rows], 0)).to(device)
-        batch = collate(table.slice(start, step), spec).to(device)
-        out[rows] = model.score(batch, c).float().cpu().numpy()
-    out[candidates < F.FIRST_CODE] = -np.inf
-    return out
-
-
-def chunk_candidates(candidates: np.ndarray, width: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split each row's real candidates (codes >= 2, packed at the row's start) into rows of ``width``.
-
-    Returns (source row (K,), chunked candidates (K, width), flat index (K, width) into
-    ``candidates.ravel()``, -1 on padding), so rows with few candidates are not padded to the longest.
-    """
-    n = (candidates >= F.FIRST_CODE).sum(1)
-    per_row = -(-n // width)  # chunks per row (ceil)
-    row = np.repeat(np.arange(len(candidates)), per_row)
-    first = np.repeat(np.cumsum(per_row) - per_row, per_row)
-    j = (np.arange(len(row)) - first) * width  # first candidate of each chunk within its row
-    col = j[:, None] + np.arange(width)[None, :]
-    ok = col < n[row][:, None]
-    flat = np.where(ok, row[:, None] * candidates.shape[1] + col, -1)
-    chunks = np.where(ok, candidates.ravel()[np.maximum(flat, 0)], 0)
-    return row, chunks, flat
-
-
-def evaluate_ranker(model, table: pa.Table, spec: FeatureSpec, counts: np.ndarray, negatives: int = 4, seed: int = 0, device: str = "cpu") -> dict:
+def evaluate_ranker(model, table: pa.Table, spec: FeatureSpec, counts: np.ndarray, negatives: int = 4, seed: int = 0,
+                    device: str = "cpu") -> dict:
     """AUC, GAUC (per row = per user) and log loss of a ranker on evaluation rows."""
     from seqrec.metrics import ranking_metrics
 

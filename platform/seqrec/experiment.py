@@ -4,8 +4,8 @@ Used by ``seqrec evaluate`` and ``workloads/evaluate.py``. Every neural model tr
 shared loop, picks its best epoch on the validation split, and is measured on the test split. The
 loop runs in this process (``trainer="local"``, ``seqrec.train.fit``) or on Ray Train workers fed
 by Ray Data (``trainer="ray"``, :func:`seqrec.train.distributed.run_training`; each model × seed is
-one run under ``<out>/train/``, and its best checkpoint is the model evaluated); item-CF is deterministic and runs once. Results: ``results.json`` (every run,
-its history and the mean ± std summary), ``results.csv`` and ``results.md``; plots of SDM's
+one run under ``<out>/train/``, and its best checkpoint is the model evaluated); item-CF is deterministic and runs once.
+Results: ``results.json`` (every run, its history and the mean ± std summary), ``results.csv`` and ``results.md``; plots of SDM's
 attention and gate (``plots/``).
 
 A model entry is ``NAME[@OPTION=VALUE,...][#LABEL]``: ``sdm:PSDMMAL``, ``gru4rec``, ``item_cf``,
@@ -17,13 +17,14 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from seqrec.config import ExperimentSpec, TrainConfig
 from seqrec.data.prepare import load_manifest, read_split
 from seqrec.evaluate import (
     default_ks,
@@ -31,15 +32,15 @@ from seqrec.evaluate import (
     evaluate_matcher,
     evaluate_ranker,
     fit_item_cf,
-    prepare_ranker,
     protocol_of,
     selection_metric,
     two_stage,
 )
 from seqrec.features import FeatureSpec
-from seqrec.models import build_model, is_ranker, make_config, model_names
+from seqrec.models import is_ranker, make_config, model_names
 from seqrec.models.ranking import MatcherNegatives
-from seqrec.train import TrainConfig, fit
+from seqrec.train.factory import build
+from seqrec.train.loop import fit
 
 ITEM_CF = "item_cf"
 DEFAULT_MODELS = ("item_cf", "youtube_dnn", "gru4rec", "narm", "sdm:SDMMA", "sdm:PSDMMA", "sdm:PSDMMAL", "sdm:PSDMMAL-N", "sdm:PSDMMAL-NoS")
@@ -128,59 +129,40 @@ def markdown_table(summary: dict, columns: list[str], labels: list[str], percent
 
 
 def item_counts(data_dir: str | Path, n_items: int) -> np.ndarray:
-    """(N,) training-window count of every item code, from items.parquet (the unigram sampler's weights)."""
-    import pyarrow.parquet as pq
+    """(N,) training-window count of every item code (the popularity negatives' weights)."""
+    from seqrec.data.items import read_items
 
-    t = pq.read_table(Path(data_dir) / "items.parquet", columns=["code", "count"])
-    counts = np.zeros(n_items, np.float64)
-    counts[t["code"].to_numpy()] = t["count"].to_numpy()
+    counts = read_items(data_dir, _spec(data_dir)).counts
+    if len(counts) != n_items:
+        raise ValueError(f"the dataset has {len(counts)} item codes, not {n_items}")
     return counts
 
 
-def run_experiment(
-    data_dir: str | Path,
-    entries: list[ModelEntry],
-    seeds: list[int],
-    train_cfg: TrainConfig,
-    out_dir: str | Path | None = None,
-    model_options: dict | None = None,
-    index: str = "exact",
-    exclude_seen: bool = False,
-    item_cf_options: dict | None = None,
-    plots: bool = True,
-    log: Callable[[str], None] | None = print,
-    rank_options: dict | None = None,
-    rank_train: TrainConfig | None = None,
-    rank_negatives: int = 4,
-    pipeline: bool = False,
-    candidates: int = 300,
-    trainer: str = "local",
-    ray_train: dict | None = None,
-) -> dict:
-    """Train/evaluate every entry × seed; write results to ``out_dir`` (if given) and return the report.
+def _spec(data_dir) -> FeatureSpec:
+    return FeatureSpec.from_dict(load_manifest(data_dir)["feature_spec"])
 
-    Matchers (``model_options``, ``train_cfg``) get the matching metrics; rankers (``rank_options``,
-    ``rank_train``, default ``train_cfg``) get AUC/GAUC/log loss on ``rank_negatives`` popularity
-    negatives per positive. With ``pipeline`` the first neural matcher's top ``candidates`` are
-    re-ranked by every ranker of the same seed (the two-stage table).
 
-    ``trainer="ray"`` trains each model on Ray Train (``ray_train``: ``TrainJob`` fields such as
-    ``workers``, ``cpus_per_worker``, ``gpu``, ``amp``); it needs ``out_dir``, where the runs go.
-    The batch sizes stay global: each of N workers takes ``batch_size / N`` rows, so both trainers
-    take the same optimisation steps.
+def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = print) -> dict:
+    """Train/evaluate every model entry × seed; write results to ``spec.out`` (if given) and return the report.
+
+    Matchers (``spec.model_options``, ``spec.match``) get the matching metrics; rankers
+    (``spec.rank_options``, ``spec.rank``) get AUC/GAUC/log loss on ``spec.rank_negatives``
+    popularity negatives per positive. With ``spec.pipeline`` the first neural matcher's top
+    ``spec.candidates`` are re-ranked by every ranker of the same seed (the two-stage table).
     """
-    data_dir = Path(data_dir)
+    data_dir = Path(spec.data)
     manifest = load_manifest(data_dir)
-    spec = FeatureSpec.from_dict(manifest["feature_spec"])
+    fspec = FeatureSpec.from_dict(manifest["feature_spec"])
+    entries = [e if isinstance(e, ModelEntry) else parse_model(e) for e in spec.models] or expand_models(None)
+    seeds, trainer, index, exclude_seen = spec.seeds, spec.trainer, spec.index, spec.exclude_seen
     protocol = protocol_of(manifest)
     select = selection_metric(protocol)
     train, test = read_split(data_dir, "train"), read_split(data_dir, "test")
     val = read_split(data_dir, "val") if manifest["config"]["protocol"]["val"] else None
     if val is not None and val.num_rows == 0:
         val = None
-    common = dict(model_options or {})
-    rank_common = {"tz_offset_s": manifest["config"]["protocol"].get("tz_offset_s", 0), **(rank_options or {})}
-    rank_train = rank_train or train_cfg
+    common = dict(spec.model_options)
+    rank_common = {"tz_offset_s": manifest["config"]["protocol"].get("tz_offset_s", 0), **spec.rank_options}
 
     def options_of(e: ModelEntry) -> dict:
         return {**(rank_common if is_ranker(e.name) else common), **e.options}
@@ -188,26 +170,19 @@ def run_experiment(
     # check every configuration before spending time on training
     for e in entries:
         if e.name != ITEM_CF:
-            make_config(e.name, spec, **options_of(e))
+            make_config(e.name, fspec, **options_of(e))
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise ValueError(f"model labels must be unique, got {labels}; add #LABEL to an entry")
     matcher_entries = [e for e in entries if e.name != ITEM_CF and not is_ranker(e.name)]
     ranker_entries = [e for e in entries if is_ranker(e.name)]
-    if pipeline and (not matcher_entries or not ranker_entries):
-        raise ValueError("--pipeline needs a neural matcher (e.g. sdm:PSDMMAL) and at least one ranker (bst, din, wdl, wdl_seq) in --models")
-    counts = item_counts(data_dir, spec.n_items) if ranker_entries else None
-    if trainer not in ("local", "ray"):
-        raise ValueError(f"trainer={trainer!r}; choose local (this process) or ray (Ray Train workers)")
-    if trainer == "ray" and out_dir is None:
-        raise ValueError("trainer='ray' needs an output directory: its training runs are written under <out>/train")
-    if trainer == "ray" and any(make_config(e.name, spec, **options_of(e)).hard_negatives for e in ranker_entries):
+    if spec.pipeline and (not matcher_entries or not ranker_entries):
+        raise ValueError("--pipeline needs a neural matcher (e.g. sdm:PSDMMAL) and at least one ranker "
+                         "(bst, din, wdl, wdl_seq) in --models")
+    counts = item_counts(data_dir, fspec.n_items) if ranker_entries else None
+    if trainer == "ray" and any(make_config(e.name, fspec, **options_of(e)).hard_negatives for e in ranker_entries):
         raise ValueError("hard_negatives draws negatives from a matcher trained in this process; use the local trainer for it")
-    workers = max(1, (ray_train or {}).get("workers", 1)) if trainer == "ray" else 1
-    for what, c in (("batch size", train_cfg), ("ranking batch size", rank_train)):
-        if c.batch_size % workers:
-            raise ValueError(f"{what} {c.batch_size} does not split evenly over {workers} workers; the experiment's "
-                             "batch size is the global one (each worker takes batch_size / workers rows)")
+    device = spec.device
     say = log or (lambda _s: None)
     runs: list[dict] = []
     first_models: dict[str, torch.nn.Module] = {}
@@ -218,43 +193,38 @@ def run_experiment(
         for seed in ([seeds[0]] if e.name == ITEM_CF else seeds):
             t0 = time.perf_counter()
             if e.name == ITEM_CF:
-                cf = fit_item_cf(train, spec, **{**(item_cf_options or {}), **e.options})
+                cf = fit_item_cf(train, fspec, **{**spec.item_cf_options, **e.options})
                 fit_s = time.perf_counter() - t0
                 test_m = evaluate_item_cf(cf, test, protocol, exclude_seen=exclude_seen)
-                run = {"label": e.label, "model": e.name, "kind": "matcher", "seed": None, "options": e.options, "fit_s": fit_s, "test": test_m}
+                run = {"label": e.label, "model": e.name, "kind": "matcher", "seed": None, "options": e.options, "fit_s": fit_s,
+                       "test": test_m}
             else:
-                torch.manual_seed(seed)
-                model = build_model(e.name, spec, **options_of(e))
-                base = rank_train if ranker else train_cfg
-                cfg = TrainConfig(**{**base.to_dict(), "seed": seed})
-                local = trainer == "local"  # on Ray Train, the workers build and fill their own model
+                cfg = replace(spec.rank if ranker else spec.match, seed=seed)
                 if ranker:
-                    if local:
-                        prepare_ranker(model, data_dir, spec)
-                    if model.config.hard_negatives:
+                    metric = "AUC"
+                    evaluate = lambda m, table: evaluate_ranker(m, table, fspec, counts, spec.rank_negatives, seed=0, device=device)  # noqa: E731
+                else:
+                    metric = select
+                    evaluate = lambda m, table, final=False: evaluate_matcher(  # noqa: E731
+                        m, table, fspec, protocol, index=index if final else "exact", exclude_seen=exclude_seen, device=device
+                    )
+                say(f"== {e.label} seed {seed}")
+                if trainer == "ray":  # the workers build and fill their own model
+                    model, trained = _train_on_ray(e, cfg, options_of(e), spec, log)
+                else:
+                    model, _, _ = build(e.name, data_dir, options_of(e), seed=seed)
+                    if ranker and model.config.hard_negatives:
                         if seed not in first_matcher:
                             raise ValueError(
                                 f"{e.label}: hard_negatives={model.config.hard_negatives} needs a neural matcher listed "
                                 "before it in --models (e.g. sdm:PSDMMAL bst@hard_negatives=1)"
                             )
                         model.set_negative_source(MatcherNegatives(first_matcher[seed], model.config.hard_negatives))
-                    metric = "AUC"
-                    evaluate = lambda m, table: evaluate_ranker(m, table, spec, counts, rank_negatives, seed=0, device=cfg.device)  # noqa: E731
-                else:
-                    if local and model.config.loss == "sampled" and model.config.sampler == "unigram":
-                        model.softmax.set_item_counts(torch.from_numpy(item_counts(data_dir, spec.n_items)))
-                    metric = select
-                    evaluate = lambda m, table, final=False: evaluate_matcher(  # noqa: E731
-                        m, table, spec, protocol, index=index if final else "exact", exclude_seen=exclude_seen, device=cfg.device
-                    )
-                validate = None if val is None else (lambda m: evaluate(m, val))
-                say(f"== {e.label} seed {seed}")
-                if not local:
-                    model, trained = _train_on_ray(e, seed, cfg, options_of(e), data_dir, Path(out_dir), rank_negatives,
-                                                   ray_train, workers, log)
-                else:
-                    res = fit(model, train, spec, cfg, validate=validate, select=metric if validate else None, log=log)
-                    trained = {"best_epoch": res.best_epoch, "best_metric": res.best_metric, "history": res.to_dict()["history"]}
+                    validate = None if val is None else (lambda m: evaluate(m, val))
+                    res = fit(model, train, fspec, cfg, validate=validate, select=metric if validate else None, log=log,
+                              device=device)
+                    trained = {"best_epoch": res.best_epoch, "best_metric": res.best_metric,
+                               "history": [h.row() for h in res.history]}
                 fit_s = time.perf_counter() - t0
                 test_m = evaluate(model, test) if ranker else evaluate(model, test, final=True)
                 run = {
@@ -267,7 +237,7 @@ def run_experiment(
                 first_models.setdefault(e.label, model)
                 if not ranker:
                     first_matcher.setdefault(seed, model)
-                if pipeline:
+                if spec.pipeline:
                     kept[(e.label, seed)] = model
             runs.append(run)
             key = "AUC" if ranker else ("Hit@20" if protocol == "loo" else "HitRate@50")
@@ -289,12 +259,12 @@ def run_experiment(
         "vocab_hash": manifest.get("vocab_hash"),
         "seeds": seeds,
         "trainer": trainer,
-        "ray_train": ray_train if trainer == "ray" else None,
-        "train": train_cfg.to_dict(),
-        "rank_train": rank_train.to_dict(),
+        "scaling": spec.scaling.to_dict() if trainer == "ray" else None,
+        "train": spec.match.to_dict(),
+        "rank_train": spec.rank.to_dict(),
         "model_options": common,
         "rank_options": rank_common,
-        "rank_negatives": rank_negatives,
+        "rank_negatives": spec.rank_negatives,
         "index": index,
         "exclude_seen": exclude_seen,
         "selection": (f"{select} (matchers), AUC (rankers)" if val is not None else "last epoch (no validation split)"),
@@ -303,12 +273,12 @@ def run_experiment(
         "runs": runs,
         "table": "\n\n".join(tables),
     }
-    if pipeline:
-        report["two_stage"] = _two_stage(kept, matcher_entries[0], ranker_entries, seeds, test, spec, protocol,
-                                         candidates, index, exclude_seen, train_cfg.device, say)
+    if spec.pipeline:
+        report["two_stage"] = _two_stage(kept, matcher_entries[0], ranker_entries, seeds, test, fspec, protocol,
+                                         spec.candidates, index, exclude_seen, device, say)
         report["table"] += "\n\n" + report["two_stage"]["table"]
-    if out_dir is not None:
-        out = Path(out_dir)
+    if spec.out is not None:
+        out = Path(spec.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
         with open(out / "results.csv", "w", newline="") as f:
@@ -320,32 +290,26 @@ def run_experiment(
                 n = next(iter(s.values()))["n"]
                 w.writerow([label, n] + [f"{s[m][x]:.6f}" if m in s else "" for m in metrics for x in ("mean", "std")])
         (out / "results.md").write_text(_markdown_report(report))
-        if plots:
-            report["plots"] = _plots(first_models, spec, test, out / "plots", say)
+        if spec.plots:
+            report["plots"] = _plots(first_models, fspec, test, out / "plots", say)
             (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
     return report
 
 
-def _train_on_ray(e: ModelEntry, seed: int, cfg: TrainConfig, options: dict, data_dir: Path, out: Path,
-                  rank_negatives: int, ray_train: dict | None, workers: int, log) -> tuple[torch.nn.Module, dict]:
-    """Train one model × seed on Ray Train (a fresh run under ``<out>/train``); (best model, training summary).
-
-    ``cfg.batch_size`` is the global batch: each of the ``workers`` takes ``batch_size / workers`` rows."""
+def _train_on_ray(e: ModelEntry, cfg: TrainConfig, options: dict, spec: ExperimentSpec, log) -> tuple[torch.nn.Module, dict]:
+    """Train one model × seed on Ray Train (a fresh run under ``<out>/train``); (best model, training summary)."""
     import re
     import shutil
 
     from seqrec.checkpoint import load_checkpoint
-    from seqrec.train.distributed import TrainJob, run_training
+    from seqrec.config import RunConfig, TrainJob
+    from seqrec.train.distributed import run_training
 
-    name = re.sub(r"[^A-Za-z0-9_.=-]+", "-", f"{e.label}-seed{seed}")
-    storage = out / "train"
+    name = re.sub(r"[^A-Za-z0-9_.=-]+", "-", f"{e.label}-seed{cfg.seed}")
+    storage = Path(spec.out) / "train"
     shutil.rmtree(storage / name, ignore_errors=True)  # an experiment trains from scratch; `seqrec train` resumes
-    job = TrainJob.from_dict({
-        **(ray_train or {}), "model": e.name, "data": str(data_dir), "options": options, "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size // workers, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip,
-        "seed": seed, "group_pool": cfg.group_pool, "patience": cfg.patience, "name": name, "storage": str(storage),
-        "rank_negatives": rank_negatives,
-    })
+    job = TrainJob(model=e.name, data=str(spec.data), options=options, train=cfg, scaling=spec.scaling,
+                   run=RunConfig(name=name, storage=str(storage)), rank_negatives=spec.rank_negatives)
     summary = run_training(job, log=log)
     model, meta = load_checkpoint(summary["best_checkpoint"])
     model.eval()
@@ -357,7 +321,8 @@ def _train_on_ray(e: ModelEntry, seed: int, cfg: TrainConfig, options: dict, dat
 PIPELINE_KS = {"window": (20, 50), "loo": (10, 20)}
 
 
-def _two_stage(kept, matcher: ModelEntry, rankers: list[ModelEntry], seeds, test, spec, protocol, candidates, index, exclude_seen, device, say) -> dict:
+def _two_stage(kept, matcher: ModelEntry, rankers: list[ModelEntry], seeds, test, spec, protocol, candidates, index, exclude_seen,
+               device, say) -> dict:
     """Per seed: the matcher's top ``candidates`` re-ranked by each ranker; mean ± std over seeds."""
     ks = PIPELINE_KS[protocol]
     runs = []

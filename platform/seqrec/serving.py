@@ -10,22 +10,38 @@ behaviours are the distinct values of the protocol's window before it (SDM §3.1
 Bad input never disappears silently:
 - item ids the vocabulary does not know map to the unknown code (1), as at evaluation, and are listed in the report;
 - a side value missing from an event comes from the catalogue (``items.parquet``) for a known item, and is unknown (1) otherwise;
-- a missing behaviour is the dataset's most frequent one; a profile missing from the request is the stored one for a known user (``users.parquet``), unknown otherwise;
-- a request with no events is not a row: :class:`Pipeline` answers it from the cold-start list (the most popular items of the training window).
+- a missing behaviour is the dataset's most frequent one; a profile missing from the request is the stored one for a known user
+  (``users.parquet``), unknown otherwise;
+- a request with no events is not a row: it gets :func:`cold_start`, the most popular items of the training window.
+
+The stages are functions with typed results, the only implementation of serving:
+:func:`encode` (requests → :class:`Encoded`: session rows and user vectors), :func:`retrieve`
+(→ :class:`Candidates`: FAISS top N), :func:`rank` (→ :class:`Ranked`: ranker logits) and
+:func:`answer` / :func:`cold_start` (→ :class:`Answer`: the response fields, top k and versions).
+:class:`Pipeline` calls them in this process; the Serve app's deployments (``serve_apps/recommend.py``)
+call them too and add only batching, model swaps (``reconfigure``) and placement.
+Running the models over rows is :mod:`seqrec.inference`, as in offline evaluation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqrec import features as F
+
+if TYPE_CHECKING:
+    import torch
+
+    from seqrec.retrieval import ItemIndex
 
 
 @dataclass
@@ -84,8 +100,8 @@ class RowBuilder:
     def encode(self, name: str, values: list) -> np.ndarray:
         """Raw values → codes with the dataset's vocabulary (unknown and null → 1), as prepare's ``_encode``.
 
-        prepare's encoder hashes the whole vocabulary on every call (``pc.index_in``), which costs
-        about 100 ms per request on a 1M-item catalogue; a request has a few dozen values, so the
+        prepare's encoder hashes the whole vocabulary on every call (``pc.index_in``), a cost that
+        grows with the catalogue, not with the request; a request has a few dozen values, so the
         vocabulary is sorted once here and looked up with ``np.searchsorted`` (integer ids) or a
         dict (strings). ``tests/test_serving.py`` checks the rows against prepare's.
         """
@@ -207,6 +223,14 @@ class RowBuilder:
         counts[: F.FIRST_CODE] = -1
         return np.argsort(-counts, kind="stable")[:k]
 
+    def popular_ids(self, k: int) -> list:
+        """The raw item ids of :meth:`popular` (what a cold-start answer lists)."""
+        return self.vocab[F.ITEM_ID].take(self.popular(k) - F.FIRST_CODE).to_pylist()
+
+
+# ---------------------------------------------------------------------------------------------
+# artifacts: training runs' exports, their versions and the matcher's item index
+
 
 def _export_info(export: Path, kind: str) -> dict:
     f = export / "export.json"
@@ -274,12 +298,73 @@ def load_index(export: Path, use_gpu: bool = False):
     return ItemIndex.build(np.load(export / "item_embeddings.npy"), kind="flat", use_gpu=use_gpu)
 
 
+def model_version(export: Path) -> dict:
+    """What every answer says of a model: its export's model, epoch and checkpoint, with a short id
+    (the id is how the Serve app's Retriever finds the index of the matcher that encoded a request)."""
+    info = json.loads((export / "export.json").read_text())
+    vid = hashlib.sha1(f"{info['checkpoint']}:{info['epoch']}".encode()).hexdigest()[:10]
+    return {"id": vid, "model": info["model"], "epoch": info["epoch"], "checkpoint": info["checkpoint"]}
+
+
+def index_version(index) -> dict:
+    """What every answer says of the item index (a ``seqrec.retrieval.ItemIndex``): kind, device, search parameters."""
+    return {"kind": index.kind, "on_gpu": index.on_gpu, **index.params}
+
+
+def model_versions(matcher: dict, index: dict, ranker: dict | None) -> dict:
+    """An answer's ``model_versions``: the matcher's and the ranker's :func:`model_version` (None without a
+    ranker) and the index's :func:`index_version`."""
+    return {"matcher": matcher, "index": index, "ranker": ranker}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model of a training run's export, in eval mode on ``device``, with its :func:`model_version`."""
+
+    model: torch.nn.Module  # a seqrec matcher (encode_users) or ranker (score)
+    version: dict
+    device: str = "cpu"
+
+
+def load_model(run: str | Path, kind: str, device: str = "cpu", vocab_hash: str | None = None) -> LoadedModel:
+    """The ``kind`` (``matcher`` | ``ranker``) model of a training run or its export directory.
+
+    ``vocab_hash`` (the prepared dataset's) refuses a model trained on another vocabulary."""
+    from seqrec.checkpoint import load_checkpoint
+
+    export = export_dir(run)
+    _export_info(export, kind)
+    model, _ = load_checkpoint(export / "model", map_location=device, vocab_hash=vocab_hash)
+    return LoadedModel(model, model_version(export), device)
+
+
+@dataclass
+class Catalogue:
+    """A matcher's item side: the FAISS index over its item vectors and the raw id of every item code."""
+
+    index: ItemIndex  # seqrec.retrieval.ItemIndex over item codes
+    item_ids: np.ndarray  # (N,) int64 raw item id of each code; -1 for codes 0 and 1
+    matcher: dict  # model_version of the matcher whose item vectors the index holds
+
+
+def load_catalogue(run: str | Path, use_gpu: bool = False) -> Catalogue:
+    """The catalogue of a matcher's training run or export (:func:`load_index`, ``item_ids.npy``)."""
+    export = export_dir(run)
+    _export_info(export, "matcher")
+    index = load_index(export, use_gpu=use_gpu)
+    ids = np.load(export / "item_ids.npy")
+    if index.n_items != len(ids):
+        raise ValueError(f"{export}: the index has {index.n_items} item codes, item_ids.npy {len(ids)}: "
+                         f"rebuild the index (seqrec index build --run {export})")
+    return Catalogue(index, ids, model_version(export))
+
+
 def rows_to_bytes(rows: pa.Table) -> bytes:
     """A session row (or rows) as Arrow IPC stream bytes, to pass between processes.
 
     Ray's own pickling of a sliced Arrow table copies and re-encodes every list column's
-    offsets (about 1.6 ms for one session row, on each side of every hop); the IPC stream of the
-    same row is written and read in under 0.1 ms each and keeps the schema exact."""
+    offsets on each side of every hop; the IPC stream of the same rows is cheaper to write and
+    read and keeps the schema exact."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, rows.schema) as writer:
         writer.write_table(rows)
@@ -291,6 +376,110 @@ def rows_from_bytes(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(data).read_all()
 
 
+# ---------------------------------------------------------------------------------------------
+# the stages: the one implementation, called by Pipeline (below) and the Serve app's deployments
+
+
+@dataclass
+class Encoded:
+    """The encode stage's result for U requests (in order).
+
+    Pickles its rows as Arrow IPC bytes (:func:`rows_to_bytes`), so it is what the Serve app's
+    deployments pass each other."""
+
+    rows: pa.Table  # U session rows (the training rows' schema)
+    vecs: np.ndarray  # (U, D) float32 matcher user vectors
+    reports: list[RowReport]  # U reports of what the row builder read as unknown
+    matcher: dict  # model_version of the matcher that encoded them
+    rows_ms: float = 0.0  # time building the rows (for the whole call, when it was a batch)
+    encode_ms: float = 0.0  # time in the matcher (likewise)
+
+    def take(self, i: int) -> Encoded:
+        """Request ``i`` alone (U = 1)."""
+        return Encoded(self.rows.slice(i, 1), self.vecs[i:i + 1], self.reports[i:i + 1], self.matcher,
+                       self.rows_ms, self.encode_ms)
+
+    def seen(self) -> np.ndarray:
+        """(U, T) item codes of each request's short-term session, 0-padded: what ``exclude_seen`` leaves out."""
+        from seqrec.inference import session_items
+
+        return session_items(self.rows)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "rows": rows_to_bytes(self.rows)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, rows=rows_from_bytes(state["rows"]))
+
+
+@dataclass
+class Candidates:
+    """The retrieve stage's result for U requests: each one's top N items by inner product."""
+
+    codes: np.ndarray  # (U, N) int64 item codes, best first; -1 where fewer than N remain
+    scores: np.ndarray  # (U, N) float32 match scores (user · item vector); -inf on the -1 padding
+    raw_ids: np.ndarray  # (U, N) raw item id of each code (only the candidates' ids travel, never the catalogue)
+    index: dict  # index_version of the index searched
+    ms: float = 0.0
+
+
+@dataclass
+class Ranked:
+    """The rank stage's result for U requests: ranker logits of their candidates."""
+
+    logits: np.ndarray  # (U, C) float32, column j for candidate j; -inf on the -1 padding
+    ranker: dict  # model_version of the ranker
+    ms: float = 0.0  # time in the ranker (for the whole call, when it was a batch)
+
+
+@dataclass
+class Answer:
+    """One request's answer: the fields of the HTTP response (``serve_apps.recommend.RecommendOut``)."""
+
+    items: list[dict]  # [{"item_id", "score", "match_score"}], best first
+    cold_start: bool
+    report: RowReport
+    model_versions: dict  # model_versions(), or {"cold_start": ...}
+    timings_ms: dict  # stage times, as measured by the caller
+
+    def response(self, request_id: str | None = None) -> dict:
+        """The response body: what ``POST /recommend`` answers and :meth:`Pipeline.recommend` returns."""
+        return {"request_id": request_id, "items": self.items, "cold_start": self.cold_start,
+                "unknown_items": self.report.unknown_items, "unknown_user": self.report.unknown_user,
+                "unknown_values": self.report.unknown_values, "model_versions": self.model_versions,
+                "timings_ms": self.timings_ms}
+
+
+def encode(builder: RowBuilder, matcher: LoadedModel, requests: list[Request]) -> Encoded:
+    """Raw requests → session rows (:meth:`RowBuilder.rows`, the training code) → user vectors.
+
+    Every request needs at least one event (ValueError otherwise: answer it with :func:`cold_start`)."""
+    from seqrec.inference import encode_table
+
+    t0 = time.perf_counter()
+    rows, reports = builder.rows(requests)
+    t1 = time.perf_counter()
+    vecs = encode_table(matcher.model, rows, builder.spec, device=matcher.device)
+    return Encoded(rows, vecs, reports, matcher.version, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
+
+
+def retrieve(catalogue: Catalogue, vecs: np.ndarray, n: int, exclude: np.ndarray | None = None) -> Candidates:
+    """The top ``n`` items of each (U, D) user vector by inner product; ``exclude`` (U, E) codes never returned."""
+    t0 = time.perf_counter()
+    scores, codes = catalogue.index.search(vecs, min(n, catalogue.index.ntotal), exclude=exclude)
+    return Candidates(codes, scores, catalogue.item_ids[np.maximum(codes, 0)], index_version(catalogue.index),
+                      (time.perf_counter() - t0) * 1e3)
+
+
+def rank(ranker: LoadedModel, spec, rows: pa.Table, codes: np.ndarray) -> Ranked:
+    """Ranker logits of (U, C) candidate codes (-1: padding) for the U session ``rows`` (``spec``: the dataset's FeatureSpec)."""
+    from seqrec.inference import score_table
+
+    t0 = time.perf_counter()
+    logits = score_table(ranker.model, rows, spec, np.maximum(codes, 0), device=ranker.device)  # padding → code 0 → -inf
+    return Ranked(logits, ranker.version, (time.perf_counter() - t0) * 1e3)
+
+
 def top_items(codes: np.ndarray, raw_ids: np.ndarray, match: np.ndarray, logits: np.ndarray, k: int) -> list[dict]:
     """The top ``k`` of one request's candidates by ranker logit (stable: ties keep the matcher's order);
     ``raw_ids`` holds each candidate's raw id, and candidates with code -1 (fewer than asked) are dropped."""
@@ -299,95 +488,66 @@ def top_items(codes: np.ndarray, raw_ids: np.ndarray, match: np.ndarray, logits:
     return [{"item_id": _plain(raw_ids[o]), "score": float(logits[o]), "match_score": float(match[o])} for o in order]
 
 
+def answer(encoded: Encoded, candidates: Candidates, ranked: Ranked | None, k: int, timings_ms: dict) -> list[Answer]:
+    """Each request's top ``k``: its candidates by ranker logit (by match score without a ranker)."""
+    logits = candidates.scores if ranked is None else ranked.logits
+    versions = model_versions(encoded.matcher, candidates.index, None if ranked is None else ranked.ranker)
+    return [Answer(top_items(candidates.codes[j], candidates.raw_ids[j], candidates.scores[j], logits[j], k), False,
+                   report, versions, timings_ms) for j, report in enumerate(encoded.reports)]
+
+
+def cold_start(popular_ids: list, k: int, timings_ms: dict) -> Answer:
+    """The documented answer to a request with no events: the ``k`` most popular items
+    (:meth:`RowBuilder.popular_ids`, at least ``k`` of them), no scores."""
+    items = [{"item_id": i, "score": None, "match_score": None} for i in popular_ids[:k]]
+    return Answer(items, True, RowReport(), {"cold_start": "popular items of the training window"}, timings_ms)
+
+
 class Pipeline:
     """SDM user network → FAISS top ``candidates`` → BST scores → top k, in this process.
 
-    ``matcher`` and ``ranker`` are training runs (or their ``export/`` directories); the index is
+    ``matcher`` and ranker are training runs (or their ``export/`` directories); the index is
     ``<matcher export>/index`` (``seqrec index build``), or an exact flat index over the exported
     item vectors when there is none. Without a ranker, the matcher's order is the answer. The
-    Serve app's deployments call the same three stages (:meth:`encode`, :meth:`retrieve`, :meth:`rank`).
+    Serve app's deployments call the same stage functions (:func:`encode`, :func:`retrieve`,
+    :func:`rank`, :func:`answer`, :func:`cold_start`).
     """
 
     def __init__(self, data_dir: str | Path, matcher: str | Path, ranker: str | Path | None = None,
                  candidates: int = 300, device: str = "cpu", use_gpu_index: bool = False):
-        from seqrec.checkpoint import load_checkpoint
-
         self.rows = RowBuilder(data_dir)
         vocab_hash = self.rows.manifest.get("vocab_hash")
-        m_dir = export_dir(matcher)
-        self.matcher_info = _export_info(m_dir, "matcher")
-        self.matcher, _ = load_checkpoint(m_dir / "model", map_location=device, vocab_hash=vocab_hash)
-        self.item_ids = np.load(m_dir / "item_ids.npy")
-        self.index = load_index(m_dir, use_gpu=use_gpu_index)
-        if self.index.n_items != len(self.item_ids):
-            raise ValueError(f"{m_dir}: the index has {self.index.n_items} item codes, item_ids.npy {len(self.item_ids)}")
-        self.ranker, self.ranker_info = None, None
-        if ranker is not None:
-            r_dir = export_dir(ranker)
-            self.ranker_info = _export_info(r_dir, "ranker")
-            self.ranker, _ = load_checkpoint(r_dir / "model", map_location=device, vocab_hash=vocab_hash)
-        self.candidates, self.device = int(candidates), device
+        self.matcher = load_model(matcher, "matcher", device, vocab_hash)
+        self.catalogue = load_catalogue(matcher, use_gpu=use_gpu_index)
+        self.ranker = None if ranker is None else load_model(ranker, "ranker", device, vocab_hash)
+        self.candidates = int(candidates)
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        """(N,) raw item id of every item code."""
+        return self.catalogue.item_ids
 
     def versions(self) -> dict:
-        """What answers a request: each model's run, epoch and checkpoint, and the index."""
-        def one(info):
-            return None if info is None else {"model": info["model"], "epoch": info["epoch"], "checkpoint": info["checkpoint"]}
-
-        return {"matcher": one(self.matcher_info), "ranker": one(self.ranker_info),
-                "index": {"kind": self.index.kind, "items": self.index.n_items, **self.index.params},
-                "dataset": self.rows.manifest.get("vocab_hash")}
-
-    def encode(self, rows: pa.Table) -> np.ndarray:
-        from seqrec.evaluate import encode_table
-
-        return encode_table(self.matcher, rows, self.rows.spec, device=self.device)
-
-    def retrieve(self, user_vecs: np.ndarray, n: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, item codes), (U, n) each, by inner product; -1 / -inf where fewer than n remain."""
-        return self.index.search(user_vecs, min(n, self.index.ntotal), exclude=exclude)
-
-    def rank(self, rows: pa.Table, codes: np.ndarray) -> np.ndarray:
-        """(U, C) ranker logits of candidate codes (-inf for the -1 padding)."""
-        from seqrec.evaluate import score_table
-
-        return score_table(self.ranker, rows, self.rows.spec, np.where(codes >= 0, codes, 0), device=self.device)
+        """What answers a request (every answer's ``model_versions``): the matcher, the ranker and the index."""
+        return model_versions(self.matcher.version, index_version(self.catalogue.index),
+                              None if self.ranker is None else self.ranker.version)
 
     def recommend(self, requests: list[Request], k: int, exclude_seen: bool = False) -> list[dict]:
-        """Top ``k`` items of every request, with the ranker's and the matcher's scores and each stage's time."""
-        from seqrec.evaluate import seen_items
-
-        t0 = time.perf_counter()
+        """Every request's answer, as ``POST /recommend`` gives it (:meth:`Answer.response`): the top ``k`` items
+        with the ranker's and the matcher's scores, the versions and each stage's time (``timings_ms``:
+        ``rows_ms``, ``encode_ms``, ``retrieve_ms``, ``rank_ms``, for the whole call)."""
         warm = [i for i, r in enumerate(requests) if r.events]
         out: list[dict | None] = [None] * len(requests)
         if warm:
-            rows, reports = self.rows.rows([requests[i] for i in warm])
-            t1 = time.perf_counter()
-            vecs = self.encode(rows)
-            t2 = time.perf_counter()
-            exclude = seen_items(rows) if exclude_seen else None
-            match, codes = self.retrieve(vecs, max(self.candidates, k), exclude)
-            t3 = time.perf_counter()
-            logits = self.rank(rows, codes) if self.ranker is not None else match
-            t4 = time.perf_counter()
-            timings = {"rows_ms": (t1 - t0) * 1e3, "encode_ms": (t2 - t1) * 1e3, "retrieve_ms": (t3 - t2) * 1e3,
-                       "rank_ms": (t4 - t3) * 1e3}
-            for j, i in enumerate(warm):
-                out[i] = self.answer(codes[j], match[j], logits[j], k) | {"report": reports[j].__dict__, "timings_ms": timings}
-        for i, r in enumerate(requests):
-            if out[i] is None:
-                out[i] = self.cold_start(k)
-        return out
-
-    def answer(self, codes: np.ndarray, match: np.ndarray, logits: np.ndarray, k: int) -> dict:
-        """The top ``k`` of one request's candidates (:func:`top_items`)."""
-        return {"items": top_items(codes, self.item_ids[np.maximum(codes, 0)], match, logits, k), "cold_start": False}
-
-    def cold_start(self, k: int) -> dict:
-        """The documented answer to a request with no events: the most popular items, no scores."""
-        codes = self.rows.popular(k)
-        return {"items": [{"item_id": _plain(self.item_ids[c]), "score": None, "match_score": None} for c in codes],
-                "cold_start": True, "report": RowReport().__dict__, "timings_ms": {}}
-
+            enc = encode(self.rows, self.matcher, [requests[i] for i in warm])
+            cands = retrieve(self.catalogue, enc.vecs, max(self.candidates, k), enc.seen() if exclude_seen else None)
+            ranked = None if self.ranker is None else rank(self.ranker, self.rows.spec, enc.rows, cands.codes)
+            timings = {"rows_ms": enc.rows_ms, "encode_ms": enc.encode_ms, "retrieve_ms": cands.ms,
+                       "rank_ms": 0.0 if ranked is None else ranked.ms}
+            for i, a in zip(warm, answer(enc, cands, ranked, k, timings)):
+                out[i] = a.response()
+        popular = self.rows.popular_ids(k) if len(warm) < len(requests) else []
+        return [o if o is not None else cold_start(popular, k, {}).response() for o in out]
 
 def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
@@ -415,4 +575,7 @@ def _identity(raw: list) -> np.ndarray:
     return np.array([seen.setdefault(str(v), len(seen)) for v in raw], np.int64)
 
 
-__all__ = ["Event", "Pipeline", "Request", "RowBuilder", "RowReport", "ensure_index", "export_dir", "find_runs", "load_index", "top_items"]
+__all__ = ["Answer", "Candidates", "Catalogue", "Encoded", "Event", "LoadedModel", "Pipeline", "Ranked", "Request",
+           "RowBuilder", "RowReport", "answer", "cold_start", "encode", "ensure_index", "export_dir", "find_runs",
+           "index_version", "load_catalogue", "load_index", "load_model", "model_version", "model_versions", "rank",
+           "retrieve", "rows_from_bytes", "rows_to_bytes", "top_items"]

@@ -329,7 +329,8 @@ def merge_vocab_parts(parts: list[dict]) -> dict:
     if "item_latest" in parts[0]:
         merged["item_latest"] = _last_per_item(pa.concat_tables([p["item_latest"] for p in parts], promote_options="permissive"))
         merged["item_side_pairs"] = {
-            f: pa.concat_tables([p["item_side_pairs"][f] for p in parts], promote_options="permissive").group_by([F.ITEM_ID, f]).aggregate([])
+            f: pa.concat_tables([p["item_side_pairs"][f] for p in parts],
+                                promote_options="permissive").group_by([F.ITEM_ID, f]).aggregate([])
             for f in parts[0]["item_side_pairs"]
         }
     return merged
@@ -393,8 +394,10 @@ def encode_block(ev: pa.Table, source: EventSource, vocabs: Vocabs) -> S.Block:
     user_feats = np.stack([_encode(ev[f], vocabs.values[f]) for f in user_names]) if n else np.zeros((len(user_names), 0), np.int32)
     session_key = None
     if source.has_session_id and n:
-        session_key = pc.dictionary_encode(ev[F.SESSION_ID].combine_chunks()).indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    item_key = pc.dictionary_encode(ev[F.ITEM_ID].combine_chunks()).indices.to_numpy(zero_copy_only=False).astype(np.int64) if n else np.zeros(0, np.int64)
+        session_key = (pc.dictionary_encode(ev[F.SESSION_ID].combine_chunks()).indices.fill_null(-1)
+                       .to_numpy(zero_copy_only=False).astype(np.int64))
+    item_key = (pc.dictionary_encode(ev[F.ITEM_ID].combine_chunks()).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+                if n else np.zeros(0, np.int64))
     return S.Block(
         ts=ev[F.TIMESTAMP].to_numpy(),
         item_feats=item_feats,
@@ -776,7 +779,8 @@ def load_manifest(data_dir: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"{path} not found: {data_dir} is not a prepared dataset (run `seqrec data prepare`)")
     m = json.loads(path.read_text())
     if m.get("format") != "seqrec-prepared" or m.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format {m.get('format')!r} v{m.get('format_version')} is not seqrec-prepared v{FORMAT_VERSION}; re-run `seqrec data prepare`")
+        raise ValueError(f"{path}: format {m.get('format')!r} v{m.get('format_version')} is not seqrec-prepared v{FORMAT_VERSION}; "
+                         "re-run `seqrec data prepare`")
     return m
 
 

@@ -53,11 +53,15 @@ per distinct raw item, so they count in |truth| and can never be hit.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 
 from seqrec import features as F
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 SPLITS = ("dataset-day", "user-day", "loo")
 DAY_S = 86_400

@@ -96,14 +96,16 @@ def format_stats(m: dict) -> str:
             c.get(f"{split}_targets_unknown", 0) if split != "train" else "-",
         ])
     out.append(_table(
-        ["split", "users", "rows", "window events", "input events", "S.len", "L.size(item)", "rows w/o long-term", "truth/row", "unseen truth"],
+        ["split", "users", "rows", "window events", "input events", "S.len", "L.size(item)", "rows w/o long-term", "truth/row",
+         "unseen truth"],
         rows,
     ))
     out.append(
         f"training rows are sessions of >= {p['min_train_len']} training events: {c.get('sessions_in_train_window', 0):,} sessions "
         f"in the training window, {c.get('train_sessions_too_short', 0):,} too short, "
         f"{c.get('train_sessions_cut_at_window', 0):,} cut at the window boundary; "
-        f"users without ground truth: val {c.get('val_users_without_ground_truth', 0):,}, test {c.get('test_users_without_ground_truth', 0):,}"
+        f"users without ground truth: val {c.get('val_users_without_ground_truth', 0):,}, "
+        f"test {c.get('test_users_without_ground_truth', 0):,}"
     )
     out.append("")
     out.append("## Features (vocabulary sizes include 0 = padding and 1 = unknown)")

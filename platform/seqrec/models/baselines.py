@@ -44,7 +44,8 @@ class YouTubeDNN(MatchingModel):
         self.profile = ProfileEmbedding(c.features, c.profile_dim, c.hidden) if c.user_profile else None
         layers, width = [], self.items.dim + (c.hidden if c.user_profile else 0)
         for i in range(c.tower_layers):
-            layers += [nn.Linear(width, c.hidden), nn.ReLU(), nn.Dropout(c.dropout)] if i < c.tower_layers - 1 else [nn.Linear(width, c.hidden)]
+            layers += ([nn.Linear(width, c.hidden), nn.ReLU(), nn.Dropout(c.dropout)] if i < c.tower_layers - 1
+                       else [nn.Linear(width, c.hidden)])
             width = c.hidden
         self.tower = nn.Sequential(*layers)
 

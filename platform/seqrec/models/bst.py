@@ -36,7 +36,7 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from seqrec import features as F
-from seqrec.models.ranking import MLPHead, RankConfig, RankInput, Ranker, TIME_BUCKETS, sinusoid_table, time_buckets
+from seqrec.models.ranking import TIME_BUCKETS, MLPHead, RankConfig, Ranker, RankInput, sinusoid_table, time_buckets
 
 POSITIONS = ("time", "sinusoid")
 OUTPUTS = ("target", "all")

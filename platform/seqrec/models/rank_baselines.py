@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from seqrec import features as F
-from seqrec.models.ranking import MLPHead, RankConfig, RankInput, Ranker, widths
+from seqrec.models.ranking import MLPHead, RankConfig, Ranker, RankInput, widths
 
 
 @dataclass

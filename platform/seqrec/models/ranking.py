@@ -86,7 +86,8 @@ class RankConfig(ModelConfig):
         if self.window < 1:
             raise ValueError(f"window={self.window} must be >= 1 behaviours")
         if min(self.id_dim, self.side_dim, self.other_dim) < 1:
-            raise ValueError(f"embedding sizes must be >= 1, got id_dim={self.id_dim}, side_dim={self.side_dim}, other_dim={self.other_dim}")
+            raise ValueError(f"embedding sizes must be >= 1, got id_dim={self.id_dim}, side_dim={self.side_dim}, "
+                             f"other_dim={self.other_dim}")
         if not 0 <= self.seq_side <= len(self.features.item_side):
             raise ValueError(
                 f"seq_side={self.seq_side}: the dataset has {len(self.features.item_side)} item side features "

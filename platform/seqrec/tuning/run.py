@@ -7,7 +7,8 @@ The trial splits the values into training options and model options
 - ``workers == 0`` (:func:`inprocess_trial`): the single-process loop (:func:`seqrec.train.fit`)
   in the trial's own process. After every epoch it reports the validation metrics, the epoch and
   a checkpoint (:mod:`seqrec.checkpoint`) to Tune. Small searches on one machine are fast this
-  way: a trial costs its training time plus about half a second (trials reuse their worker process).
+  way: trials reuse their worker process, so a trial costs little beyond its training
+  (``benchmarks/bench_tune.py`` measures it).
 - ``workers >= 1`` (:func:`train_trial`): the trial is the driver of a Ray Train run
   (:func:`seqrec.train.distributed.run_training`: ``TorchTrainer`` over N workers fed by Ray
   Data) with a ``TuneReportCallback``, so each epoch's ``ray.train.report`` becomes a Tune
@@ -25,7 +26,6 @@ experiment directory ``<storage>/<name>``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -44,11 +44,11 @@ DATA_RESERVE_CPU = 1.0  # kept free of trials for Ray Data's read tasks (they as
 
 def trial_job(config: dict):
     """The ``TrainJob`` one trial trains: the base job with the trial's values applied."""
-    from seqrec.train.distributed import TrainJob
+    from seqrec.config import TrainJob
 
-    base = dict(config["__job"])
+    base = TrainJob.from_dict(config["__job"])
     job_values, options = split(_values(config))
-    return TrainJob.from_dict({**base, **job_values, "options": {**base.get("options", {}), **options}})
+    return base.replace(**job_values, options={**base.options, **options})
 
 
 def _values(config: dict) -> dict:
@@ -57,52 +57,42 @@ def _values(config: dict) -> dict:
 
 
 def inprocess_trial(config: dict) -> None:
-    """One Tune trial in this worker process: the single-process loop, one report per epoch."""
+    """One Tune trial in this worker process: the engine over the in-memory split, one report per epoch."""
     import torch
     from ray import tune
 
-    from seqrec.checkpoint import dataset_identity, read_meta, save_checkpoint
+    from seqrec.checkpoint import dataset_identity
     from seqrec.data.prepare import read_split
-    from seqrec.train.distributed import build, select_metric, validation
-    from seqrec.train.loop import fit
+    from seqrec.train.engine import Trainer, table_pools
+    from seqrec.train.factory import build
+    from seqrec.train.validation import select_metric, validator
 
     torch.set_num_threads(max(1, int(config.get("__cpus", 1))))  # the trial's CPUs, not the machine's
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one "Checkpoint created" line per epoch
     job = trial_job(config)
-    model, spec, manifest = build(job)
+    model, spec, manifest = build(job.model, job.data, job.options, seed=job.train.seed)
     train = read_split(job.data, "train")
     val = read_split(job.data, "val") if manifest["config"]["protocol"].get("val") else None
     if val is None or val.num_rows == 0:
         raise ValueError(f"{job.data} has no validation split: a search needs one to compare trials")
-    select = select_metric(job, manifest)
-    history: list[dict] = []
+    if job.scaling.gpu and not torch.cuda.is_available():  # the trial holds one GPU (trial_resources)
+        raise RuntimeError("the trial was given a GPU (--gpu) but torch sees no CUDA device in its process")
+    # fp32 here: --amp is for Ray Train trials
+    trainer = Trainer(model, job.train, device="cuda" if job.scaling.gpu else "cpu",
+                      validate=validator(job.model, val, spec, manifest, job.rank_negatives),
+                      select=select_metric(job.model, manifest))
     resumed = tune.get_checkpoint()  # an interrupted or failed trial goes on from its last epoch
-    tmp = tempfile.TemporaryDirectory()
-    resume = None
     if resumed is not None:
-        resume = Path(resumed.to_directory(tmp.name)) / "checkpoint"
-        history = read_meta(resume)["history"]
+        with resumed.as_directory() as d:
+            trainer.restore(Path(d) / "checkpoint")
 
-    def on_epoch(res, model, opt) -> None:
-        metrics = {"epoch": res.epoch, "loss": res.loss, "targets_per_s": res.targets_per_s, **res.metrics}
-        history.append(metrics)
-        scores = [h[select] for h in history]
-        best = max(scores)
-        state = {"best": best, "stale": len(scores) - 1 - scores.index(best)}  # what fit(resume=...) continues from
+    def on_epoch(res, t: Trainer) -> None:
         with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(Path(d) / "checkpoint", model, opt, epoch=res.epoch, step=0, metrics=res.metrics,
-                            dataset=dataset_identity(manifest, job.data), history=history, train=job.to_dict(),
-                            extra={"train_state": state})
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            t.save(Path(d) / "checkpoint", dataset=dataset_identity(manifest, job.data), job=job.to_dict())
+            tune.report(t.history[-1], checkpoint=tune.Checkpoint.from_directory(d))
 
-    cfg = job.train_config()
-    if job.gpu:  # the trial holds one GPU (trial_resources); fp32 here (--amp is for Ray Train trials)
-        if not torch.cuda.is_available():
-            raise RuntimeError("the trial was given a GPU (--gpu) but torch sees no CUDA device in its process")
-        cfg = dataclasses.replace(cfg, device="cuda")
-    with tmp:
-        fit(model, train, spec, cfg, validate=lambda m: validation(job, m, val, spec, manifest)[0],
-            select=select, log=None, on_epoch=on_epoch, resume=resume)
+    cfg = job.train
+    trainer.fit(lambda rng: table_pools(train, spec, cfg.batch_size, cfg.group_pool, rng), on_epoch=on_epoch)
 
 
 def train_trial(config: dict) -> None:
@@ -113,15 +103,15 @@ def train_trial(config: dict) -> None:
     from seqrec.train.distributed import run_training
 
     # a stable name (the trial id): a restored trial resumes its Ray Train run from that run's checkpoint
-    job = dataclasses.replace(trial_job(config), name=f"trial-{tune.get_context().get_trial_id()}",
-                              storage=config["__train_storage"])
+    job = trial_job(config).replace(name=f"trial-{tune.get_context().get_trial_id()}", storage=config["__train_storage"])
     run_training(job, log=None, callbacks=[TuneReportCallback()])  # built here: it needs the trial's session
 
 
 def trial_resources(job) -> dict:
     """What one trial asks Ray for (a Ray Train trial's workers come on top, in their own placement group)."""
-    if job.workers == 0:
-        return {"CPU": job.cpus_per_worker} | ({"GPU": 1} if job.gpu else {})
+    sc = job.scaling
+    if sc.workers == 0:
+        return {"CPU": sc.cpus_per_worker} | ({"GPU": 1} if sc.gpu else {})
     return {"CPU": TRIAL_DRIVER_CPU}
 
 
@@ -131,15 +121,15 @@ def concurrency(job, resources: dict) -> int:
     A trial takes :func:`trial_resources` plus, with workers, ``workers × cpus_per_worker`` (and
     a GPU each with ``gpu``). With workers, one CPU stays free for Ray Data's read tasks.
     """
-    per_cpu = trial_resources(job)["CPU"] + job.workers * job.cpus_per_worker
-    free_cpu = resources.get("CPU", 0.0) - (DATA_RESERVE_CPU if job.workers else 0.0)
+    per_cpu = trial_resources(job)["CPU"] + job.scaling.workers * job.scaling.cpus_per_worker
+    free_cpu = resources.get("CPU", 0.0) - (DATA_RESERVE_CPU if job.scaling.workers else 0.0)
     fits = [math.floor(free_cpu / per_cpu + 1e-9)]
-    if job.gpu:
-        fits.append(math.floor(resources.get("GPU", 0.0) / max(job.workers, 1) + 1e-9))
+    if job.scaling.gpu:
+        fits.append(math.floor(resources.get("GPU", 0.0) / max(job.scaling.workers, 1) + 1e-9))
     n = min(fits)
-    if n < 1 and not job.wait_for_resources:
-        need = f"{per_cpu:g} CPU" + (f" and {max(job.workers, 1)} GPU" if job.gpu else "")
-        reserve = f" + {DATA_RESERVE_CPU:g} CPU kept for Ray Data" if job.workers else ""
+    if n < 1 and not job.scaling.wait_for_resources:
+        need = f"{per_cpu:g} CPU" + (f" and {max(job.scaling.workers, 1)} GPU" if job.scaling.gpu else "")
+        reserve = f" + {DATA_RESERVE_CPU:g} CPU kept for Ray Data" if job.scaling.workers else ""
         raise ValueError(f"one trial needs {need}{reserve}; the Ray cluster has {resources.get('CPU', 0):g} CPU, "
                          f"{resources.get('GPU', 0):g} GPU. Use fewer --workers-per-trial or a smaller --cpus-per-worker, "
                          "or pass --wait-for-resources on an autoscaling cluster")
@@ -203,8 +193,8 @@ def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", sear
                max_concurrent: int | None = None, resume: bool = False, space_name: str | None = None, log=print):
     """Search ``space`` around the base ``job``; returns Tune's ``ResultGrid``.
 
-    ``job.workers`` picks the trial kind (0: in-process; N: a Ray Train run of N workers per
-    trial) and ``job.cpus_per_worker`` the CPUs of each. The space is checked first
+    ``job.scaling.workers`` picks the trial kind (0: in-process; N: a Ray Train run of N workers per
+    trial) and ``job.scaling.cpus_per_worker`` the CPUs of each. The space is checked first
     (:func:`check_space`). ASHA stops trials by the validation metric at epoch milestones
     (``grace_period`` 1, ``max_t`` = epochs); ``fifo`` runs every trial to the end. The number of
     trials at once comes from the cluster's resources unless ``max_concurrent`` is given.
@@ -218,7 +208,7 @@ def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", sear
 
     from seqrec.data.prepare import load_manifest
     from seqrec.features import FeatureSpec
-    from seqrec.train.distributed import select_metric
+    from seqrec.train.validation import select_metric
 
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler={scheduler!r}; choose one of {SCHEDULERS}")
@@ -234,9 +224,9 @@ def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", sear
         raise FileExistsError(f"{exp} already holds a search: pass --resume to continue it, or choose another --name")
     manifest = load_manifest(job.data)
     check_space(job.model, space, FeatureSpec.from_dict(manifest["feature_spec"]), base_options=job.options)
-    select = select_metric(job, manifest)
-    start_ray(job.workers)
-    if job.workers and scheduler == "asha" and not _has_dashboard():
+    select = select_metric(job.model, manifest)
+    start_ray(job.scaling.workers)
+    if job.scaling.workers and scheduler == "asha" and not _has_dashboard():
         raise ValueError("ASHA stops Ray Train trials early, and Ray Train frees a stopped trial's workers through the "
                          "dashboard's State API, which this Ray cluster does not run: start Ray with the dashboard, "
                          "or use --scheduler fifo")
@@ -245,24 +235,24 @@ def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", sear
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic status table, with the columns of _reporter
     # a per-epoch checkpoint with num_to_keep=1 forces a state snapshot each time, and Tune warns about it every epoch
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    trainable = tune.with_resources(inprocess_trial if job.workers == 0 else train_trial, trial_resources(job))
+    trainable = tune.with_resources(inprocess_trial if job.scaling.workers == 0 else train_trial, trial_resources(job))
     if resume:
         tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=True)
     else:
         data = str(Path(job.data).resolve())
-        fixed = {"__job": job.to_dict() | {"data": data}, "__cpus": job.cpus_per_worker,
+        fixed = {"__job": job.to_dict() | {"data": data}, "__cpus": job.scaling.cpus_per_worker,
                  "__train_storage": str(exp / "train")}
-        sched = (ASHAScheduler(time_attr="epoch", max_t=job.epochs, grace_period=1, reduction_factor=2)
+        sched = (ASHAScheduler(time_attr="epoch", max_t=job.train.epochs, grace_period=1, reduction_factor=2)
                  if scheduler == "asha" else FIFOScheduler())
         keep = (tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=select, checkpoint_score_order="max")
-                if job.workers == 0 else None)  # Ray Train trials keep their own checkpoints
+                if job.scaling.workers == 0 else None)  # Ray Train trials keep their own checkpoints
         tuner = tune.Tuner(
             trainable,
             param_space={**search_space(space, search), **fixed},
             # in-process trials reuse their worker process: a new one costs seconds of imports (torch, seqrec) per trial
             tune_config=tune.TuneConfig(metric=select, mode="max", scheduler=sched, num_samples=samples,
                                         search_alg=_search_alg(search, select, seed, max_concurrent),
-                                        reuse_actors=job.workers == 0),
+                                        reuse_actors=job.scaling.workers == 0),
             run_config=tune.RunConfig(name=name, storage_path=str(exp.parent), checkpoint_config=keep,
                                       verbose=1 if log else 0, progress_reporter=_reporter(space, select)),
         )
@@ -271,7 +261,8 @@ def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", sear
         (exp / "seqrec_search.json").write_text(json.dumps(
             {"job": job.to_dict() | {"data": str(Path(job.data).resolve())}, "space": space_name}, indent=1))
     if log:
-        kind = "in-process" if job.workers == 0 else f"Ray Train ({job.workers} worker(s) × {job.cpus_per_worker:g} CPU)"
+        kind = ("in-process" if job.scaling.workers == 0
+                else f"Ray Train ({job.scaling.workers} worker(s) × {job.scaling.cpus_per_worker:g} CPU)")
         log(f"search {name}: {job.model}, {kind} trials, up to {max_concurrent} at once, {scheduler} on validation {select}")
     return tuner.fit()
 
@@ -349,7 +340,7 @@ def write_results(grid, job, space_name: str, out: Path, select: str, search: di
         st = status.get(row["trial_id"], "TERMINATED")
         if row["status"] != "error":
             row["status"] = ("unfinished" if st not in ("TERMINATED", "ERROR")
-                             else "stopped early" if row["epochs"] < job.epochs else "done")  # by ASHA or patience
+                             else "stopped early" if row["epochs"] < job.train.epochs else "done")  # by ASHA or patience
     df = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "trials.csv", index=False)
@@ -359,12 +350,12 @@ def write_results(grid, job, space_name: str, out: Path, select: str, search: di
                "unfinished": summary_unfinished,
                "errors": sum(r["status"] == "error" for r in rows),
                "stopped_early": sum(r["status"] == "stopped early" for r in rows),
-               "workers_per_trial": job.workers, **(search or {})}
+               "workers_per_trial": job.scaling.workers, **(search or {})}
     if done:
         best = done[0]
         values = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("config/")}
         best_job = trial_job({"__job": job.to_dict(), **values})
-        best_job = dataclasses.replace(best_job, name=None, storage="runs")
+        best_job = best_job.replace(name=None, storage="runs")
         header = (f"# best trial {best['trial_id']} of the search {out.name}: validation {select} {best[select]:.4f} "
                   f"at epoch {best['best_epoch']}\n# train it: seqrec train --config {out / 'best.yaml'}\n")
         (out / "best.yaml").write_text(header + yaml.safe_dump(_plain(best_job.to_dict()), sort_keys=False))

@@ -1,6 +1,6 @@
-"""Search spaces: how a ``tune_spaces/<model>.py`` space becomes trial configs, and its checks.
+"""Search spaces: how a space (``tune_spaces/<model>.py`` names them) becomes trial configs, and its checks.
 
-A space is a dict for Ray Tune's ``param_space``. Its keys are ``TrainJob`` fields (``lr``,
+A space is a dict for Ray Tune's ``param_space``. Its keys are training options (``seqrec.config``) (``lr``,
 ``batch_size``, ``seed``, ...) or model options (``heads``, ``hidden``, ``fusion``, ...). A key
 that joins names with commas is a *joint* dimension: ``{"heads,hidden": tune.choice([(1, 32),
 (2, 32), ...])}`` draws a valid pair, so a constraint such as "hidden divisible by heads" holds by
@@ -14,51 +14,11 @@ would reject.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 from dataclasses import fields
 from typing import Callable, Iterable
 
 import numpy as np
-
-# the model family → its module in tune_spaces/
-_MODULES = {"sdm": "sdm", "bst": "bst"}
-_BASELINES = "baselines"
-
-
-def _module_of(model: str):
-    family = model.partition(":")[0]
-    name = _MODULES.get(family, _BASELINES)
-    try:
-        return importlib.import_module(f"tune_spaces.{name}")
-    except ModuleNotFoundError as e:  # pragma: no cover - an install without the tune_spaces package
-        raise ValueError(f"no search spaces for {model!r}: cannot import tune_spaces.{name} ({e})") from e
-
-
-def space_names(model: str) -> list[str]:
-    """The named spaces ``tune_spaces`` offers for ``model``."""
-    return sorted(_spaces(model))
-
-
-def _spaces(model: str) -> dict[str, Callable[..., dict]]:
-    mod = _module_of(model)
-    family = model.partition(":")[0]
-    spaces = getattr(mod, "SPACES")
-    return spaces.get(family, {}) if mod.__name__.endswith(_BASELINES) else spaces
-
-
-def load_space(model: str, name: str, **kwargs) -> dict:
-    """The param space ``name`` for ``model`` (keyword arguments go to the space's function, e.g. ``seeds``)."""
-    import inspect
-
-    spaces = _spaces(model)
-    if name not in spaces:
-        raise ValueError(f"no search space {name!r} for {model!r}; choose one of {sorted(spaces)}")
-    takes = set(inspect.signature(spaces[name]).parameters)
-    if set(kwargs) - takes:
-        raise ValueError(f"the space {name!r} takes no {sorted(set(kwargs) - takes)} (it takes {sorted(takes) or 'nothing'}); "
-                         "--seeds applies to the paper_* grids")
-    return spaces[name](**kwargs)
 
 
 def joint(constraint: Callable[..., bool], **values: Iterable) -> dict:
@@ -131,12 +91,13 @@ def override(space: dict, key: str, values: list) -> dict:
 
 
 def split(config: dict) -> tuple[dict, dict]:
-    """(TrainJob fields, model options) of an expanded trial config."""
-    from seqrec.train.distributed import TrainJob
+    """(training options, model options) of an expanded trial config: a key that a section of the training
+    config has (``lr``, ``batch_size``, ``workers``, ...) or ``rank_negatives`` is a training option."""
+    from seqrec.config import section_of
 
-    job_fields = {f.name for f in fields(TrainJob)} - {"options", "model", "data"}
     config = expand(config)
-    return {k: v for k, v in config.items() if k in job_fields}, {k: v for k, v in config.items() if k not in job_fields}
+    job = {k: v for k, v in config.items() if section_of(k) is not None or k == "rank_negatives"}
+    return job, {k: v for k, v in config.items() if k not in job}
 
 
 def _values(domain) -> list | None:
@@ -165,8 +126,8 @@ def check_space(model: str, space: dict, features, max_combinations: int = 20_00
     more than ``max_combinations`` combinations are checked on that many random ones. Returns
     the number of combinations checked.
     """
+    from seqrec.config import TrainConfig
     from seqrec.models import make_config
-    from seqrec.train.loop import TrainConfig
 
     dims = {k: _values(v) for k, v in space.items()}
     opaque = sorted(k for k, v in dims.items() if v is None)
@@ -199,4 +160,4 @@ def check_space(model: str, space: dict, features, max_combinations: int = 20_00
     return checked
 
 
-__all__ = ["check_space", "expand", "joint", "load_space", "override", "space_names", "split"]
+__all__ = ["check_space", "expand", "joint", "override", "split"]

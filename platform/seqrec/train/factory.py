@@ -1,0 +1,43 @@
+"""The one model factory: a model by name for a prepared dataset, ready to train.
+
+Every trainer (this process, Ray Train workers, Tune trials), the tests and the benchmarks build
+models here, so a model gets the same dataset-dependent parts wherever it trains: the feature spec
+from the manifest, a ranker's item table (side features and popularity) and time zone, and the
+unigram sampler's item counts.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from seqrec.data.items import read_items
+from seqrec.data.prepare import load_manifest
+from seqrec.features import FeatureSpec
+from seqrec.models import build_model, is_ranker
+
+
+def build(model: str, data: str | os.PathLike, options: dict | None = None, *, seed: int | None = None):
+    """(model, feature spec, manifest) of ``model`` (``sdm:PSDMMAL``, ``bst``, ...) for the dataset ``data``.
+
+    ``seed`` seeds torch first, so the initial weights depend on it alone (every data-parallel worker
+    starts from the same weights)."""
+    manifest = load_manifest(data)
+    spec = FeatureSpec.from_dict(manifest["feature_spec"])
+    options = dict(options or {})
+    ranker = is_ranker(model)
+    if ranker:
+        options.setdefault("tz_offset_s", manifest["config"]["protocol"].get("tz_offset_s", 0))
+    if seed is not None:
+        torch.manual_seed(seed)
+    m = build_model(model, spec, **options)
+    if ranker:
+        items = read_items(data, spec)
+        m.set_item_table(torch.from_numpy(items.side), torch.from_numpy(items.counts))
+    elif m.config.loss == "sampled" and m.config.sampler == "unigram":
+        m.softmax.set_item_counts(torch.from_numpy(read_items(data, spec).counts))
+    return m, spec, manifest
+
+
+__all__ = ["build"]
