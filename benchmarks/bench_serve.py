@@ -52,7 +52,6 @@ WORK = Path(__file__).resolve().parent / "work"
 
 def artifacts(items: int, index: str) -> dict:
     """Dataset + untrained SDM and BST exports over a catalogue of about ``items`` items (cached in WORK)."""
-    import torch
 
     from seqrec.checkpoint import dataset_identity, save_checkpoint
     from seqrec.data.loaders import open_source
@@ -60,7 +59,7 @@ def artifacts(items: int, index: str) -> dict:
     from seqrec.data.synth import generate
     from seqrec.export import export_checkpoint
     from seqrec.serving import ensure_index
-    from seqrec.train.distributed import TrainJob, build
+    from seqrec.train.factory import build
 
     root = WORK / f"serve-{items}"
     raw, data = root / "events", root / "prep"
@@ -75,8 +74,7 @@ def artifacts(items: int, index: str) -> dict:
     for name, model in (("sdm", "sdm:PSDMMAL"), ("bst", "bst")):
         export = root / name / "export"
         if not (export / "export.json").exists():
-            torch.manual_seed(0)
-            m, _, _ = build(TrainJob(model=model, data=str(data), workers=0))
+            m, _, _ = build(model, data, seed=0)
             ck = save_checkpoint(root / name / "checkpoint", m, epoch=0, step=0, dataset=dataset_identity(manifest, data))
             export_checkpoint(ck, export, data)
         out[name] = export
@@ -268,6 +266,8 @@ def main() -> None:
     local = in_process(art, reqs, args.inprocess, args.candidates)
     print(f"in-process: p50 {local['p50_ms']:.1f} ms, p99 {local['p99_ms']:.1f} ms")
     port = args.port or free_port()
+    if ray.is_initialized():  # preparing a new catalogue ran Ray Data in this process; Serve gets its own cluster
+        ray.shutdown()
     env = start_local_cluster(args.serve_mode)
     cfg = config({"data": str(art["data"]), "matcher": str(art["sdm"]), "ranker": str(art["bst"]),
                   "candidates": args.candidates, "gpu": args.gpu, "threads": args.threads}, port=port)

@@ -263,15 +263,18 @@ class Ranker:
         self.rank.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", BATCH["batch_wait_timeout_s"])))
 
     @serve.batch(**BATCH)
-    async def rank(self, encoded: List[Encoded], codes: List[np.ndarray]) -> List[Ranked]:
-        """Each request's :class:`Ranked` (U = 1) for its (C,) candidate codes; ``encoded`` carries its session row."""
+    async def rank(self, encoded: List[Encoded], codes: List[np.ndarray], scores: List[np.ndarray]) -> List[Ranked]:
+        """Each request's :class:`Ranked` (U = 1) for its (C,) candidate codes and their match scores; ``encoded``
+        carries its session row."""
         import pyarrow as pa
 
         width = max(len(c) for c in codes)
         cands = np.full((len(codes), width), -1, np.int64)
-        for i, c in enumerate(codes):
+        match = np.full((len(codes), width), -np.inf, np.float32)
+        for i, (c, s) in enumerate(zip(codes, scores)):
             cands[i, : len(c)] = c
-        out = rank(self.ranker, self.spec, pa.concat_tables([e.rows for e in encoded]), cands)
+            match[i, : len(s)] = s
+        out = rank(self.ranker, self.spec, pa.concat_tables([e.rows for e in encoded]), cands, match)
         return [Ranked(out.logits[i:i + 1, : len(c)], out.ranker, out.ms) for i, c in enumerate(codes)]
 
     def check_health(self) -> None:
@@ -339,7 +342,7 @@ class Ingress:
         cands = await self.retriever.retrieve.remote(enc.vecs[0], self.candidates, enc.matcher,
                                                      enc.seen() if body.exclude_seen else None)
         t2 = time.perf_counter()
-        ranked = None if self.ranker is None else await self.ranker.rank.remote(enc, cands.codes[0])
+        ranked = None if self.ranker is None else await self.ranker.rank.remote(enc, cands.codes[0], cands.scores[0])
         t3 = time.perf_counter()
         timings = {"encode": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "rank": (t3 - t2) * 1e3,
                    "encode_compute": enc.rows_ms + enc.encode_ms, "retrieve_compute": cands.ms,

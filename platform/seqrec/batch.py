@@ -35,6 +35,11 @@ class Batch:
     hist_behavior:(B, H)
     targets:      (B, M) evaluation ground truth (deduplicated item codes), (B, 0) for training rows
     session_start:(B,) int64
+    cand_item:    (B, T, K) cascade rows only (seqrec.train.cascade), else None: the matcher's top K item codes
+                  after event t-1 of each position t, best first (0-padded; position 0 has none)
+    cand_score:   (B, T, K) float32 their matcher scores
+    target_score: (B, T) float32 the matcher score of each position's own item
+    target_rank:  (B, T) int64 its rank among every item (0 = the matcher's first)
     """
 
     user: dict[str, torch.Tensor]
@@ -48,6 +53,10 @@ class Batch:
     hist_behavior: torch.Tensor
     targets: torch.Tensor
     session_start: torch.Tensor
+    cand_item: torch.Tensor | None = None
+    cand_score: torch.Tensor | None = None
+    target_score: torch.Tensor | None = None
+    target_rank: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -62,7 +71,7 @@ class Batch:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = {k: fn(t) for k, t in v.items()} if isinstance(v, dict) else fn(v)
+            out[f.name] = {k: fn(t) for k, t in v.items()} if isinstance(v, dict) else (None if v is None else fn(v))
         return Batch(**out)
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
@@ -99,6 +108,23 @@ def pad_lists(column: pa.ChunkedArray | pa.Array, dtype=np.int64, width: int | N
     return out
 
 
+def pad_nested(column: pa.ChunkedArray | pa.Array, rows_width: int, dtype=np.int64, width: int | None = None) -> np.ndarray:
+    """A list<list<x>> column → (rows, rows_width, width) array, 0-padded (the cascade columns: per position a list)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    n = len(column)
+    offsets = column.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    lengths = np.minimum(np.diff(offsets), rows_width)
+    inner = column.values.slice(offsets[0], offsets[-1] - offsets[0]) if n else column.values.slice(0, 0)
+    flat = pad_lists(inner, dtype=dtype, width=width)  # (positions, K)
+    out = np.zeros((n, rows_width, flat.shape[1]), dtype=dtype)  # (B, T, K)
+    rows = np.repeat(np.arange(n), lengths)
+    pos = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    src = np.repeat(offsets[:-1] - offsets[0], lengths) + pos
+    out[rows, pos] = flat[src]
+    return out
+
+
 def _scalar(column) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
@@ -130,6 +156,14 @@ def collate(table: pa.Table | pa.RecordBatch, spec: FeatureSpec) -> Batch:
     t = torch.from_numpy
     seq_len = _scalar(table[F.SEQ_LEN])
     width = int(seq_len.max()) if len(seq_len) else 0
+    cascade = {}
+    if F.CAND_ITEM in table.column_names:  # a cascade row (seqrec.train.cascade)
+        cascade = {
+            "cand_item": t(pad_nested(table[F.CAND_ITEM], width)),
+            "cand_score": t(pad_nested(table[F.CAND_SCORE], width, dtype=np.float32)),
+            "target_score": t(pad_lists(table[F.TARGET_SCORE], dtype=np.float32, width=width)),
+            "target_rank": t(pad_lists(table[F.TARGET_RANK], width=width)),
+        }
     return Batch(
         user={u: t(_scalar(table[u])) for u in user_names},
         seq={f: t(pad_lists(table[F.seq_col(f)], width=width)) for f in item_names},
@@ -142,4 +176,5 @@ def collate(table: pa.Table | pa.RecordBatch, spec: FeatureSpec) -> Batch:
         hist_behavior=t(pad_lists(table[F.hist_col(F.BEHAVIOR)])),
         targets=t(pad_lists(table[F.TARGETS])),
         session_start=t(_scalar(table[F.SESSION_START])),
+        **cascade,
     )

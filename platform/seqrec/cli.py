@@ -184,7 +184,7 @@ def config_values(args, cls, prefix: str = "") -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqrec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from seqrec import __version__
-    from seqrec.config import ExperimentSpec, RunConfig, ScalingConfig, TrainConfig
+    from seqrec.config import CascadeConfig, ExperimentSpec, RunConfig, ScalingConfig, TrainConfig
 
     parser.add_argument("--version", action="version", version=f"seqrec {__version__}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -263,6 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("data_dir", help="a directory written by `seqrec data prepare`")
     stats.add_argument("--json", action="store_true", help="print the raw manifest counts as JSON")
 
+    ca = sub.add_parser("candidates", help="cascade data: every training position's candidates from a cross-fitted matcher",
+                        description="Train one matcher per fold of users (each on the other folds' users), retrieve every "
+                        "training position's top candidates with the matcher of its user's fold (a Ray Data stage), and "
+                        "write them next to the dataset for rankers (`seqrec train bst --candidates OUT`, "
+                        "`seqrec evaluate --cascade`). The label window is the rest of the session.")
+    ca.add_argument("--data", required=True, help="a directory written by `seqrec data prepare`")
+    ca.add_argument("--out", required=True, help="output directory (train/, val/, cascade.json, matchers/)")
+    ca.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a matcher option, e.g. heads=2; repeatable")
+    ca.add_argument("--engine", choices=["ray", "local"], default="ray",
+                    help="ray (default): a Ray Data stage over the splits' files; local: in this process")
+    cascade = CascadeConfig()
+    config_flags(ca, CascadeConfig, cascade, title="cascade")
+    config_flags(ca, TrainConfig, cascade.train, skip=("seed",), title="the fold matchers' training (seed: --seed + fold)")
+
     ev = top.add_parser("evaluate", help="train matching models and evaluate them (SDM §4.2), several seeds",
                         description="Train each model with the shared training loop on the train split, pick the best "
                         "epoch on the validation split, and evaluate top-K retrieval on the test split "
@@ -280,10 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sampled softmax, exact softmax, or auto: exact up to 5,000 items (default)")
     ev.add_argument("--num-sampled", type=int, default=1000, help="negatives per batch for the sampled softmax (default 1000)")
     spec = ExperimentSpec(data="")
+    cascade = CascadeConfig()
     config_flags(ev, ExperimentSpec, spec, title="experiment")
     config_flags(ev, TrainConfig, spec.match, skip=("seed",), title="matchers' training (seeds come from --seeds)")
     config_flags(ev, TrainConfig, spec.rank, prefix="rank_", skip=("seed",), title="rankers' training")
     config_flags(ev, ScalingConfig, spec.scaling, title="--trainer ray: Ray Train workers")
+    ev.add_argument("--cascade", action="store_true",
+                    help="rankers train on the first matcher's cross-fitted candidates (seqrec data candidates) and are "
+                    "picked and measured on its candidates")
+    config_flags(ev, CascadeConfig, cascade, prefix="cascade_", skip=("matcher", "val_candidates"), title="--cascade")
     ev.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ev.add_argument("--out", required=True, help="output directory for results and plots")
     ev.add_argument("--no-plots", action="store_true", help="skip the attention and gate plots")
@@ -299,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", help="a directory written by `seqrec data prepare` (or `data:` in --config)")
     tr.add_argument("--config", help="YAML file of training options (seqrec.config.TrainJob: sections train, scaling, run, or flat keys)")
     tr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a model option, e.g. heads=2; repeatable")
+    tr.add_argument("--candidates", metavar="DIR", help="a ranker's cascade data (`seqrec data candidates`): train on the "
+                    "matcher's candidates of each position, pick the epoch on the matcher's candidates of the validation rows")
     config_flags(tr, TrainConfig, title="training")
     config_flags(tr, ScalingConfig, title="scaling")
     config_flags(tr, RunConfig, title="the run")
@@ -344,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--matcher", help="the matcher's training run (or export/ directory); overrides --run's")
     sv.add_argument("--ranker", help="the ranker's training run (or export/ directory); overrides --run's")
     sv.add_argument("--no-ranker", action="store_true", help="answer in the matcher's order (no BST stage)")
+    sv.add_argument("--keep-ranker", action="store_true",
+                    help="serve --run's ranker even when its two-stage result says it lowered Hit/Recall against the "
+                    "matcher alone (by default the matcher's order is served then)")
     sv.add_argument("--index", choices=["auto", "flat", "hnsw", "ivf"], default="auto",
                     help="the FAISS index to build when the matcher export has none (auto: flat up to 100k items, else hnsw)")
     sv.add_argument("--candidates", type=_positive_int, default=300, help="items retrieved for the ranker (default 300)")
@@ -424,6 +448,24 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_candidates(args) -> int:
+    from dataclasses import replace
+
+    from seqrec.config import CascadeConfig, TrainConfig
+    from seqrec.experiment import parse_model
+    from seqrec.train.cascade import generate
+
+    base = CascadeConfig()
+    given = config_values(args, CascadeConfig)
+    options = {}
+    for kv in args.option:
+        options.update(parse_model(f"{given.get('matcher', base.matcher)}@{kv}").options)
+    cfg = replace(base, **given, matcher_options=options, train=replace(base.train, **config_values(args, TrainConfig)))
+    info = generate(args.data, args.out, cfg, engine=args.engine)
+    print(f"wrote {info['positions']:,} positions' candidates ({info['positions_per_s']:,.0f} positions/s) to {args.out}")
+    return 0
+
+
 def cmd_fetch(args) -> int:
     from seqrec.data.fetch import fetch_ml100k
 
@@ -446,7 +488,7 @@ def cmd_evaluate(args) -> int:
 
     import torch
 
-    from seqrec.config import ExperimentSpec, ScalingConfig, TrainConfig
+    from seqrec.config import CascadeConfig, ExperimentSpec, ScalingConfig, TrainConfig
     from seqrec.experiment import expand_models, run_experiment
 
     if args.threads:
@@ -460,7 +502,8 @@ def cmd_evaluate(args) -> int:
         match=replace(base.match, **config_values(args, TrainConfig)),
         rank=replace(base.rank, **config_values(args, TrainConfig, prefix="rank_")),
         scaling=replace(base.scaling, **config_values(args, ScalingConfig)),
-        model_options={"hidden": args.hidden, "loss": args.loss, "num_sampled": args.num_sampled})
+        model_options={"hidden": args.hidden, "loss": args.loss, "num_sampled": args.num_sampled},
+        cascade=CascadeConfig(**config_values(args, CascadeConfig, prefix="cascade_")) if args.cascade else None)
     report = run_experiment(spec, log=None if args.quiet else print)
     print(f"\n{report['dataset']}: {report['split']} split, test split, % mean ± std over {args.seeds} seed(s)\n")
     print(report["table"])
@@ -476,7 +519,8 @@ def _job(args, command: str, **fixed):
     options = {}
     for kv in args.option:
         options.update(parse_model(f"{args.model or 'sdm'}@{kv}").options)
-    given = {k: v for k, v in (("model", args.model), ("data", args.data)) if v is not None}
+    given = {k: v for k, v in (("model", args.model), ("data", args.data),
+                               ("candidates", getattr(args, "candidates", None))) if v is not None}
     for cls in (TrainConfig, ScalingConfig, RunConfig):
         given.update(config_values(args, cls))  # a flag given as `none` sets None
     given.update(fixed)
@@ -561,12 +605,19 @@ def cmd_tune(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from seqrec.serving import ensure_index, export_dir, find_runs
+    from seqrec.serving import ensure_index, export_dir, find_runs, ranker_verdict
 
     if not (args.run or args.matcher):
         raise ValueError("seqrec serve needs --run (a training run or experiment directory) or --matcher")
     matcher, ranker = find_runs(args.run) if args.run else (None, None)
     matcher = export_dir(args.matcher) if args.matcher else matcher
+    if ranker is not None and not args.ranker and not args.no_ranker:  # the run's own ranker: did it help?
+        verdict = ranker_verdict(args.run, ranker)
+        if not verdict["use"] and not args.keep_ranker:
+            print(f"serving the matcher's order, not the ranker: {verdict['why']} (--keep-ranker serves it anyway)")
+            ranker = None
+        else:
+            print(f"ranker: {verdict['why']}")
     ranker = None if args.no_ranker else (export_dir(args.ranker) if args.ranker else ranker)
     index = ensure_index(matcher, args.index)
     data = str(Path(args.data).resolve())
@@ -655,6 +706,7 @@ def cmd_index_build(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {("data", "fetch"): cmd_fetch, ("data", "synth"): cmd_synth, ("data", "prepare"): cmd_prepare, ("data", "stats"): cmd_stats,
+                ("data", "candidates"): cmd_candidates,
                 ("evaluate", None): cmd_evaluate, ("train", None): cmd_train, ("tune", None): cmd_tune, ("serve", None): cmd_serve,
                 ("index", "build"): cmd_index_build}
     try:

@@ -146,6 +146,9 @@ class TrainJob:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     rank_negatives: int = 4  # rankers' validation: popularity negatives per positive
+    # a ranker's cascade data (`seqrec data candidates`): it trains on the matcher's cross-fitted candidates of
+    # each training position and is picked on the matcher's candidates of the validation rows
+    candidates: str | None = None
 
     def __post_init__(self) -> None:
         self.scaling.per_worker(self.train.batch_size)  # fails now, naming the fix, when the batch does not split
@@ -208,6 +211,34 @@ class TrainJob:
         return self.run.name or f"{self.model.replace(':', '-')}-{Path(self.data).name}"
 
 @dataclass
+class CascadeConfig:
+    """Cascade training data (:mod:`seqrec.train.cascade`): the matcher's cross-fitted candidates per training position."""
+
+    matcher: str = option("sdm:PSDMMAL", "the matcher whose candidates the rankers learn to order")
+    matcher_options: dict = field(default_factory=dict)  # the matcher's model options
+    folds: int = option(2, "K-fold cross-fitting over users: each fold's candidates come from a matcher trained on the "
+                        "other folds")
+    candidates: int = option(50, "candidates stored per training position (the negatives are drawn from them)")
+    val_candidates: int = option(300, "candidates per validation row: the two-stage depth rankers are picked on")
+    seed: int = option(0, "seed of the users' fold assignment")
+    workers: int = option(1, "Ray Data actors that retrieve (each holds the fold matchers)")
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=128))  # the fold matchers'
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
+        if self.folds < 2:
+            raise ValueError(f"folds={self.folds} must be >= 2: a fold's candidates come from the other folds' matcher")
+        if self.candidates < 1 or self.val_candidates < 1:
+            raise ValueError(f"candidates={self.candidates} and val_candidates={self.val_candidates} must be >= 1")
+        if self.workers < 1:
+            raise ValueError(f"workers={self.workers} must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
 class ExperimentSpec:
     """One ``seqrec evaluate`` experiment: which models, on which data, trained how, measured how.
 
@@ -235,6 +266,9 @@ class ExperimentSpec:
     pipeline: bool = option(False, "two-stage table: the first neural matcher retrieves --candidates, each ranker re-ranks them")
     candidates: int = option(300, "matcher candidates per user for --pipeline")
     plots: bool = True
+    # rankers train on the first matcher's cross-fitted candidates (seqrec.train.cascade) and are measured on
+    # its top `candidates`; None: on popularity negatives, measured by AUC on popularity negatives
+    cascade: CascadeConfig | None = None
 
     def __post_init__(self) -> None:
         if self.trainer not in ("local", "ray"):
@@ -265,5 +299,7 @@ def defaults(cls) -> dict:
     return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
 
-__all__ = ["AMP", "CACHE", "ExperimentSpec", "INDEXES", "RunConfig", "SECTIONS", "ScalingConfig", "TrainConfig", "TrainJob", "defaults",
-           "option", "replace", "section_of"]
+__all__ = [
+    "AMP", "CACHE", "CascadeConfig", "ExperimentSpec", "INDEXES", "RunConfig", "SECTIONS", "ScalingConfig",
+    "TrainConfig", "TrainJob", "defaults", "option", "replace", "section_of"
+]

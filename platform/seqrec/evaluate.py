@@ -65,14 +65,20 @@ def truth_of(table: pa.Table) -> np.ndarray:
 
 def retrieve(user_vecs: np.ndarray, item_vecs: np.ndarray, k: int, index: str = "exact", exclude: np.ndarray | None = None) -> np.ndarray:
     """(U, k) item codes by descending inner product (codes 0/1 and ``exclude`` never returned)."""
+    return retrieve_scored(user_vecs, item_vecs, k, index, exclude)[1]
+
+
+def retrieve_scored(user_vecs: np.ndarray, item_vecs: np.ndarray, k: int, index: str = "exact",
+                    exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (U, k), item codes (U, k)) by descending inner product (codes 0/1 and ``exclude`` never returned)."""
     from seqrec import retrieval
 
     if index not in INDEXES:
         raise ValueError(f"index={index!r}; choose one of {INDEXES}")
     if index == "exact":
-        return retrieval.exact_topk(user_vecs, item_vecs, k, exclude=exclude)[1]
+        return retrieval.exact_topk(user_vecs, item_vecs, k, exclude=exclude)
     idx = retrieval.ItemIndex.build(item_vecs, kind=index)
-    return idx.search(user_vecs, k, exclude=exclude)[1]
+    return idx.search(user_vecs, k, exclude=exclude)
 
 
 def metrics_from_topk(topk: np.ndarray, table: pa.Table, protocol: str, ks=None) -> dict:
@@ -158,6 +164,45 @@ def rerank(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     return np.where(np.take_along_axis(scores, order, axis=1) > -np.inf, out, -1)
 
 
+def matcher_candidates(matcher, table: pa.Table, spec: FeatureSpec, n: int, index: str = "exact",
+                       exclude_seen: bool = False, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(codes (U, n), matcher scores (U, n)): each evaluation row's top ``n`` items by the matcher, best first."""
+    users = encode_table(matcher, table, spec, device=device)
+    items = matcher.item_embeddings().detach().float().cpu().numpy()
+    scores, codes = retrieve_scored(users, items, n, index, seen_items(table) if exclude_seen else None)
+    return codes, scores
+
+
+def rank_candidates(ranker, table: pa.Table, spec: FeatureSpec, codes: np.ndarray, scores: np.ndarray,
+                    device: str = "cpu") -> np.ndarray:
+    """(U, n) ranker logits of the matcher's candidates (with their matcher scores when the ranker reads them)."""
+    match = scores if getattr(ranker.config, "match_features", False) else None
+    return score_table(ranker, table, spec, codes, device=device, match=match)
+
+
+def candidate_ranking(logits: np.ndarray, codes: np.ndarray, table: pa.Table) -> dict:
+    """AUC / GAUC / log loss of a ranker over the matcher's candidates: a candidate is positive when it is in
+    the row's ground truth (the ranker's own quality on the lists it orders; rows without a positive among
+    their candidates count in AUC only)."""
+    from seqrec.metrics import ranking_metrics
+
+    truth = truth_of(table)
+    ok = codes >= F.FIRST_CODE
+    labels = (codes[:, :, None] == truth[:, None, :]).any(-1) & ok
+    rows = np.broadcast_to(np.arange(len(codes))[:, None], codes.shape)
+    return ranking_metrics(labels[ok].astype(np.float64), logits[ok].astype(np.float64), rows[ok])
+
+
+def cascade_metrics(ranker, table: pa.Table, spec: FeatureSpec, protocol: str, codes: np.ndarray, scores: np.ndarray,
+                    ks=None, device: str = "cpu") -> dict:
+    """A ranker on the matcher's candidates (``codes``, ``scores``): the retrieval metrics of its top K and its
+    AUC / GAUC / log loss over the candidates (:func:`candidate_ranking`)."""
+    ks = tuple(ks or default_ks(protocol))
+    logits = rank_candidates(ranker, table, spec, codes, scores, device)
+    return {**metrics_from_topk(rerank(logits, codes, max(ks)), table, protocol, ks),
+            **candidate_ranking(logits, codes, table)}
+
+
 def two_stage(
     matcher,
     rankers: dict,
@@ -170,17 +215,19 @@ def two_stage(
     exclude_seen: bool = False,
     device: str = "cpu",
 ) -> dict:
-    """{"matcher": metrics of its own top K, name: metrics after ``rankers[name]`` re-ranks its top ``candidates``}."""
+    """{"matcher": metrics of its own top K, "ceiling": the share of the ground truth among its top ``candidates``,
+    name: metrics after ``rankers[name]`` re-ranks those candidates, with the ranker's AUC/GAUC over them}."""
     ks = tuple(ks or default_ks(protocol))
     if candidates < max(ks):
         raise ValueError(f"candidates={candidates} must be >= the largest K={max(ks)}")
-    users = encode_table(matcher, table, spec, device=device)
-    items = matcher.item_embeddings().detach().float().cpu().numpy()
-    top = retrieve(users, items, candidates, index, seen_items(table) if exclude_seen else None)  # (U, candidates)
-    out = {"matcher": metrics_from_topk(top[:, : max(ks)], table, protocol, ks)}
+    codes, scores = matcher_candidates(matcher, table, spec, candidates, index, exclude_seen, device)
+    out = {"matcher": metrics_from_topk(codes[:, : max(ks)], table, protocol, ks),
+           "ceiling": metrics_from_topk(codes, table, protocol, (candidates,))}
     for name, ranker in rankers.items():
-        scores = score_table(ranker, table, spec, top, device=device)
-        out[name] = metrics_from_topk(rerank(scores, top, max(ks)), table, protocol, ks)
+        logits = rank_candidates(ranker, table, spec, codes, scores, device)
+        out[name] = {**metrics_from_topk(rerank(logits, codes, max(ks)), table, protocol, ks),
+                     **{f"cand_{k}": v for k, v in candidate_ranking(logits, codes, table).items()
+                        if k in ("AUC", "GAUC")}}
     return out
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,11 +29,13 @@ import torch
 from seqrec.config import ExperimentSpec, TrainConfig
 from seqrec.data.prepare import load_manifest, read_split
 from seqrec.evaluate import (
+    cascade_metrics,
     default_ks,
     evaluate_item_cf,
     evaluate_matcher,
     evaluate_ranker,
     fit_item_cf,
+    matcher_candidates,
     protocol_of,
     selection_metric,
     two_stage,
@@ -41,6 +45,7 @@ from seqrec.models import is_ranker, make_config, model_names
 from seqrec.models.ranking import MatcherNegatives
 from seqrec.train.factory import build
 from seqrec.train.loop import fit
+from seqrec.train.validation import validator
 
 ITEM_CF = "item_cf"
 DEFAULT_MODELS = ("item_cf", "youtube_dnn", "gru4rec", "narm", "sdm:SDMMA", "sdm:PSDMMA", "sdm:PSDMMAL", "sdm:PSDMMAL-N", "sdm:PSDMMAL-NoS")
@@ -182,6 +187,27 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
     counts = item_counts(data_dir, fspec.n_items) if ranker_entries else None
     if trainer == "ray" and any(make_config(e.name, fspec, **options_of(e)).hard_negatives for e in ranker_entries):
         raise ValueError("hard_negatives draws negatives from a matcher trained in this process; use the local trainer for it")
+    if spec.cascade is not None and ranker_entries and not matcher_entries:
+        raise ValueError("cascade rankers learn on a matcher's candidates: list a neural matcher (e.g. sdm:PSDMMAL) "
+                         "before the rankers in --models")
+    cascades: dict[int, tuple] = {}  # seed → (cascade training rows, val candidates, test candidates)
+
+    def cascade_of(seed: int) -> tuple:
+        """The seed's cascade data: cross-fitted candidates of the training positions and of the validation rows
+        (what rankers are picked on), and the seed's matcher's test candidates (the two-stage pipeline's)."""
+        if seed not in cascades:
+            from seqrec.train.cascade import generate
+
+            m = matcher_entries[0]
+            cfg = replace(spec.cascade, matcher=m.name, matcher_options=options_of(m), train=replace(spec.match, seed=seed),
+                          val_candidates=spec.candidates)
+            where = Path(spec.out or tempfile.mkdtemp(prefix="seqrec-cascade-")) / "cascade" / f"seed-{seed}"
+            shutil.rmtree(where, ignore_errors=True)  # an experiment makes its data anew
+            info = generate(data_dir, where, cfg, engine="ray" if trainer == "ray" else "local", log=say)
+            rows_val = read_split(where, "val") if "val" in info["splits"] else None
+            test_cands = matcher_candidates(first_matcher[seed], test, fspec, spec.candidates, "exact", exclude_seen, device)
+            cascades[seed] = (read_split(where, "train"), rows_val, test_cands, info)
+        return cascades[seed]
     device = spec.device
     say = log or (lambda _s: None)
     runs: list[dict] = []
@@ -200,7 +226,21 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
                        "test": test_m}
             else:
                 cfg = replace(spec.rank if ranker else spec.match, seed=seed)
-                if ranker:
+                rows = train
+                if ranker and spec.cascade is not None:
+                    if seed not in first_matcher:
+                        raise ValueError(f"{e.label}: cascade rankers need a neural matcher listed before them in --models")
+                    rows, val_rows, test_cands, info = cascade_of(seed)
+                    cascade_dir = info["out"]
+                    metric = select
+
+                    on_val = None if val_rows is None else validator(e.name, val_rows, fspec, manifest)
+
+                    def evaluate(m, table, on_val=on_val, test_cands=test_cands):
+                        if table is test:
+                            return cascade_metrics(m, test, fspec, protocol, *test_cands, device=device)
+                        return on_val(m)
+                elif ranker:
                     metric = "AUC"
                     evaluate = lambda m, table: evaluate_ranker(m, table, fspec, counts, spec.rank_negatives, seed=0, device=device)  # noqa: E731
                 else:
@@ -210,7 +250,8 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
                     )
                 say(f"== {e.label} seed {seed}")
                 if trainer == "ray":  # the workers build and fill their own model
-                    model, trained = _train_on_ray(e, cfg, options_of(e), spec, log)
+                    model, trained = _train_on_ray(e, cfg, options_of(e), spec, log,
+                                                   candidates=cascade_dir if ranker and spec.cascade is not None else None)
                 else:
                     model, _, _ = build(e.name, data_dir, options_of(e), seed=seed)
                     if ranker and model.config.hard_negatives:
@@ -220,8 +261,8 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
                                 "before it in --models (e.g. sdm:PSDMMAL bst@hard_negatives=1)"
                             )
                         model.set_negative_source(MatcherNegatives(first_matcher[seed], model.config.hard_negatives))
-                    validate = None if val is None else (lambda m: evaluate(m, val))
-                    res = fit(model, train, fspec, cfg, validate=validate, select=metric if validate else None, log=log,
+                    validate = None if val is None else (lambda m: evaluate(m, val))  # noqa: B023 - called in this iteration
+                    res = fit(model, rows, fspec, cfg, validate=validate, select=metric if validate else None, log=log,
                               device=device)
                     trained = {"best_epoch": res.best_epoch, "best_metric": res.best_metric,
                                "history": [h.row() for h in res.history]}
@@ -296,7 +337,8 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
     return report
 
 
-def _train_on_ray(e: ModelEntry, cfg: TrainConfig, options: dict, spec: ExperimentSpec, log) -> tuple[torch.nn.Module, dict]:
+def _train_on_ray(e: ModelEntry, cfg: TrainConfig, options: dict, spec: ExperimentSpec, log,
+                  candidates: str | None = None) -> tuple[torch.nn.Module, dict]:
     """Train one model × seed on Ray Train (a fresh run under ``<out>/train``); (best model, training summary)."""
     import re
     import shutil
@@ -309,7 +351,7 @@ def _train_on_ray(e: ModelEntry, cfg: TrainConfig, options: dict, spec: Experime
     storage = Path(spec.out) / "train"
     shutil.rmtree(storage / name, ignore_errors=True)  # an experiment trains from scratch; `seqrec train` resumes
     job = TrainJob(model=e.name, data=str(spec.data), options=options, train=cfg, scaling=spec.scaling,
-                   run=RunConfig(name=name, storage=str(storage)), rank_negatives=spec.rank_negatives)
+                   run=RunConfig(name=name, storage=str(storage)), rank_negatives=spec.rank_negatives, candidates=candidates)
     summary = run_training(job, log=log)
     model, meta = load_checkpoint(summary["best_checkpoint"])
     model.eval()
@@ -318,31 +360,61 @@ def _train_on_ray(e: ModelEntry, cfg: TrainConfig, options: dict, spec: Experime
                    "history": summary["history"], "run_dir": summary["run_dir"]}
 
 
-PIPELINE_KS = {"window": (20, 50), "loo": (10, 20)}
+PIPELINE_KS = (10, 20, 50)
+PIPELINE_METRICS = {"window": ("HitRate", "Recall"), "loo": ("Hit", "NDCG")}
+
+
+def pipeline_columns(protocol: str) -> list[str]:
+    return [f"{m}@{k}" for m in PIPELINE_METRICS[protocol] for k in PIPELINE_KS]
+
+
+def gains(runs: list[dict], matcher: str, rankers: list[str], columns: list[str]) -> dict:
+    """Per ranker and metric, over seeds: the ratio of the two-stage mean to the matcher's mean on the same
+    candidates, the mean paired difference and its sample std (0 with one seed)."""
+    by = {(r["label"], r["seed"]): r["test"] for r in runs}
+    seeds = sorted({r["seed"] for r in runs})
+    out = {}
+    for label in rankers:
+        out[label] = {}
+        for c in columns:
+            m = np.array([by[(matcher, s)][c] for s in seeds])
+            r = np.array([by[(label, s)][c] for s in seeds])
+            d = r - m
+            out[label][c] = {"ratio": float(r.mean() / m.mean()) if m.mean() > 0 else float("nan"),
+                             "diff": float(d.mean()), "diff_std": float(d.std(ddof=1)) if len(d) > 1 else 0.0}
+    return out
 
 
 def _two_stage(kept, matcher: ModelEntry, rankers: list[ModelEntry], seeds, test, spec, protocol, candidates, index, exclude_seen,
                device, say) -> dict:
-    """Per seed: the matcher's top ``candidates`` re-ranked by each ranker; mean ± std over seeds."""
-    ks = PIPELINE_KS[protocol]
-    runs = []
+    """Per seed: the matcher's top ``candidates`` re-ranked by each ranker; mean ± std over seeds, the ceiling
+    (the share of the ground truth among the candidates) and each ranker's gain over the matcher's own order."""
+    ks = PIPELINE_KS
+    columns = pipeline_columns(protocol)
+    runs, ceiling = [], []
     for seed in seeds:
         res = two_stage(kept[(matcher.label, seed)], {r.label: kept[(r.label, seed)] for r in rankers}, test, spec,
                         protocol, candidates=candidates, ks=ks, index=index, exclude_seen=exclude_seen, device=device)
+        ceiling.append({"seed": seed, **res.pop("ceiling")})
         named = {(matcher.label if k == "matcher" else f"{matcher.label} + {k}"): v for k, v in res.items()}
         runs.extend({"label": k, "seed": seed, "test": v} for k, v in named.items())
-        first = table_columns(protocol, ks)[0]
-        say(f"two-stage seed {seed}: " + ", ".join(f"{k} {first} {v[first]:.4f}" for k, v in named.items()))
+        say(f"two-stage seed {seed}: " + ", ".join(f"{k} {columns[0]} {v[columns[0]]:.4f}" for k, v in named.items()))
     summary = summarize(runs)
     labels = list(dict.fromkeys(r["label"] for r in runs))
+    ceiling_key = f"{'Hit' if protocol == 'loo' else 'Recall'}@{candidates}"
+    values = [c[ceiling_key] for c in ceiling]
     return {
         "matcher": matcher.label,
         "rankers": [r.label for r in rankers],
         "candidates": candidates,
         "ks": list(ks),
+        "ceiling": {"metric": ceiling_key, "mean": float(np.mean(values)), "std": float(np.std(values)), "runs": ceiling},
         "summary": summary,
+        "gains": gains(runs, matcher.label, labels[1:], columns),
         "runs": runs,
-        "table": markdown_table(summary, table_columns(protocol, ks), labels),
+        "table": markdown_table(summary, columns, labels)
+        + f"\n\nCeiling: {ceiling_key} of {matcher.label}'s top {candidates} = {100 * np.mean(values):.2f} ± "
+          f"{100 * np.std(values):.2f} (no ranker can do better).",
     }
 
 

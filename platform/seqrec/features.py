@@ -54,6 +54,17 @@ SEQ_LEN = "seq_len"
 TARGETS = "target_item_id"  # evaluation rows: deduplicated ground truth (see data.sessions)
 
 
+# cascade columns (seqrec.train.cascade): per position t of a training row, the matcher's candidates after
+# event t-1 and the score and rank of the item at t
+CAND_ITEM = "cand_item_id"  # list<list<int32>>: per position, the top K item codes, best first
+CAND_SCORE = "cand_match_score"  # list<list<float32>>: their matcher scores (user state · item vector)
+TARGET_SCORE = "target_match_score"  # list<float32>: the matcher score of the position's own item
+TARGET_RANK = "target_match_rank"  # list<int32>: its rank among every item (0 = the matcher's first)
+# ... and of an evaluation row: the matcher's top N after its whole input, what the ranker re-orders
+ROW_CAND_ITEM = "row_cand_item_id"  # list<int32>, best first
+ROW_CAND_SCORE = "row_cand_match_score"  # list<float32>
+
+
 def seq_col(feature: str) -> str:
     """Short-term session sequence of ``feature`` (list, oldest first)."""
     return f"seq_{feature}"

@@ -39,10 +39,12 @@ def encode_table(model, table: pa.Table, spec: FeatureSpec, batch_size: int = 10
 
 
 @torch.no_grad()
-def score_table(model, table: pa.Table, spec: FeatureSpec, candidates: np.ndarray, budget: int = 16_384, device: str = "cpu") -> np.ndarray:
+def score_table(model, table: pa.Table, spec: FeatureSpec, candidates: np.ndarray, budget: int = 16_384, device: str = "cpu",
+                match: np.ndarray | None = None) -> np.ndarray:
     """(U, C) ranker logits of ``candidates`` for every row of ``table`` (codes < 2 get -inf).
 
-    Rows are scored in batches of about ``budget`` (row, candidate) pairs.
+    ``match`` (U, C): the candidates' matcher scores, the candidates in the matcher's order (a ranker with
+    ``match_features`` reads them). Rows are scored in batches of about ``budget`` (row, candidate) pairs.
     """
     model.eval()
     out = np.full(candidates.shape, -np.inf, np.float32)
@@ -51,7 +53,8 @@ def score_table(model, table: pa.Table, spec: FeatureSpec, candidates: np.ndarra
         rows = slice(start, start + step)
         c = torch.from_numpy(np.maximum(candidates[rows], 0)).to(device)
         batch = collate(table.slice(start, step), spec).to(device)
-        out[rows] = model.score(batch, c).float().cpu().numpy()
+        m = None if match is None else torch.from_numpy(np.ascontiguousarray(match[rows], np.float32)).to(device)
+        out[rows] = (model.score(batch, c) if m is None else model.score(batch, c, match=m)).float().cpu().numpy()
     out[candidates < F.FIRST_CODE] = -np.inf
     return out
 

@@ -273,6 +273,32 @@ def find_runs(run: str | Path) -> tuple[Path, Path | None]:
     return matcher, pick("ranker", "bst")
 
 
+def ranker_verdict(run: str | Path, ranker: Path) -> dict:
+    """Whether to serve ``ranker`` (an export), from the two-stage result of the experiment ``run`` that trained it
+    (``<run>/results.json`` of ``seqrec evaluate --pipeline``).
+
+    Returns ``{"use": bool, "why": str, "gains": {...}}``: ``use`` is False when the ranker lowered a Hit or
+    Recall metric below the matcher's own order on the same candidates (mean over seeds); True, with the
+    reason, when it raised or kept every one, or when there is no two-stage result to judge by."""
+    results = Path(run) / "results.json"
+    if not results.exists():
+        return {"use": True, "why": f"no two-stage result in {run} (results.json of `seqrec evaluate --pipeline`) to "
+                "judge the ranker by", "gains": None}
+    report = json.loads(results.read_text())
+    ts = report.get("two_stage")
+    label = next((r["label"] for r in report.get("runs", []) if r.get("run_dir") and Path(r["run_dir"]) == ranker.parent),
+                 None)
+    if not ts or label is None or label not in ts.get("gains", {}):
+        return {"use": True, "why": f"the two-stage result in {results} does not cover the ranker {ranker}", "gains": None}
+    gains = ts["gains"][label]
+    lowered = {m: g for m, g in gains.items() if m.split("@")[0] in ("Hit", "HitRate", "Recall") and g["diff"] < 0}
+    shown = ", ".join(f"{m} {g['ratio']:.3f}x" for m, g in gains.items())
+    if lowered:
+        return {"use": False, "gains": gains,
+                "why": f"{label} lowered {sorted(lowered)} against {ts['matcher']} alone on the same candidates ({shown})"}
+    return {"use": True, "gains": gains, "why": f"{label} over {ts['matcher']} alone: {shown}"}
+
+
 def ensure_index(export: Path, kind: str = "auto") -> dict:
     """The matcher export's FAISS index: the existing one when it is of ``kind`` (or ``kind`` is ``auto``), else
     built (``auto``: exact flat up to 100k items, HNSW above)."""
@@ -471,12 +497,15 @@ def retrieve(catalogue: Catalogue, vecs: np.ndarray, n: int, exclude: np.ndarray
                       (time.perf_counter() - t0) * 1e3)
 
 
-def rank(ranker: LoadedModel, spec, rows: pa.Table, codes: np.ndarray) -> Ranked:
-    """Ranker logits of (U, C) candidate codes (-1: padding) for the U session ``rows`` (``spec``: the dataset's FeatureSpec)."""
+def rank(ranker: LoadedModel, spec, rows: pa.Table, codes: np.ndarray, scores: np.ndarray) -> Ranked:
+    """Ranker logits of (U, C) candidate codes (-1: padding) for the U session ``rows`` (``spec``: the dataset's
+    FeatureSpec); ``scores`` (U, C) are the candidates' match scores in the matcher's order, which a ranker with
+    ``match_features`` reads (the same call as offline evaluation's, :func:`seqrec.inference.score_table`)."""
     from seqrec.inference import score_table
 
     t0 = time.perf_counter()
-    logits = score_table(ranker.model, rows, spec, np.maximum(codes, 0), device=ranker.device)  # padding → code 0 → -inf
+    match = scores if getattr(ranker.model.config, "match_features", False) else None
+    logits = score_table(ranker.model, rows, spec, np.maximum(codes, 0), device=ranker.device, match=match)  # padding: -inf
     return Ranked(logits, ranker.version, (time.perf_counter() - t0) * 1e3)
 
 
@@ -541,7 +570,7 @@ class Pipeline:
         if warm:
             enc = encode(self.rows, self.matcher, [requests[i] for i in warm])
             cands = retrieve(self.catalogue, enc.vecs, max(self.candidates, k), enc.seen() if exclude_seen else None)
-            ranked = None if self.ranker is None else rank(self.ranker, self.rows.spec, enc.rows, cands.codes)
+            ranked = None if self.ranker is None else rank(self.ranker, self.rows.spec, enc.rows, cands.codes, cands.scores)
             timings = {"rows_ms": enc.rows_ms, "encode_ms": enc.encode_ms, "retrieve_ms": cands.ms,
                        "rank_ms": 0.0 if ranked is None else ranked.ms}
             for i, a in zip(warm, answer(enc, cands, ranked, k, timings)):
@@ -575,7 +604,7 @@ def _identity(raw: list) -> np.ndarray:
     return np.array([seen.setdefault(str(v), len(seen)) for v in raw], np.int64)
 
 
-__all__ = ["Answer", "Candidates", "Catalogue", "Encoded", "Event", "LoadedModel", "Pipeline", "Ranked", "Request",
+__all__ = ["Answer", "Candidates", "Catalogue", "Encoded", "Event", "LoadedModel", "Pipeline", "Ranked", "Request", "ranker_verdict",
            "RowBuilder", "RowReport", "answer", "cold_start", "encode", "ensure_index", "export_dir", "find_runs",
            "index_version", "load_catalogue", "load_index", "load_model", "model_version", "model_versions", "rank",
            "retrieve", "rows_from_bytes", "rows_to_bytes", "top_items"]

@@ -47,6 +47,8 @@ from seqrec.models.common import LossOutput, ModelConfig
 TIME_BUCKETS = 40  # 0 = padding, 1 = same second, k = 2 + floor(log2(gap in s)) up to ~8,700 years
 HOURS, WEEKDAYS = 24, 7
 MOMENTS = ("target", "last")
+LOSSES = ("bce", "listwise")
+MATCH_BUCKETS = 17  # matcher rank r → 1 + floor(log2(r + 1)), capped; 0 = no matcher score (a popularity negative)
 
 
 def widths(value, name: str) -> tuple[int, ...]:
@@ -78,6 +80,9 @@ class RankConfig(ModelConfig):
     cross_buckets: int = 1 << 14  # hash buckets of each cross feature
     tz_offset_s: int = 0  # local time offset for the hour/weekday context features (from the manifest)
     moment: str = "last"  # training samples' recommendation time: last = the last behaviour's | target = the positive's own (BST §2.1)
+    loss: str = "bce"  # bce: pointwise binary cross-entropy (BST eq. 9) | listwise: softmax over each position's candidates
+    match_features: bool = False  # the matcher's rank and score gap of each candidate as features (cascade rows needed)
+    cascade_negatives: int = 10  # on cascade rows: negatives per positive drawn from the matcher's candidates
 
     def __post_init__(self) -> None:
         if isinstance(self.features, dict):
@@ -97,8 +102,10 @@ class RankConfig(ModelConfig):
             raise ValueError(f"mlp={self.mlp} must list >= 1 positive layer widths, e.g. (1024, 512, 256)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-        if self.negatives < 1:
-            raise ValueError(f"negatives={self.negatives} must be >= 1 per positive")
+        if self.negatives < 0 or self.cascade_negatives < 0:
+            raise ValueError(f"negatives={self.negatives} and cascade_negatives={self.cascade_negatives} must be >= 0")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r}; choose one of {LOSSES}")
         if self.hard_negatives < 0:
             raise ValueError(f"hard_negatives={self.hard_negatives} must be >= 0")
         if self.cross_buckets < 2:
@@ -120,6 +127,8 @@ class RankInput:
     time:          (R,) int64 the moment of the recommendation
     candidates:    (R, C) item codes; 0 = padding (scored, but ignored by the loss)
     labels:        (R, C) float 0/1 (training and evaluation), or None
+    match_rank:    (R, C) int64 the matcher's rank of each candidate (-1: none), or None (:func:`match_inputs`)
+    match_gap:     (R, C) float32 its matcher score minus the matcher's first item's score (<= 0), or None
     """
 
     user: dict[str, torch.Tensor]
@@ -129,6 +138,8 @@ class RankInput:
     time: torch.Tensor
     candidates: torch.Tensor
     labels: torch.Tensor | None = None
+    match_rank: torch.Tensor | None = None
+    match_gap: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -178,6 +189,28 @@ def windows(stream: tuple[torch.Tensor, ...], rows: torch.Tensor, ends: torch.Te
     w_times = times[rows[:, None], offs] * ok
     last = torch.where(ends > 0, behav[rows, (ends - 1).clamp_min(0)], torch.zeros_like(ends))
     return w_items, w_times, last
+
+
+def match_inputs(scores: torch.Tensor, ranks: torch.Tensor | None = None,
+                 top: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matcher's view of each candidate: the one definition training, offline evaluation and serving share.
+
+    ``scores`` (R, C) are the candidates' matcher scores; without ``ranks`` the candidates are the matcher's
+    list in its order (rank = column), and ``top`` (R,), the matcher's first score, is column 0's. Returns
+    (rank (R, C) int64, gap (R, C) float32 = score - top, 0 where the score is not finite)."""
+    if ranks is None:
+        ranks = torch.arange(scores.shape[1], device=scores.device)[None, :].expand(scores.shape)
+    if top is None:
+        top = scores[:, 0]
+    gap = scores.float() - top.float()[:, None]
+    return ranks.long(), torch.where(torch.isfinite(gap), gap, torch.zeros_like(gap))
+
+
+def match_buckets(rank: torch.Tensor) -> torch.Tensor:
+    """Matcher rank → log-scale bucket: 1 + floor(log2(rank + 1)) up to ``MATCH_BUCKETS - 1``; rank < 0 → 0 (none)."""
+    r = rank.clamp_min(0).double()
+    b = (1 + torch.floor(torch.log2(r + 1))).clamp_max(MATCH_BUCKETS - 1).long()
+    return torch.where(rank < 0, torch.zeros_like(b), b)
 
 
 def time_buckets(gap: torch.Tensor, n: int = TIME_BUCKETS) -> torch.Tensor:
@@ -238,6 +271,14 @@ class OtherFeatures(nn.Module):
         self.candidate_keys = [k for k in sizes if k.startswith(("item:", "cross:"))]
         self.context_dim = d * len(self.context_keys)
         self.candidate_dim = d * len(self.candidate_keys)
+        self.match = c.match_features
+        if self.match:  # the matcher's rank (bucketed) and score gap of each candidate
+            self.match_rank = nn.Embedding(MATCH_BUCKETS, d)
+            self.match_gap = nn.Linear(1, d)
+            self.candidate_dim += 2 * d
+            if wide:
+                self.wide_match = nn.Embedding(MATCH_BUCKETS, 1)
+                nn.init.zeros_(self.wide_match.weight)
 
     @staticmethod
     def _key(k: str) -> str:
@@ -263,11 +304,24 @@ class OtherFeatures(nn.Module):
         codes = self._context_codes(inp)
         return torch.cat([self.deep[self._key(k)](codes[k]) for k in self.context_keys], dim=-1)  # (R, Pc)
 
+    def _match(self, inp: RankInput) -> tuple[torch.Tensor, torch.Tensor]:
+        if inp.match_rank is None or inp.match_gap is None:
+            raise ValueError("this ranker reads the matcher's rank and score of each candidate (match_features=True): "
+                             "score the matcher's candidates with their scores (score(batch, candidates, match=scores)) "
+                             "and train it on cascade rows (seqrec data candidates)")
+        return match_buckets(inp.match_rank), inp.match_gap
+
     def candidate(self, inp: RankInput, side: torch.Tensor) -> torch.Tensor:
-        if not self.candidate_keys:
+        parts = []
+        if self.candidate_keys:
+            codes = self._candidate_codes(inp, side)
+            parts += [self.deep[self._key(k)](codes[k]) for k in self.candidate_keys]
+        if self.match:
+            bucket, gap = self._match(inp)
+            parts += [self.match_rank(bucket), self.match_gap(gap[..., None])]
+        if not parts:
             return side.new_zeros(*inp.candidates.shape, 0, dtype=torch.float32)
-        codes = self._candidate_codes(inp, side)
-        return torch.cat([self.deep[self._key(k)](codes[k]) for k in self.candidate_keys], dim=-1)  # (R, C, Pk)
+        return torch.cat(parts, dim=-1)  # (R, C, Pk)
 
     def wide_logit(self, inp: RankInput, side: torch.Tensor) -> torch.Tensor:
         """(R, C) the wide part: a weight per sparse feature value and per candidate id, summed."""
@@ -275,6 +329,8 @@ class OtherFeatures(nn.Module):
         cand = self._candidate_codes(inp, side)
         out = self.wide_item(inp.candidates)[..., 0]
         out = out + sum(self.wide[self._key(k)](v)[..., 0] for k, v in ctx.items())[:, None]
+        if self.match:
+            out = out + self.wide_match(self._match(inp)[0])[..., 0]
         return out + sum(self.wide[self._key(k)](v)[..., 0] for k, v in cand.items())
 
 
@@ -377,18 +433,31 @@ class Ranker(nn.Module):
         self.negative_source = source
 
     def sample_negatives(self, n: int, device) -> torch.Tensor:
+        if n == 0:
+            return torch.zeros(0, dtype=torch.long, device=device)
         w = self.item_counts[F.FIRST_CODE :]
         if float(w.sum()) <= 0:
             raise ValueError("ranker has no item popularity: call set_item_table(items.parquet) before training")
         return torch.multinomial(w, n, replacement=True).to(device) + F.FIRST_CODE
 
     def training_input(self, batch: Batch) -> RankInput:
-        """Every known position of every session with >= 1 behaviour before it: 1 positive + negatives."""
+        """Every known position of every session with >= 1 behaviour before it: 1 positive + negatives.
+
+        On cascade rows (``batch.cand_item``, :mod:`seqrec.train.cascade`) a position needs the matcher's
+        candidates (t >= 1); ``cascade_negatives`` of them are drawn uniformly as negatives, never the
+        positive nor an item the user goes on to interact with later in the session (the label window);
+        ``negatives`` popularity negatives come on top (a mix; 0 for none)."""
         stream = behaviour_stream(batch)
         hist_len = stream[3]
         t = batch.items.shape[1]
         pos = torch.arange(t, device=batch.seq_len.device)[None, :]
         ok = (pos < batch.seq_len[:, None]) & (batch.items >= F.FIRST_CODE) & ((hist_len[:, None] + pos) >= 1)
+        cascade = batch.cand_item is not None
+        if cascade:
+            ok &= (pos >= 1) & (batch.cand_item[:, :t, 0] >= F.FIRST_CODE)
+        elif self.config.match_features:
+            raise ValueError("match_features=True trains on cascade rows (the matcher's candidates and scores): make them "
+                             "with `seqrec data candidates` and train with --candidates")
         rows, p = ok.nonzero(as_tuple=True)  # (P,)
         if rows.numel() == 0:
             raise ValueError("the batch has no ranking samples: every position needs >= 1 earlier behaviour and a known item")
@@ -396,7 +465,18 @@ class Ranker(nn.Module):
         w_items, w_times, last = windows(stream, rows, ends, self.config.window)
         positive = batch.items[rows, p]
         k = self.config.negatives
-        neg = self.sample_negatives(positive.numel() * k, positive.device).view(-1, k)
+        if k == 0 and not cascade:
+            raise ValueError("negatives=0 leaves no negatives outside cascade rows: use negatives >= 1")
+        neg = self.sample_negatives(positive.numel() * k, positive.device).view(positive.numel(), k)
+        match_rank = match_gap = None
+        if cascade:
+            c_neg, c_rank, c_gap, top = self._cascade_negatives(batch, rows, p, positive)
+            p_rank, p_gap = match_inputs(batch.target_score[rows, p][:, None], batch.target_rank[rows, p][:, None], top)
+            none = torch.full_like(neg, -1)
+            worst = c_gap.min(1, keepdim=True).values.expand(neg.shape)  # popularity negatives: no matcher score
+            match_rank = torch.cat([p_rank, c_rank, none], dim=1)
+            match_gap = torch.cat([p_gap, c_gap, worst], dim=1)
+            neg = torch.cat([c_neg, neg], dim=1)
         if self.config.hard_negatives:
             if self.negative_source is None:
                 raise ValueError(
@@ -418,10 +498,35 @@ class Ranker(nn.Module):
             time=batch.seq_time[rows, p] if self.config.moment == "target" else stream[1][rows, ends - 1],
             candidates=cands,
             labels=labels,
+            match_rank=match_rank,
+            match_gap=match_gap,
         )
 
-    def inference_input(self, batch: Batch, candidates: torch.Tensor, labels: torch.Tensor | None = None) -> RankInput:
-        """Each row's whole input (history, then session) as one context, at its last event's time."""
+    def _cascade_negatives(self, batch: Batch, rows: torch.Tensor, p: torch.Tensor, positive: torch.Tensor):
+        """(negatives (P, m), their matcher ranks (P, m), score gaps (P, m), the lists' first scores (P,)): ``m =
+        cascade_negatives`` drawn uniformly from each position's candidates, none equal to the positive or to an
+        item later in the session; padding (0, rank -1) where fewer remain."""
+        m = self.config.cascade_negatives
+        cands, scores = batch.cand_item[rows, p], batch.cand_score[rows, p]  # (P, K)
+        t = batch.items.shape[1]
+        later = torch.arange(t, device=p.device)[None, :]
+        later = (later > p[:, None]) & (later < batch.seq_len[rows][:, None])  # (P, T) the label window
+        future = torch.where(later, batch.items[rows], torch.zeros_like(batch.items[rows]))
+        bad = (cands < F.FIRST_CODE) | (cands == positive[:, None]) | (cands[:, :, None] == future[:, None, :]).any(-1)
+        draw = torch.rand(cands.shape, device=cands.device).masked_fill(bad, -1.0)  # (P, K)
+        m = min(m, cands.shape[1])
+        pick_val, pick = draw.topk(m, dim=1)  # (P, m) random valid candidates first
+        ok = pick_val >= 0
+        neg = torch.where(ok, cands.gather(1, pick), torch.zeros_like(pick))
+        rank, gap = match_inputs(scores.gather(1, pick), pick, scores[:, 0])
+        return neg, torch.where(ok, rank, torch.full_like(rank, -1)), torch.where(ok, gap, torch.zeros_like(gap)), scores[:, 0]
+
+    def inference_input(self, batch: Batch, candidates: torch.Tensor, labels: torch.Tensor | None = None,
+                        match: torch.Tensor | None = None) -> RankInput:
+        """Each row's whole input (history, then session) as one context, at its last event's time.
+
+        ``match`` (B, C): the candidates' matcher scores, the candidates being the matcher's list in its order
+        (what a ranker with ``match_features`` reads, :func:`match_inputs`)."""
         if candidates.dim() != 2 or candidates.shape[0] != batch.size:
             raise ValueError(f"candidates must be (B={batch.size}, C) item codes, got shape {tuple(candidates.shape)}")
         stream = behaviour_stream(batch)
@@ -439,6 +544,7 @@ class Ranker(nn.Module):
             time=stream[1][rows, ends - 1],
             candidates=candidates,
             labels=labels,
+            **(dict(zip(("match_rank", "match_gap"), match_inputs(match))) if match is not None else {}),
         )
 
     # --- model ----------------------------------------------------------------------------------
@@ -462,13 +568,18 @@ class Ranker(nn.Module):
         inp = self.training_input(batch)
         logits = self.logits(inp)
         mask = (inp.candidates != F.PAD).float()
+        if self.config.loss == "listwise":  # softmax over each position's list; the positive is column 0
+            z = logits.float().masked_fill(mask == 0, float("-inf"))
+            loss = -nnf.log_softmax(z, dim=1)[:, 0].mean()
+            return LossOutput(loss, int(z.shape[0]))
         loss = nnf.binary_cross_entropy_with_logits(logits, inp.labels, weight=mask, reduction="sum") / mask.sum()
         return LossOutput(loss, int(mask.sum()))
 
     @torch.no_grad()
-    def score(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
-        """(B, C) logits of ``candidates`` (B, C) for each row's user at its last event."""
-        return self.logits(self.inference_input(batch, candidates))
+    def score(self, batch: Batch, candidates: torch.Tensor, match: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C) logits of ``candidates`` (B, C) for each row's user at its last event; ``match`` (B, C): their
+        matcher scores, the candidates in the matcher's order (needed with ``match_features``)."""
+        return self.logits(self.inference_input(batch, candidates, match=match))
 
     def window_side(self, inp: RankInput) -> torch.Tensor:
         return self.side_of(inp.window)[..., : self.config.seq_side]  # (R, S, seq_side)

@@ -110,7 +110,7 @@ def train_fn_per_worker(config: dict) -> None:
         val_table = pa.concat_tables(parts) if parts else None
         if val_table is not None and val_table.num_rows:
             validate = validator(job.model, val_table, spec, manifest, job.rank_negatives)
-            select = select_metric(job.model, manifest)
+            select = select_metric(job.model, manifest, cascade=job.candidates is not None)
     amp_dtype, scaler = _amp(job.scaling, device)
     # sys.stdout, not print: Ray Train patches print into its logger, which echoes each line twice
     log = (lambda line: (sys.stdout.write(f"[seqrec train] {line}\n"), sys.stdout.flush())) if rank == 0 else None
@@ -197,14 +197,23 @@ def run_training(job: TrainJob, log=print, callbacks: list | None = None) -> dic
     check_resources(job, resources)
     if sc.shuffle_buffer_rows == 0:  # no shuffle asked for: the pools come in file order
         ray.data.DataContext.get_current().execution_options.preserve_order = True
-    datasets = {"train": ray.data.read_parquet(str(data / "train"))}
-    cached = use_cache(job, data / "train")
+    source = data
+    if job.candidates is not None:  # a cascade ranker: the rows with the matcher's candidates
+        from seqrec.models import is_ranker
+        from seqrec.train.cascade import load_cascade
+
+        if not is_ranker(job.model):
+            raise ValueError(f"--candidates trains a ranker on a matcher's candidates; {job.model} is a matcher")
+        load_cascade(job.candidates, manifest)  # made from this dataset, or a clear error
+        source = Path(job.candidates).resolve()
+    datasets = {"train": ray.data.read_parquet(str(source / "train"))}
+    cached = use_cache(job, source / "train")
     if cached:
         datasets["train"] = datasets["train"].materialize()
-    has_val = manifest["config"]["protocol"].get("val") and any((data / "val").glob("*.parquet"))
+    has_val = manifest["config"]["protocol"].get("val") and any((source / "val").glob("*.parquet"))
     if has_val:
-        datasets["val"] = ray.data.read_parquet(str(data / "val"))
-    select = select_metric(job.model, manifest) if has_val else None
+        datasets["val"] = ray.data.read_parquet(str(source / "val"))
+    select = select_metric(job.model, manifest, cascade=job.candidates is not None) if has_val else None
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"job": job.to_dict() | {"data": str(data)}, "run_dir": str(run_dir)},

@@ -1,0 +1,256 @@
+"""Cascade training data for the rankers: every training position's candidates from a matcher that never
+trained on it.
+
+A two-stage recommender's ranker orders what the matcher retrieved, so it should learn on the matcher's
+own candidates, not on random popular items (that contrast is easy and cancels the popularity prior). But
+a matcher's candidates for a position it trained on are too good: it has seen the answer. So the candidates
+are *cross-fitted*: users are split into ``folds`` by a stable hash of their raw id; for each fold, a matcher
+is trained on the other folds' rows (picking its epoch on the other folds' validation rows), and it
+retrieves the candidates of this fold's rows. Every training position is then scored by a matcher that
+never saw it, as the final matcher (trained on every user) never saw the test positions. K-fold over users
+rather than an earlier time window: every training position gets candidates, and no training period is
+spent on the matcher alone.
+
+For each session row and each position t >= 1 (the matcher needs one event of the session before it):
+the matcher's user state after event t-1 retrieves its top ``candidates`` items (``cand_item_id``, with
+their inner products ``cand_match_score``), and the position's own item gets its inner product and its rank
+among every item (``target_match_score``, ``target_match_rank``). Position 0 gets empty lists.
+
+The label window is the rest of the session: when the ranker trains, a candidate that the user goes on to
+interact with later in the same session is not used as a negative (:func:`seqrec.models.ranking`).
+
+:func:`generate` runs the retrieval as a Ray Data stage over the training rows (or in this process) and
+writes ``<out>/train/*.parquet`` (the training rows with the four columns added) and ``<out>/cascade.json``
+(the matcher, each fold's checkpoint, K, the folds, the dataset's and the output's content hashes).
+``seqrec train --candidates OUT`` and ``seqrec evaluate --cascade`` train rankers on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from seqrec import features as F
+from seqrec.batch import collate
+from seqrec.config import CascadeConfig
+from seqrec.features import FeatureSpec
+
+CASCADE_FILE = "cascade.json"
+CASCADE_COLUMNS = (F.CAND_ITEM, F.CAND_SCORE, F.TARGET_SCORE, F.TARGET_RANK)
+
+
+def fold_of(users: pa.Array | pa.ChunkedArray | list, folds: int, seed: int = 0) -> np.ndarray:
+    """(U,) the fold of each raw user id: a stable hash (CRC-32 of the id's text and the seed) modulo ``folds``.
+
+    Stable across processes, machines and Python versions (unlike ``hash()``), so every worker and every
+    later run assigns a user to the same fold."""
+    values = users.to_pylist() if hasattr(users, "to_pylist") else list(users)
+    salt = str(seed).encode()
+    return np.array([zlib.crc32(salt + b":" + str(u).encode()) % folds for u in values], np.int64)
+
+
+@torch.no_grad()
+def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: FeatureSpec, k: int,
+                        batch_size: int = 256) -> dict[str, pa.Array]:
+    """The cascade columns (``CASCADE_COLUMNS``) of every row of ``table`` by ``matcher`` (exact inner products).
+
+    For row r and position t >= 1: the state after event t-1 (``user_states``) scores every item; the top ``k``
+    real items (codes >= 2) by score, best first; the score of the item at t and its rank among every item
+    (0 = the matcher's first). Position 0 gets empty lists (score NaN, rank -1)."""
+    matcher.eval()
+    items = matcher.item_embeddings().detach().float()  # (N, D)
+    k = min(k, items.shape[0] - F.FIRST_CODE)
+    cand, cand_s, tgt_s, tgt_r = [], [], [], []
+    for start in range(0, table.num_rows, batch_size):
+        batch = collate(table.slice(start, batch_size), spec)
+        states = matcher.user_states(batch).float()  # (B, T, D)
+        lengths = batch.seq_len.tolist()
+        b, t = batch.items.shape
+        rows, pos = torch.nonzero(torch.arange(1, max(t, 1))[None, :] < batch.seq_len[:, None], as_tuple=True)  # t-1
+        u = states[rows, pos]  # (P, D) the state after event pos = t-1
+        scores = u @ items.T  # (P, N)
+        scores[:, : F.FIRST_CODE] = float("-inf")
+        top_s, top_i = scores.topk(k, dim=1)  # (P, k)
+        target = batch.items[rows, pos + 1]  # (P,)
+        t_score = scores.gather(1, target[:, None])[:, 0]
+        t_rank = (scores > t_score[:, None]).sum(1)  # exact: items the matcher puts before it
+        # back to one list per row: position 0 empty, then one entry per position 1..len-1
+        per_row = np.bincount(rows.numpy(), minlength=b)
+        ends = np.cumsum(per_row)
+        ti, ts, ss, rr = top_i.numpy().astype(np.int32), top_s.numpy(), t_score.numpy(), t_rank.numpy().astype(np.int32)
+        for r in range(b):
+            lo, hi = ends[r] - per_row[r], ends[r]
+            assert hi - lo == max(lengths[r] - 1, 0)
+            cand.append([[]] + ti[lo:hi].tolist())
+            cand_s.append([[]] + ts[lo:hi].tolist())
+            tgt_s.append([float("nan")] + ss[lo:hi].tolist())
+            tgt_r.append([-1] + rr[lo:hi].tolist())
+    return {
+        F.CAND_ITEM: pa.array(cand, pa.list_(pa.list_(pa.int32()))),
+        F.CAND_SCORE: pa.array(cand_s, pa.list_(pa.list_(pa.float32()))),
+        F.TARGET_SCORE: pa.array(tgt_s, pa.list_(pa.float32())),
+        F.TARGET_RANK: pa.array(tgt_r, pa.list_(pa.int32())),
+    }
+
+
+@torch.no_grad()
+def row_candidates(matcher: torch.nn.Module, table: pa.Table, spec: FeatureSpec, n: int) -> dict[str, pa.Array]:
+    """``ROW_CAND_ITEM`` / ``ROW_CAND_SCORE`` of evaluation rows: the matcher's top ``n`` after each row's whole
+    input (exact inner products), what the ranker re-orders at validation as at serving."""
+    from seqrec.inference import encode_table
+    from seqrec.retrieval import exact_topk
+
+    users = encode_table(matcher, table, spec)
+    items = matcher.item_embeddings().detach().float().cpu().numpy()
+    scores, codes = exact_topk(users, items, min(n, items.shape[0] - F.FIRST_CODE))
+    return {F.ROW_CAND_ITEM: pa.array(list(codes.astype(np.int32)), pa.list_(pa.int32())),
+            F.ROW_CAND_SCORE: pa.array(list(scores.astype(np.float32)), pa.list_(pa.float32()))}
+
+
+class CandidateStage:
+    """The Ray Data stage (``map_batches``, an actor): session rows → the same rows with the candidates of the
+    matcher of their user's fold: per training position (:func:`position_candidates`, ``k`` each), or per
+    evaluation row (:func:`row_candidates`, ``rows=True``)."""
+
+    def __init__(self, checkpoints: list[str], spec: dict, k: int, seed: int, rows: bool = False,
+                 threads: int | None = None):
+        from seqrec.checkpoint import load_checkpoint
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.matchers = [load_checkpoint(c)[0] for c in checkpoints]
+        self.spec, self.k, self.seed, self.rows = FeatureSpec.from_dict(spec), k, seed, rows
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        folds = fold_of(table[F.USER_RAW], len(self.matchers), self.seed)
+        parts = []
+        for f, matcher in enumerate(self.matchers):
+            idx = np.flatnonzero(folds == f)
+            if len(idx):
+                part = table.take(idx)
+                make = row_candidates if self.rows else position_candidates
+                for name, col in make(matcher, part, self.spec, self.k).items():
+                    part = part.append_column(name, col)
+                parts.append(part)
+        return pa.concat_tables(parts) if parts else table.slice(0, 0)
+
+
+def train_fold_matchers(data_dir: str | Path, cfg: CascadeConfig, out: Path, log=print) -> list[str]:
+    """One matcher per fold, each trained on the other folds' training rows and picking its epoch on the other
+    folds' validation rows; returns their checkpoint directories (``<out>/matchers/fold-<f>``)."""
+    from seqrec.checkpoint import dataset_identity, save_checkpoint
+    from seqrec.data.prepare import load_manifest, read_split
+    from seqrec.train.factory import build
+    from seqrec.train.loop import fit
+    from seqrec.train.validation import select_metric, validator
+
+    manifest = load_manifest(data_dir)
+    train = read_split(data_dir, "train")
+    val = read_split(data_dir, "val") if manifest["config"]["protocol"].get("val") else None
+    train_fold = fold_of(train[F.USER_RAW], cfg.folds, cfg.seed)
+    val_fold = fold_of(val[F.USER_RAW], cfg.folds, cfg.seed) if val is not None else None
+    paths = []
+    for f in range(cfg.folds):
+        model, spec, _ = build(cfg.matcher, data_dir, cfg.matcher_options, seed=cfg.train.seed + f)
+        rows = train.filter(pa.array(train_fold != f))
+        check = val.filter(pa.array(val_fold != f)) if val is not None else None
+        validate = None if check is None or check.num_rows == 0 else validator(cfg.matcher, check, spec, manifest)
+        if log:
+            log(f"cascade: fold {f + 1}/{cfg.folds}: {cfg.matcher} on {rows.num_rows:,} of {train.num_rows:,} training rows")
+        res = fit(model, rows, spec, cfg.train, validate=validate,
+                  select=select_metric(cfg.matcher, manifest) if validate else None, log=None)
+        path = save_checkpoint(out / "matchers" / f"fold-{f}", model, epoch=res.best_epoch, step=0,
+                               dataset=dataset_identity(manifest, data_dir), metrics={"best": res.best_metric},
+                               train={"fold": f, "folds": cfg.folds, **cfg.to_dict()})
+        paths.append(str(path))
+    return paths
+
+
+def generate(data_dir: str | Path, out: str | Path, cfg: CascadeConfig, engine: str = "ray", log=print) -> dict:
+    """Train the fold matchers, retrieve every training position's candidates, write ``<out>/train`` and
+    ``<out>/cascade.json`` (see the module docstring); returns the manifest. ``engine``: ``ray`` (a Ray Data
+    stage over the training split's files) or ``local`` (this process)."""
+    from seqrec.data.prepare import load_manifest, read_split
+
+    if engine not in ("ray", "local"):
+        raise ValueError(f"engine={engine!r}; choose ray (a Ray Data stage) or local (this process)")
+    data_dir, out = Path(data_dir), Path(out)
+    manifest = load_manifest(data_dir)
+    if (out / CASCADE_FILE).exists():
+        raise FileExistsError(f"{out} already holds cascade data; remove it or choose another --out")
+    t0 = time.perf_counter()
+    checkpoints = train_fold_matchers(data_dir, cfg, out, log)
+    t1 = time.perf_counter()
+    stage = dict(checkpoints=checkpoints, spec=manifest["feature_spec"], seed=cfg.seed)
+    splits = {"train": dict(k=cfg.candidates)}
+    if manifest["config"]["protocol"].get("val") and any((data_dir / "val").glob("*.parquet")):
+        splits["val"] = dict(k=cfg.val_candidates, rows=True)  # the cross-fitted candidates rankers are picked on
+    for split, how in splits.items():
+        (out / split).mkdir(parents=True, exist_ok=True)
+        if engine == "ray":
+            import ray.data
+
+            from seqrec.cluster import start_ray
+
+            start_ray(0)
+            ds = ray.data.read_parquet(str((data_dir / split).resolve()))
+            ds = ds.map_batches(CandidateStage, fn_constructor_kwargs=stage | how | {"threads": 1}, batch_format="pyarrow",
+                                batch_size=1024, concurrency=cfg.workers, num_cpus=1)
+            ds.write_parquet(str((out / split).resolve()))
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(CandidateStage(**stage, **how)(read_split(data_dir, split)), out / split / "part-00000.parquet")
+        if split == "train":
+            t2 = time.perf_counter()
+    import pyarrow.parquet as pq
+
+    files = sorted((out / "train").glob("*.parquet"))
+    lengths = np.concatenate([pq.read_table(f, columns=[F.SEQ_LEN])[F.SEQ_LEN].to_numpy() for f in files])
+    positions = int(np.maximum(lengths - 1, 0).sum())
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.read_bytes())
+    info = {
+        "format": "seqrec-cascade", "format_version": 1,
+        "config": cfg.to_dict(),
+        "matchers": checkpoints,
+        "splits": sorted(splits),
+        "dataset": {"data_dir": str(data_dir.resolve()), "content_hash": manifest.get("content_hash"),
+                    "vocab_hash": manifest.get("vocab_hash")},
+        "label_window": "the rest of the session: later items of the same session are never negatives",
+        "rows": len(lengths), "positions": positions,
+        "content_hash": digest.hexdigest()[:16],
+        "seconds": {"matchers": t1 - t0, "candidates": t2 - t1},
+        "positions_per_s": positions / max(t2 - t1, 1e-9),
+        "engine": engine,
+        "out": str(out.resolve()),
+    }
+    (out / CASCADE_FILE).write_text(json.dumps(info, indent=1, default=str))
+    if log:
+        log(f"cascade: {positions:,} positions of {len(lengths):,} rows, {cfg.candidates} candidates each, "
+            f"in {t2 - t1:.1f}s ({info['positions_per_s']:,.0f} positions/s) -> {out}")
+    return info
+
+
+def load_cascade(path: str | Path, manifest: dict | None = None) -> dict:
+    """``cascade.json`` of a cascade directory; with the dataset's ``manifest``, refuse data made from another dataset."""
+    f = Path(path) / CASCADE_FILE
+    if not f.exists():
+        raise FileNotFoundError(f"{path} holds no cascade data (no {CASCADE_FILE}): make it with `seqrec data candidates`")
+    info = json.loads(f.read_text())
+    if manifest is not None and info["dataset"]["content_hash"] != manifest.get("content_hash"):
+        raise ValueError(f"the cascade data {path} was made from another dataset ({info['dataset']['data_dir']}); "
+                         "make it again from this one")
+    return info
+
+
+__all__ = ["CASCADE_COLUMNS", "CASCADE_FILE", "CandidateStage", "fold_of", "generate", "load_cascade",
+           "position_candidates", "train_fold_matchers"]

@@ -1,0 +1,255 @@
+"""Cascade training data (seqrec.train.cascade) and the rankers that learn on it: cross-fitted candidates,
+the label window, the matcher's features in training, offline evaluation and serving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from seqrec import features as F
+from seqrec.batch import collate
+from seqrec.config import CascadeConfig, TrainConfig
+from seqrec.data.prepare import load_manifest, read_split
+from seqrec.features import FeatureSpec
+from seqrec.models.ranking import match_inputs
+from seqrec.train.cascade import CandidateStage, fold_of, position_candidates
+from seqrec.train.factory import build
+
+SDM = {"hidden": 8, "heads": 2, "id_dim": 4, "side_dim": 2, "profile_dim": 2}
+BST = {"id_dim": 8, "side_dim": 4, "mlp": "16-8", "heads": 2, "match_features": True, "loss": "listwise",
+       "cascade_negatives": 4, "negatives": 1}
+
+
+def _spec(d) -> FeatureSpec:
+    return FeatureSpec.from_dict(load_manifest(d)["feature_spec"])
+
+
+def test_folds_are_stable_and_cover_every_fold():
+    users = [str(u) for u in range(200)] + [5, "5"]
+    a, b = fold_of(users, 3, seed=1), fold_of(pa.array([str(u) for u in users]), 3, seed=1)
+    assert np.array_equal(a, b) and set(a.tolist()) == {0, 1, 2}
+    assert a[-1] == a[-2] == a[5]  # a user is its id's text: 5 and "5" are one user
+    assert not np.array_equal(a, fold_of(users, 3, seed=2))  # the seed reshuffles
+
+
+def _prefix(row: dict, t: int) -> dict:
+    """The row with its session cut to its first ``t`` events (what the matcher knew before event t)."""
+    out = dict(row)
+    for k, v in row.items():
+        if k.startswith("seq_") and isinstance(v, list):
+            out[k] = v[:t]
+    out[F.SEQ_LEN] = t
+    return out
+
+
+def test_position_candidates_equal_retrieval_from_each_prefix(tiny_prepared):
+    """The causal pass (one user_states call per row) gives each position what encoding the prefix before it and
+    retrieving over every item would: the reference is one encode per prefix."""
+    model, spec, _ = build("sdm:PSDMMAL", tiny_prepared, SDM, seed=0)
+    model.eval()
+    rows = read_split(tiny_prepared, "train").slice(0, 12)
+    k = 15
+    got = position_candidates(model, rows, spec, k)
+    items = model.item_embeddings().detach()
+    checked = 0
+    for r, row in enumerate(rows.to_pylist()):
+        assert got[F.CAND_ITEM][r].as_py()[0] == [] and got[F.TARGET_RANK][r].as_py()[0] == -1  # position 0: none
+        for t in range(1, row[F.SEQ_LEN]):
+            prefix = pa.Table.from_pylist([_prefix(row, t)], schema=rows.schema)
+            with torch.no_grad():
+                u = model.encode_users(collate(prefix, spec))[0]
+            scores = (items @ u).clone()
+            scores[: F.FIRST_CODE] = float("-inf")
+            ref_s, ref_i = scores.topk(k)
+            cand = got[F.CAND_ITEM][r].as_py()[t]
+            np.testing.assert_allclose(got[F.CAND_SCORE][r].as_py()[t], ref_s.numpy(), rtol=1e-4, atol=1e-5)
+            assert cand[:5] == ref_i[:5].tolist()
+            target = row[F.seq_col(F.ITEM_ID)][t]
+            assert got[F.TARGET_SCORE][r].as_py()[t] == pytest.approx(float(scores[target]), rel=1e-4, abs=1e-5)
+            assert got[F.TARGET_RANK][r].as_py()[t] == int((scores > scores[target]).sum())
+            checked += 1
+    assert checked > 10
+
+
+class _Constant(torch.nn.Module):
+    """A stand-in matcher whose every user prefers one item: which matcher retrieved a row shows in its top-1."""
+
+    def __init__(self, spec: FeatureSpec, favourite: int):
+        super().__init__()
+        self.vecs = torch.zeros(spec.n_items, 2)
+        self.vecs[favourite, 0] = 1.0
+
+    def user_states(self, batch):
+        return torch.ones(*batch.items.shape, 2)
+
+    def item_embeddings(self):
+        return self.vecs
+
+
+def test_cross_fitting_never_shows_a_matcher_its_own_users(tiny_prepared, tmp_path, monkeypatch):
+    """Each fold's matcher trains on the other folds' users only, and retrieves for its own fold's users only."""
+    import seqrec.train.loop as loop
+
+    seen: list[set] = []
+    real_fit = loop.fit
+
+    def recording_fit(model, train, *args, **kwargs):
+        seen.append(set(train[F.USER_RAW].to_pylist()))
+        return real_fit(model, train, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "fit", recording_fit)
+    from seqrec.train.cascade import train_fold_matchers
+
+    cfg = CascadeConfig(matcher="sdm:PSDMMAL", matcher_options=SDM, folds=3, train=TrainConfig(epochs=1, batch_size=64))
+    paths = train_fold_matchers(tiny_prepared, cfg, tmp_path, log=None)
+    train = read_split(tiny_prepared, "train")
+    users = np.array(train[F.USER_RAW].to_pylist())
+    folds = fold_of(users, 3, cfg.seed)
+    assert len(paths) == len(seen) == 3
+    for f in range(3):
+        assert seen[f].isdisjoint(set(users[folds == f])), f"the fold-{f} matcher saw its own users"
+        assert seen[f] == set(users[folds != f])
+    # the stage: a row is retrieved by its own fold's matcher
+    spec = _spec(tiny_prepared)
+    stage = CandidateStage.__new__(CandidateStage)
+    stage.matchers = [_Constant(spec, 2 + f) for f in range(3)]
+    stage.spec, stage.k, stage.seed, stage.rows = spec, 3, cfg.seed, False
+    out = stage(train.slice(0, 60))
+    out_folds = fold_of(out[F.USER_RAW], 3, cfg.seed)
+    for row, f in zip(out.to_pylist(), out_folds):
+        firsts = {c[0] for c in row[F.CAND_ITEM][1:]}
+        assert firsts <= {2 + int(f)}, (firsts, f)
+    assert out.num_rows == 60
+
+
+def _cascade_batch(tiny_prepared, k: int = 6):
+    """Training rows with hand-made candidates: position t's list is [later items of the session..., others]."""
+    spec = _spec(tiny_prepared)
+    rows = read_split(tiny_prepared, "train")
+    rows = rows.filter(pa.compute.greater_equal(rows[F.SEQ_LEN], 4)).slice(0, 8)
+    cand, cand_s, tgt_s, tgt_r = [], [], [], []
+    for row in rows.to_pylist():
+        items = row[F.seq_col(F.ITEM_ID)]
+        per = [[]]
+        for t in range(1, len(items)):
+            later = items[t + 1:]
+            fill = [c for c in range(2, 2 + 4 * k) if c not in items][: k]
+            per.append((later + [items[t]] + fill)[:k])
+        cand.append(per)
+        cand_s.append([[]] + [[float(-j) for j in range(k)] for _ in per[1:]])
+        tgt_s.append([float("nan")] + [-0.5] * (len(items) - 1))
+        tgt_r.append([-1] + [1] * (len(items) - 1))
+    table = rows.append_column(F.CAND_ITEM, pa.array(cand, pa.list_(pa.list_(pa.int32()))))
+    table = table.append_column(F.CAND_SCORE, pa.array(cand_s, pa.list_(pa.list_(pa.float32()))))
+    table = table.append_column(F.TARGET_SCORE, pa.array(tgt_s, pa.list_(pa.float32())))
+    table = table.append_column(F.TARGET_RANK, pa.array(tgt_r, pa.list_(pa.int32())))
+    return table, spec
+
+
+def test_later_items_of_the_session_are_never_negatives(tiny_prepared):
+    table, spec = _cascade_batch(tiny_prepared)
+    model, _, _ = build("bst", tiny_prepared, {**BST, "cascade_negatives": 6, "negatives": 0}, seed=0)
+    batch = collate(table, spec)
+    torch.manual_seed(0)
+    inp = model.training_input(batch)
+    # which row and position each sample is: the same order as training_input's nonzero()
+    t = batch.items.shape[1]
+    pos = torch.arange(t)[None, :]
+    ok = (pos < batch.seq_len[:, None]) & (batch.items >= F.FIRST_CODE) & (pos >= 1) & (batch.cand_item[:, :t, 0] >= 2)
+    rows, p = ok.nonzero(as_tuple=True)
+    assert inp.candidates.shape[0] == len(rows) > 0
+    drawn = 0
+    for i, (r, q) in enumerate(zip(rows.tolist(), p.tolist())):
+        later = set(batch.items[r, q + 1: int(batch.seq_len[r])].tolist())
+        negs = [c for c, y in zip(inp.candidates[i].tolist(), inp.labels[i].tolist()) if y == 0 and c != F.PAD]
+        assert inp.candidates[i, 0] == batch.items[r, q] and inp.labels[i, 0] == 1
+        assert not (set(negs) & later), f"a later item of the session is a negative at row {r} position {q}"
+        assert batch.items[r, q].item() not in negs
+        drawn += len(negs)
+    assert drawn > 0
+    # the matcher's view of the positive is its stored score and rank; of a drawn negative, its place in the list
+    assert torch.all(inp.match_rank[:, 0] == 1) and torch.allclose(inp.match_gap[:, 0], torch.tensor(-0.5))
+    real = inp.candidates[:, 1:] != F.PAD
+    assert torch.allclose(inp.match_gap[:, 1:][real], -inp.match_rank[:, 1:][real].float())
+
+
+def test_the_matcher_features_are_the_same_in_training_offline_and_serving(tiny_prepared, tiny_artifacts, tmp_path):
+    """One definition (match_inputs): the serving stage and offline evaluation give a match-features ranker the
+    same inputs and so the same logits; training gives a drawn candidate its list position and score gap."""
+    from seqrec.checkpoint import dataset_identity, save_checkpoint
+    from seqrec.evaluate import matcher_candidates, rank_candidates
+    from seqrec.export import export_checkpoint
+    from seqrec.serving import LoadedModel, RowBuilder, encode, load_catalogue, load_model, rank, retrieve
+
+    table, spec = _cascade_batch(tiny_prepared)
+    ranker, _, manifest = build("bst", tiny_prepared, BST, seed=0)
+    loop_cfg = TrainConfig(epochs=1, batch_size=4, patience=None)
+    from seqrec.train.loop import fit
+
+    fit(ranker, table, spec, loop_cfg, log=None)
+    ck = save_checkpoint(tmp_path / "ck", ranker, epoch=1, step=0, dataset=dataset_identity(manifest, tiny_prepared))
+    export_checkpoint(ck, tmp_path / "export", tiny_prepared)
+    served_ranker = load_model(tmp_path / "export", "ranker")
+    builder = RowBuilder(tiny_prepared)
+    test = read_split(tiny_prepared, "test").slice(0, 5)
+    requests = [builder.request_from_row(r) for r in test.to_pylist()]
+    matcher = load_model(tiny_artifacts["sdm"], "matcher")
+    enc = encode(builder, matcher, requests)
+    cands = retrieve(load_catalogue(tiny_artifacts["sdm"]), enc.vecs, 40)
+    served = rank(served_ranker, spec, enc.rows, cands.codes, cands.scores).logits
+    codes, scores = matcher_candidates(matcher.model, enc.rows, spec, 40)
+    np.testing.assert_array_equal(codes, cands.codes)
+    offline = rank_candidates(served_ranker.model, enc.rows, spec, codes, scores)
+    np.testing.assert_allclose(served, offline, rtol=1e-5, atol=1e-5)
+    rank_, gap = match_inputs(torch.from_numpy(scores))
+    assert rank_[0].tolist() == list(range(40)) and float(gap[0, 0]) == 0.0 and bool((gap <= 0).all())
+    # a match-features ranker refuses candidates without their matcher scores
+    with pytest.raises(ValueError, match="reads the matcher's rank and score"):
+        served_ranker.model.score(collate(enc.rows, spec), torch.from_numpy(np.maximum(codes, 0)))
+    assert isinstance(served_ranker, LoadedModel)
+
+
+def test_generate_on_ray_data_equals_this_process(ray_cluster, tiny_prepared, tmp_path):
+    from seqrec.train.cascade import generate, load_cascade
+
+    cfg = CascadeConfig(matcher="sdm:PSDMMAL", matcher_options=SDM, folds=2, candidates=8,
+                        train=TrainConfig(epochs=1, batch_size=64))
+    local = generate(tiny_prepared, tmp_path / "local", cfg, engine="local", log=None)
+    on_ray = generate(tiny_prepared, tmp_path / "ray", cfg, engine="ray", log=None)
+    assert local["positions"] == on_ray["positions"] > 0 and local["rows"] == on_ray["rows"]
+    key = [F.USER_RAW, F.SESSION_START]
+    a = read_split(tmp_path / "local", "train").sort_by([(k, "ascending") for k in key])
+    b = read_split(tmp_path / "ray", "train").sort_by([(k, "ascending") for k in key])
+    assert a[F.CAND_ITEM].to_pylist() == b[F.CAND_ITEM].to_pylist()
+    assert a[F.TARGET_RANK].to_pylist() == b[F.TARGET_RANK].to_pylist()
+    info = load_cascade(tmp_path / "local", load_manifest(tiny_prepared))
+    assert info["config"]["folds"] == 2 and len(info["matchers"]) == 2 and info["content_hash"]
+    with pytest.raises(FileExistsError, match="already holds cascade data"):
+        generate(tiny_prepared, tmp_path / "local", cfg, engine="local", log=None)
+
+
+def test_the_serving_guard_serves_the_matcher_order_when_the_ranker_lost(tmp_path):
+    import json
+
+    from seqrec.serving import ranker_verdict
+
+    run = tmp_path / "exp"
+    export = run / "train" / "bst-seed0" / "export"
+    export.mkdir(parents=True)
+
+    def write(diff_hit: float, diff_ndcg: float) -> None:
+        gains = {"Hit@10": {"ratio": 1 + diff_hit, "diff": diff_hit, "diff_std": 0.0},
+                 "NDCG@10": {"ratio": 1 + diff_ndcg, "diff": diff_ndcg, "diff_std": 0.0}}
+        (run / "results.json").write_text(json.dumps({
+            "runs": [{"label": "bst", "run_dir": str(export.parent), "seed": 0}],
+            "two_stage": {"matcher": "PSDMMAL", "gains": {"bst": gains}}}))
+
+    write(-0.02, 0.01)  # lowered Hit@10
+    v = ranker_verdict(run, export)
+    assert v["use"] is False and "lowered ['Hit@10']" in v["why"] and "PSDMMAL" in v["why"]
+    write(0.02, -0.01)  # NDCG alone is not a Hit/Recall metric: the ranker stays
+    assert ranker_verdict(run, export)["use"] is True
+    assert ranker_verdict(tmp_path / "none", export)["use"] is True  # nothing to judge by: say so, keep it
+    assert "no two-stage result" in ranker_verdict(tmp_path / "none", export)["why"]
