@@ -12,12 +12,20 @@ Writes two files:
   (mean in ``summary``, mean ± std in ``params.table``, every run with its history in ``runs``),
   and the paper's expected order (BST ≥ DIN ≥ WDL(+Seq) ≥ WDL) as measured booleans;
 * ``benchmarks/results/two_stage_<dataset>.json``: SDM's own top K against SDM's top
-  ``--candidates`` re-ranked by each ranker, HitRate/Recall/Precision/F1@K.
+  ``--candidates`` re-ranked by each ranker, HitRate/Recall@K (Hit/NDCG@K on leave-one-out), K in
+  {10, 20, 50}; ``summary`` has ``<ranker>_over_matcher_<metric>`` (the ratio of the means over seeds,
+  on the same candidates), ``<ranker>_minus_matcher_<metric>`` (the mean paired difference) with its
+  sample std over seeds (``..._std``), and the ceiling (the share of the ground truth among the candidates).
+
+With ``--cascade`` the rankers train on SDM's cross-fitted candidates (``seqrec.train.cascade``) and are
+picked and measured on its candidates; ``--rank-option`` sets ranker options for all of them (e.g.
+``match_features=true`` ``loss=listwise``).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -25,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, write_result  # noqa: E402
 from quality_matching import WORK, prepared  # noqa: E402
 
-from seqrec.config import ExperimentSpec, TrainConfig  # noqa: E402
-from seqrec.experiment import expand_models, run_experiment  # noqa: E402
+from seqrec.config import CascadeConfig, ExperimentSpec, TrainConfig  # noqa: E402
+from seqrec.experiment import expand_models, parse_model, run_experiment  # noqa: E402
 
 RANKERS = ("wdl#WDL", "wdl_seq#WDL(+Seq)", "din#DIN", "bst#BST b=1", "bst@blocks=2#BST b=2", "bst@blocks=3#BST b=3")
 ORDER = ("BST b=1", "DIN", "WDL(+Seq)", "WDL")
@@ -48,6 +56,11 @@ def main() -> int:
     p.add_argument("--negatives", type=int, default=4, help="popularity negatives per positive in the AUC evaluation")
     p.add_argument("--candidates", type=int, default=300)
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--cascade", action="store_true", help="rankers train on SDM's cross-fitted candidates")
+    p.add_argument("--folds", type=int, default=2, help="--cascade: folds of users (default 2)")
+    p.add_argument("--cascade-candidates", type=int, default=50, help="--cascade: candidates per training position")
+    p.add_argument("--rank-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a ranker option for every ranker, e.g. match_features=true; repeatable")
     p.add_argument("--suffix", default="")
     args = p.parse_args()
     import torch
@@ -56,14 +69,16 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     data = prepared(args.dataset, args.split, args.rows)
     entries = expand_models([args.matcher, *args.rankers])
+    rank_options = parse_model("bst@" + ",".join(args.rank_option)).options if args.rank_option else {}
     seeds = list(range(args.seeds))
     ds = args.dataset.replace("-", "") + (f"_{args.suffix}" if args.suffix else "")
     report = run_experiment(ExperimentSpec(
         str(data), entries, seeds, str(WORK / f"quality_ranking_{ds}"),
         match=TrainConfig(epochs=args.match_epochs, batch_size=128, patience=args.patience),
         rank=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience),
-        model_options={"hidden": 64}, rank_options={"mlp": args.mlp},
+        model_options={"hidden": 64}, rank_options={"mlp": args.mlp, **rank_options},
         rank_negatives=args.negatives, pipeline=True, candidates=args.candidates, plots=False,
+        cascade=CascadeConfig(folds=args.folds, candidates=args.cascade_candidates) if args.cascade else None,
     ))
     rankers = [e.label for e in entries[1:]]
     s = report["summary"]
@@ -72,8 +87,8 @@ def main() -> int:
     summary["expectations"] = {
         f"{a}_AUC_ge_{b}": s[a]["AUC"]["mean"] >= s[b]["AUC"]["mean"] for a, b in zip(order[:-1], order[1:])
     }
-    params = {k: report[k] for k in ("dataset", "protocol", "split", "content_hash", "vocab_hash", "seeds", "train",
-                                      "rank_train", "rank_options", "rank_negatives", "selection")}
+    params = {k: report.get(k) for k in ("dataset", "protocol", "split", "content_hash", "vocab_hash", "seeds", "train",
+                                          "rank_train", "rank_options", "rank_negatives", "selection")}
     params["command"] = "python benchmarks/quality_ranking.py " + " ".join(sys.argv[1:])
     params["rows"] = args.rows if args.dataset == "synth" else None
 
@@ -84,14 +99,18 @@ def main() -> int:
     write_result(f"quality_ranking_{ds}", summary, params, runs, machine)
     ts = report["two_stage"]
     matcher = ts["matcher"]
-    first = ts["ks"][0]
-    hit = "Hit" if report["protocol"] == "loo" else "HitRate"
     two = {label: {k: round(v["mean"], 5) for k, v in m.items()} for label, m in ts["summary"].items()}
-    two["expectations"] = {
-        f"{label}_raises_{hit}@{first}": ts["summary"][label][f"{hit}@{first}"]["mean"] > ts["summary"][matcher][f"{hit}@{first}"]["mean"]
-        for label in ts["summary"] if label != matcher
-    }
-    tparams = dict(params, table=ts["table"], candidates=ts["candidates"], ks=ts["ks"], matcher=matcher)
+    names = [e.name for e in entries[1:]]
+    for e in entries[1:]:  # <ranker>_over_matcher_<metric>: the model's name, or its label when the name repeats
+        key = e.name if names.count(e.name) == 1 else re.sub(r"[^a-z0-9]+", "_", e.label.lower()).strip("_")
+        for metric, g in ts["gains"][f"{matcher} + {e.label}"].items():
+            m = metric.lower()
+            two[f"{key}_over_matcher_{m}"] = round(g["ratio"], 4)
+            two[f"{key}_minus_matcher_{m}"] = round(g["diff"], 5)
+            two[f"{key}_minus_matcher_{m}_std"] = round(g["diff_std"], 5)
+    two["ceiling"] = {ts["ceiling"]["metric"]: round(ts["ceiling"]["mean"], 5)}
+    params["cascade"] = report.get("cascade")
+    tparams = dict(params, table=ts["table"], candidates=ts["candidates"], ks=ts["ks"], matcher=matcher, ceiling=ts["ceiling"])
     tparams["matcher_run"] = [{k: r[k] for k in ("label", "seed", "best_epoch", "test")} for r in report["runs"] if r["kind"] == "matcher"]
     write_result(f"two_stage_{ds}", two, tparams, ts["runs"], machine)
     print(params["table"] + "\n\n" + ts["table"])

@@ -46,40 +46,61 @@ def _prefix(row: dict, t: int) -> dict:
 
 def test_position_candidates_equal_retrieval_from_each_prefix(tiny_prepared):
     """The causal pass (one user_states call per row) gives each position what encoding the prefix before it and
-    retrieving over every item would: the reference is one encode per prefix."""
+    retrieving over every item would: the reference is one encode per prefix. The stored candidates are a draw
+    from that top-``depth`` list with their list ranks and scores, never the positive nor a later session item."""
     model, spec, _ = build("sdm:PSDMMAL", tiny_prepared, SDM, seed=0)
     model.eval()
     rows = read_split(tiny_prepared, "train").slice(0, 12)
-    k = 15
-    got = position_candidates(model, rows, spec, k)
+    k, depth = 6, 200  # an untrained matcher on ~400 items: some positions' items fall outside the list
+    got = position_candidates(model, rows, spec, k, depth)
+    col = {name: got[name].to_pylist() for name in got}
     items = model.item_embeddings().detach()
-    checked = 0
+    checked = outside = 0
     for r, row in enumerate(rows.to_pylist()):
-        assert got[F.CAND_ITEM][r].as_py()[0] == [] and got[F.TARGET_RANK][r].as_py()[0] == -1  # position 0: none
+        assert col[F.CAND_ITEM][r][0] == [] and col[F.TARGET_RANK][r][0] == -1  # position 0: none
+        session = row[F.seq_col(F.ITEM_ID)]
         for t in range(1, row[F.SEQ_LEN]):
             prefix = pa.Table.from_pylist([_prefix(row, t)], schema=rows.schema)
             with torch.no_grad():
                 u = model.encode_users(collate(prefix, spec))[0]
             scores = (items @ u).clone()
             scores[: F.FIRST_CODE] = float("-inf")
-            ref_s, ref_i = scores.topk(k)
-            cand = got[F.CAND_ITEM][r].as_py()[t]
-            np.testing.assert_allclose(got[F.CAND_SCORE][r].as_py()[t], ref_s.numpy(), rtol=1e-4, atol=1e-5)
-            assert cand[:5] == ref_i[:5].tolist()
-            target = row[F.seq_col(F.ITEM_ID)][t]
-            assert got[F.TARGET_SCORE][r].as_py()[t] == pytest.approx(float(scores[target]), rel=1e-4, abs=1e-5)
-            assert got[F.TARGET_RANK][r].as_py()[t] == int((scores > scores[target]).sum())
+            ref_s, ref_i = scores.topk(depth)
+            target = session[t]
+            rank = int((scores > scores[target]).sum())
+            assert col[F.TARGET_RANK][r][t] == rank
+            assert col[F.TARGET_SCORE][r][t] == pytest.approx(float(scores[target]), rel=1e-4, abs=1e-5)
+            assert col[F.TOP_SCORE][r][t] == pytest.approx(float(ref_s[0]), rel=1e-4, abs=1e-5)
+            cand, ranks = col[F.CAND_ITEM][r][t], col[F.CAND_RANK][r][t]
+            if rank >= depth:  # outside the list the ranker will see: no sample
+                assert cand == []
+                outside += 1
+                continue
+            assert len(cand) == k and len(set(cand)) == k
+            assert [ref_i[j].item() for j in ranks] == cand  # each drawn item sits at its stored rank of the list
+            np.testing.assert_allclose(col[F.CAND_SCORE][r][t], ref_s[ranks].numpy(), rtol=1e-4, atol=1e-5)
+            assert target not in cand and not set(cand) & set(session[t + 1:])
             checked += 1
-    assert checked > 10
+    assert checked > 10 and outside > 0
+
+
+def test_the_draw_depends_on_the_row_not_on_the_batch(tiny_prepared):
+    model, spec, _ = build("sdm:PSDMMAL", tiny_prepared, SDM, seed=0)
+    rows = read_split(tiny_prepared, "train").slice(0, 10)
+    whole = position_candidates(model, rows, spec, 5, 40, batch_size=10)[F.CAND_ITEM].to_pylist()
+    split = position_candidates(model, rows, spec, 5, 40, batch_size=3)[F.CAND_ITEM].to_pylist()
+    other = position_candidates(model, rows, spec, 5, 40, seed=1)[F.CAND_ITEM].to_pylist()
+    assert whole == split and whole != other
 
 
 class _Constant(torch.nn.Module):
-    """A stand-in matcher whose every user prefers one item: which matcher retrieved a row shows in its top-1."""
+    """A stand-in matcher whose every user gives one item the score ``top``: which matcher retrieved a row shows
+    in the rows' first scores."""
 
-    def __init__(self, spec: FeatureSpec, favourite: int):
+    def __init__(self, spec: FeatureSpec, top: float):
         super().__init__()
         self.vecs = torch.zeros(spec.n_items, 2)
-        self.vecs[favourite, 0] = 1.0
+        self.vecs[2, 0] = top
 
     def user_states(self, batch):
         return torch.ones(*batch.items.shape, 2)
@@ -88,39 +109,47 @@ class _Constant(torch.nn.Module):
         return self.vecs
 
 
-def test_cross_fitting_never_shows_a_matcher_its_own_users(tiny_prepared, tmp_path, monkeypatch):
-    """Each fold's matcher trains on the other folds' users only, and retrieves for its own fold's users only."""
+@pytest.mark.parametrize("by", ["user", "session"])
+def test_cross_fitting_never_shows_a_matcher_its_own_rows(tiny_prepared, tmp_path, monkeypatch, by):
+    """Each fold's matcher trains on the other folds' rows only (by user: other users; by session: other sessions),
+    and retrieves for its own fold's rows only."""
     import seqrec.train.loop as loop
+    from seqrec.train.cascade import row_folds, train_fold_matchers
+
+    def keys(table) -> list:
+        users = table[F.USER_RAW].to_pylist()
+        return users if by == "user" else list(zip(users, table[F.SESSION_START].to_pylist()))
 
     seen: list[set] = []
     real_fit = loop.fit
 
     def recording_fit(model, train, *args, **kwargs):
-        seen.append(set(train[F.USER_RAW].to_pylist()))
+        seen.append(set(keys(train)))
         return real_fit(model, train, *args, **kwargs)
 
     monkeypatch.setattr(loop, "fit", recording_fit)
-    from seqrec.train.cascade import train_fold_matchers
-
-    cfg = CascadeConfig(matcher="sdm:PSDMMAL", matcher_options=SDM, folds=3, train=TrainConfig(epochs=1, batch_size=64))
+    cfg = CascadeConfig(matcher="sdm:PSDMMAL", matcher_options=SDM, folds=3, fold_by=by,
+                        train=TrainConfig(epochs=1, batch_size=64))
     paths = train_fold_matchers(tiny_prepared, cfg, tmp_path, log=None)
     train = read_split(tiny_prepared, "train")
-    users = np.array(train[F.USER_RAW].to_pylist())
-    folds = fold_of(users, 3, cfg.seed)
-    assert len(paths) == len(seen) == 3
+    rows = keys(train)
+    folds = row_folds(train, 3, cfg.seed, by)
+    assert len(paths) == len(seen) == 3 and set(folds.tolist()) == {0, 1, 2}
     for f in range(3):
-        assert seen[f].isdisjoint(set(users[folds == f])), f"the fold-{f} matcher saw its own users"
-        assert seen[f] == set(users[folds != f])
+        own = {k for k, g in zip(rows, folds) if g == f}
+        assert seen[f].isdisjoint(own), f"the fold-{f} matcher saw its own rows"
+        assert seen[f] == set(rows) - own
+    if by == "session":  # a user's sessions are spread over the folds: a fold matcher knows most users
+        users = np.array(train[F.USER_RAW].to_pylist())
+        assert len({u for u, _ in seen[0]} & set(users[folds == 0])) > 0
     # the stage: a row is retrieved by its own fold's matcher
     spec = _spec(tiny_prepared)
     stage = CandidateStage.__new__(CandidateStage)
-    stage.matchers = [_Constant(spec, 2 + f) for f in range(3)]
-    stage.spec, stage.k, stage.seed, stage.rows = spec, 3, cfg.seed, False
+    stage.matchers = [_Constant(spec, 1.0 + f) for f in range(3)]
+    stage.spec, stage.k, stage.seed, stage.rows, stage.depth, stage.by = spec, 3, cfg.seed, False, 300, by
     out = stage(train.slice(0, 60))
-    out_folds = fold_of(out[F.USER_RAW], 3, cfg.seed)
-    for row, f in zip(out.to_pylist(), out_folds):
-        firsts = {c[0] for c in row[F.CAND_ITEM][1:]}
-        assert firsts <= {2 + int(f)}, (firsts, f)
+    for row, f in zip(out.to_pylist(), row_folds(out, 3, cfg.seed, by)):
+        assert set(row[F.TOP_SCORE][1:]) <= {1.0 + f}, (row[F.TOP_SCORE], f)
     assert out.num_rows == 60
 
 
@@ -129,7 +158,7 @@ def _cascade_batch(tiny_prepared, k: int = 6):
     spec = _spec(tiny_prepared)
     rows = read_split(tiny_prepared, "train")
     rows = rows.filter(pa.compute.greater_equal(rows[F.SEQ_LEN], 4)).slice(0, 8)
-    cand, cand_s, tgt_s, tgt_r = [], [], [], []
+    cand, cand_s, cand_r, tgt_s, tgt_r, top = [], [], [], [], [], []
     for row in rows.to_pylist():
         items = row[F.seq_col(F.ITEM_ID)]
         per = [[]]
@@ -137,14 +166,19 @@ def _cascade_batch(tiny_prepared, k: int = 6):
             later = items[t + 1:]
             fill = [c for c in range(2, 2 + 4 * k) if c not in items][: k]
             per.append((later + [items[t]] + fill)[:k])
+        n = len(items) - 1
         cand.append(per)
-        cand_s.append([[]] + [[float(-j) for j in range(k)] for _ in per[1:]])
-        tgt_s.append([float("nan")] + [-0.5] * (len(items) - 1))
-        tgt_r.append([-1] + [1] * (len(items) - 1))
-    table = rows.append_column(F.CAND_ITEM, pa.array(cand, pa.list_(pa.list_(pa.int32()))))
-    table = table.append_column(F.CAND_SCORE, pa.array(cand_s, pa.list_(pa.list_(pa.float32()))))
-    table = table.append_column(F.TARGET_SCORE, pa.array(tgt_s, pa.list_(pa.float32())))
-    table = table.append_column(F.TARGET_RANK, pa.array(tgt_r, pa.list_(pa.int32())))
+        cand_s.append([[]] + [[float(-j) for j in range(k)] for _ in range(n)])
+        cand_r.append([[]] + [list(range(k)) for _ in range(n)])
+        tgt_s.append([float("nan")] + [-0.5] * n)
+        tgt_r.append([-1] + [1] * n)
+        top.append([float("nan")] + [0.0] * n)
+    columns = {F.CAND_ITEM: (cand, pa.list_(pa.list_(pa.int32()))), F.CAND_SCORE: (cand_s, pa.list_(pa.list_(pa.float32()))),
+               F.CAND_RANK: (cand_r, pa.list_(pa.list_(pa.int32()))), F.TARGET_SCORE: (tgt_s, pa.list_(pa.float32())),
+               F.TARGET_RANK: (tgt_r, pa.list_(pa.int32())), F.TOP_SCORE: (top, pa.list_(pa.float32()))}
+    table = rows
+    for name, (values, kind) in columns.items():
+        table = table.append_column(name, pa.array(values, kind))
     return table, spec
 
 
@@ -214,7 +248,7 @@ def test_the_matcher_features_are_the_same_in_training_offline_and_serving(tiny_
 def test_generate_on_ray_data_equals_this_process(ray_cluster, tiny_prepared, tmp_path):
     from seqrec.train.cascade import generate, load_cascade
 
-    cfg = CascadeConfig(matcher="sdm:PSDMMAL", matcher_options=SDM, folds=2, candidates=8,
+    cfg = CascadeConfig(matcher="sdm:PSDMMAL", matcher_options=SDM, folds=2, candidates=8, depth=50,
                         train=TrainConfig(epochs=1, batch_size=64))
     local = generate(tiny_prepared, tmp_path / "local", cfg, engine="local", log=None)
     on_ray = generate(tiny_prepared, tmp_path / "ray", cfg, engine="ray", log=None)
@@ -253,3 +287,20 @@ def test_the_serving_guard_serves_the_matcher_order_when_the_ranker_lost(tmp_pat
     assert ranker_verdict(run, export)["use"] is True
     assert ranker_verdict(tmp_path / "none", export)["use"] is True  # nothing to judge by: say so, keep it
     assert "no two-stage result" in ranker_verdict(tmp_path / "none", export)["why"]
+
+
+def test_seqrec_data_candidates_writes_the_cascade_data(tiny_prepared, tmp_path, capsys):
+    from seqrec.cli import main
+
+    out = tmp_path / "cands"
+    rc = main(["data", "candidates", "--data", str(tiny_prepared), "--out", str(out), "--engine", "local", "--epochs", "1",
+               "--candidates", "4", "--depth", "40", "--option", "hidden=8", "--option", "heads=2"])
+    assert rc == 0 and "positions' candidates" in capsys.readouterr().out
+    from seqrec.train.cascade import load_cascade
+
+    meta = load_cascade(out, load_manifest(tiny_prepared))
+    assert meta["config"]["candidates"] == 4 and meta["config"]["depth"] == 40 and meta["splits"] == ["train", "val"]
+    rows = read_split(out, "train")
+    assert max(len(c) for lists in rows[F.CAND_ITEM].to_pylist() for c in lists) == 4
+    assert main(["data", "candidates", "--data", str(tiny_prepared), "--out", str(out), "--engine", "local"]) == 2
+    assert "already holds cascade data" in capsys.readouterr().err

@@ -38,8 +38,10 @@ class Batch:
     cand_item:    (B, T, K) cascade rows only (seqrec.train.cascade), else None: the matcher's top K item codes
                   after event t-1 of each position t, best first (0-padded; position 0 has none)
     cand_score:   (B, T, K) float32 their matcher scores
+    cand_rank:    (B, T, K) int64 their ranks in the matcher's list
     target_score: (B, T) float32 the matcher score of each position's own item
     target_rank:  (B, T) int64 its rank among every item (0 = the matcher's first)
+    top_score:    (B, T) float32 the score of the matcher's first item
     """
 
     user: dict[str, torch.Tensor]
@@ -55,8 +57,10 @@ class Batch:
     session_start: torch.Tensor
     cand_item: torch.Tensor | None = None
     cand_score: torch.Tensor | None = None
+    cand_rank: torch.Tensor | None = None
     target_score: torch.Tensor | None = None
     target_rank: torch.Tensor | None = None
+    top_score: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -161,8 +165,10 @@ def collate(table: pa.Table | pa.RecordBatch, spec: FeatureSpec) -> Batch:
         cascade = {
             "cand_item": t(pad_nested(table[F.CAND_ITEM], width)),
             "cand_score": t(pad_nested(table[F.CAND_SCORE], width, dtype=np.float32)),
+            "cand_rank": t(pad_nested(table[F.CAND_RANK], width)),
             "target_score": t(pad_lists(table[F.TARGET_SCORE], dtype=np.float32, width=width)),
             "target_rank": t(pad_lists(table[F.TARGET_RANK], width=width)),
+            "top_score": t(pad_lists(table[F.TOP_SCORE], dtype=np.float32, width=width)),
         }
     return Batch(
         user={u: t(_scalar(table[u])) for u in user_names},

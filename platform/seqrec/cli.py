@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cascade", action="store_true",
                     help="rankers train on the first matcher's cross-fitted candidates (seqrec data candidates) and are "
                     "picked and measured on its candidates")
-    config_flags(ev, CascadeConfig, cascade, prefix="cascade_", skip=("matcher", "val_candidates"), title="--cascade")
+    config_flags(ev, CascadeConfig, cascade, prefix="cascade_", skip=("matcher", "depth"), title="--cascade (depth: --candidates)")
     ev.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ev.add_argument("--out", required=True, help="output directory for results and plots")
     ev.add_argument("--no-plots", action="store_true", help="skip the attention and gate plots")

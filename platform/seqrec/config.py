@@ -218,9 +218,13 @@ class CascadeConfig:
     matcher_options: dict = field(default_factory=dict)  # the matcher's model options
     folds: int = option(2, "K-fold cross-fitting over users: each fold's candidates come from a matcher trained on the "
                         "other folds")
-    candidates: int = option(50, "candidates stored per training position (the negatives are drawn from them)")
-    val_candidates: int = option(300, "candidates per validation row: the two-stage depth rankers are picked on")
-    seed: int = option(0, "seed of the users' fold assignment")
+    depth: int = option(300, "the matcher's list a ranker re-orders (serving's and --pipeline's candidates): training "
+                        "positions whose item is outside it are left out, and validation rows get this many")
+    candidates: int = option(20, "negatives stored per training position, drawn uniformly from the list")
+    seed: int = option(0, "seed of the fold assignment")
+    fold_by: str = option("session", "what a fold holds: session (a fold matcher knows the user from their other "
+                          "sessions, as the final matcher knows every evaluated user) or user (it never saw the user)",
+                          ("session", "user"))
     workers: int = option(1, "Ray Data actors that retrieve (each holds the fold matchers)")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=128))  # the fold matchers'
 
@@ -229,10 +233,12 @@ class CascadeConfig:
             self.train = TrainConfig(**self.train)
         if self.folds < 2:
             raise ValueError(f"folds={self.folds} must be >= 2: a fold's candidates come from the other folds' matcher")
-        if self.candidates < 1 or self.val_candidates < 1:
-            raise ValueError(f"candidates={self.candidates} and val_candidates={self.val_candidates} must be >= 1")
+        if self.candidates < 1 or self.depth < 1:
+            raise ValueError(f"candidates={self.candidates} and depth={self.depth} must be >= 1")
         if self.workers < 1:
             raise ValueError(f"workers={self.workers} must be >= 1")
+        if self.fold_by not in ("session", "user"):
+            raise ValueError(f"fold_by={self.fold_by!r}; choose session or user")
 
     def to_dict(self) -> dict:
         return asdict(self)

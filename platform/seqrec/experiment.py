@@ -200,7 +200,7 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
 
             m = matcher_entries[0]
             cfg = replace(spec.cascade, matcher=m.name, matcher_options=options_of(m), train=replace(spec.match, seed=seed),
-                          val_candidates=spec.candidates)
+                          depth=spec.candidates)
             where = Path(spec.out or tempfile.mkdtemp(prefix="seqrec-cascade-")) / "cascade" / f"seed-{seed}"
             shutil.rmtree(where, ignore_errors=True)  # an experiment makes its data anew
             info = generate(data_dir, where, cfg, engine="ray" if trainer == "ray" else "local", log=say)
@@ -308,7 +308,11 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
         "rank_negatives": spec.rank_negatives,
         "index": index,
         "exclude_seen": exclude_seen,
-        "selection": (f"{select} (matchers), AUC (rankers)" if val is not None else "last epoch (no validation split)"),
+        "selection": (f"{select} (matchers), " + (f"{select} of their top K on the matcher's candidates (cascade rankers)"
+                                                   if spec.cascade is not None else "AUC (rankers)")
+                      if val is not None else "last epoch (no validation split)"),
+        "cascade": None if spec.cascade is None else spec.cascade.to_dict() | {
+            "data": {s: info["out"] for s, (_, _, _, info) in cascades.items()}},
         "labels": labels,
         "summary": summary,
         "runs": runs,

@@ -56,10 +56,12 @@ TARGETS = "target_item_id"  # evaluation rows: deduplicated ground truth (see da
 
 # cascade columns (seqrec.train.cascade): per position t of a training row, the matcher's candidates after
 # event t-1 and the score and rank of the item at t
-CAND_ITEM = "cand_item_id"  # list<list<int32>>: per position, the top K item codes, best first
+CAND_ITEM = "cand_item_id"  # list<list<int32>>: per position, K item codes drawn from the matcher's top N
 CAND_SCORE = "cand_match_score"  # list<list<float32>>: their matcher scores (user state · item vector)
+CAND_RANK = "cand_match_rank"  # list<list<int32>>: their ranks in the matcher's list (0 = its first)
 TARGET_SCORE = "target_match_score"  # list<float32>: the matcher score of the position's own item
 TARGET_RANK = "target_match_rank"  # list<int32>: its rank among every item (0 = the matcher's first)
+TOP_SCORE = "top_match_score"  # list<float32>: the score of the matcher's first item
 # ... and of an evaluation row: the matcher's top N after its whole input, what the ranker re-orders
 ROW_CAND_ITEM = "row_cand_item_id"  # list<int32>, best first
 ROW_CAND_SCORE = "row_cand_match_score"  # list<float32>

@@ -81,7 +81,7 @@ class RankConfig(ModelConfig):
     tz_offset_s: int = 0  # local time offset for the hour/weekday context features (from the manifest)
     moment: str = "last"  # training samples' recommendation time: last = the last behaviour's | target = the positive's own (BST §2.1)
     loss: str = "bce"  # bce: pointwise binary cross-entropy (BST eq. 9) | listwise: softmax over each position's candidates
-    match_features: bool = False  # the matcher's rank and score gap of each candidate as features (cascade rows needed)
+    match_features: bool = False  # the matcher's rank and score gap of each candidate as features, and the gap in the logit
     cascade_negatives: int = 10  # on cascade rows: negatives per positive drawn from the matcher's candidates
 
     def __post_init__(self) -> None:
@@ -406,6 +406,10 @@ class Ranker(nn.Module):
         self.register_buffer("item_counts", torch.zeros(spec.n_items), persistent=True)
         self.tokens = TokenEmbedding(config)
         self.other = OtherFeatures(config, wide=self.wide)
+        if config.match_features:
+            # the matcher's score gap enters the logit directly, weighted (1 at the start): the ranker starts from the
+            # matcher's order (its scores are a softmax model's logits) and learns what to change about it
+            self.match_weight = nn.Parameter(torch.ones(()))
 
     # --- item table -----------------------------------------------------------------------------
     def set_item_table(self, side: torch.Tensor, counts: torch.Tensor) -> None:
@@ -470,7 +474,8 @@ class Ranker(nn.Module):
         neg = self.sample_negatives(positive.numel() * k, positive.device).view(positive.numel(), k)
         match_rank = match_gap = None
         if cascade:
-            c_neg, c_rank, c_gap, top = self._cascade_negatives(batch, rows, p, positive)
+            c_neg, c_rank, c_gap = self._cascade_negatives(batch, rows, p, positive)
+            top = batch.top_score[rows, p]
             p_rank, p_gap = match_inputs(batch.target_score[rows, p][:, None], batch.target_rank[rows, p][:, None], top)
             none = torch.full_like(neg, -1)
             worst = c_gap.min(1, keepdim=True).values.expand(neg.shape)  # popularity negatives: no matcher score
@@ -503,11 +508,11 @@ class Ranker(nn.Module):
         )
 
     def _cascade_negatives(self, batch: Batch, rows: torch.Tensor, p: torch.Tensor, positive: torch.Tensor):
-        """(negatives (P, m), their matcher ranks (P, m), score gaps (P, m), the lists' first scores (P,)): ``m =
-        cascade_negatives`` drawn uniformly from each position's candidates, none equal to the positive or to an
-        item later in the session; padding (0, rank -1) where fewer remain."""
+        """(negatives (P, m), their matcher ranks (P, m), score gaps (P, m)): ``m = cascade_negatives`` drawn
+        uniformly from each position's stored candidates (themselves a uniform draw from the matcher's list),
+        none equal to the positive or to an item later in the session; padding (0, rank -1) where fewer remain."""
         m = self.config.cascade_negatives
-        cands, scores = batch.cand_item[rows, p], batch.cand_score[rows, p]  # (P, K)
+        cands, scores, ranks = batch.cand_item[rows, p], batch.cand_score[rows, p], batch.cand_rank[rows, p]  # (P, K)
         t = batch.items.shape[1]
         later = torch.arange(t, device=p.device)[None, :]
         later = (later > p[:, None]) & (later < batch.seq_len[rows][:, None])  # (P, T) the label window
@@ -518,8 +523,8 @@ class Ranker(nn.Module):
         pick_val, pick = draw.topk(m, dim=1)  # (P, m) random valid candidates first
         ok = pick_val >= 0
         neg = torch.where(ok, cands.gather(1, pick), torch.zeros_like(pick))
-        rank, gap = match_inputs(scores.gather(1, pick), pick, scores[:, 0])
-        return neg, torch.where(ok, rank, torch.full_like(rank, -1)), torch.where(ok, gap, torch.zeros_like(gap)), scores[:, 0]
+        rank, gap = match_inputs(scores.gather(1, pick), ranks.gather(1, pick), batch.top_score[rows, p])
+        return neg, torch.where(ok, rank, torch.full_like(rank, -1)), torch.where(ok, gap, torch.zeros_like(gap))
 
     def inference_input(self, batch: Batch, candidates: torch.Tensor, labels: torch.Tensor | None = None,
                         match: torch.Tensor | None = None) -> RankInput:
@@ -562,6 +567,8 @@ class Ranker(nn.Module):
         out = self.head(torch.cat(ctx, -1), torch.cat(cand, -1))
         if self.wide:
             out = out + self.other.wide_logit(inp, cand_side)
+        if self.config.match_features:
+            out = out + self.match_weight * self.other._match(inp)[1]  # + w · (score - the matcher's first score)
         return out
 
     def forward(self, batch: Batch) -> LossOutput:

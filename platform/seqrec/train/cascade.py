@@ -43,7 +43,18 @@ from seqrec.config import CascadeConfig
 from seqrec.features import FeatureSpec
 
 CASCADE_FILE = "cascade.json"
-CASCADE_COLUMNS = (F.CAND_ITEM, F.CAND_SCORE, F.TARGET_SCORE, F.TARGET_RANK)
+TYPES = {F.CAND_ITEM: pa.list_(pa.list_(pa.int32())), F.CAND_SCORE: pa.list_(pa.list_(pa.float32())),
+         F.CAND_RANK: pa.list_(pa.list_(pa.int32())), F.TARGET_SCORE: pa.list_(pa.float32()),
+         F.TARGET_RANK: pa.list_(pa.int32()), F.TOP_SCORE: pa.list_(pa.float32())}
+CASCADE_COLUMNS = (F.CAND_ITEM, F.CAND_SCORE, F.CAND_RANK, F.TARGET_SCORE, F.TARGET_RANK, F.TOP_SCORE)
+
+
+def row_folds(table: pa.Table, folds: int, seed: int, by: str) -> np.ndarray:
+    """(B,) the fold of each session row: by its user (``user``) or by its session (``session``: user and start)."""
+    if by == "user":
+        return fold_of(table[F.USER_RAW], folds, seed)
+    keys = [f"{u}@{t}" for u, t in zip(table[F.USER_RAW].to_pylist(), table[F.SESSION_START].to_pylist())]
+    return fold_of(keys, folds, seed)
 
 
 def fold_of(users: pa.Array | pa.ChunkedArray | list, folds: int, seed: int = 0) -> np.ndarray:
@@ -56,20 +67,33 @@ def fold_of(users: pa.Array | pa.ChunkedArray | list, folds: int, seed: int = 0)
     return np.array([zlib.crc32(salt + b":" + str(u).encode()) % folds for u in values], np.int64)
 
 
+def _row_keys(table: pa.Table, seed: int) -> torch.Tensor:
+    """(B,) a stable key per session row (user, session start, seed): the draws depend on the row, not on the batch."""
+    users, starts = table[F.USER_RAW].to_pylist(), table[F.SESSION_START].to_pylist()
+    return torch.tensor([zlib.crc32(f"{u}:{t}:{seed}".encode()) & 0x7FFFFFFF for u, t in zip(users, starts)], dtype=torch.long)
+
+
 @torch.no_grad()
-def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: FeatureSpec, k: int,
-                        batch_size: int = 256) -> dict[str, pa.Array]:
+def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: FeatureSpec, k: int, depth: int = 300,
+                        seed: int = 0, batch_size: int = 256) -> dict[str, pa.Array]:
     """The cascade columns (``CASCADE_COLUMNS``) of every row of ``table`` by ``matcher`` (exact inner products).
 
-    For row r and position t >= 1: the state after event t-1 (``user_states``) scores every item; the top ``k``
-    real items (codes >= 2) by score, best first; the score of the item at t and its rank among every item
-    (0 = the matcher's first). Position 0 gets empty lists (score NaN, rank -1)."""
+    For row r and position t >= 1, the state after event t-1 (``user_states``) scores every item. Its top
+    ``depth`` items are the list the ranker will re-order (as serving's ``candidates``); ``k`` of them are drawn
+    uniformly (a stable draw per row, position and item), never the item at t nor an item later in the session
+    (the label window), with their scores and ranks; then the score and exact rank of the item at t, and the
+    list's first score. A position whose item is not in the top ``depth`` gets empty lists: the ranker never
+    sees that list with its positive, so it trains on it neither. Position 0 gets empty lists too."""
+    from seqrec.models.ranking import hash_cross
+
     matcher.eval()
     items = matcher.item_embeddings().detach().float()  # (N, D)
-    k = min(k, items.shape[0] - F.FIRST_CODE)
-    cand, cand_s, tgt_s, tgt_r = [], [], [], []
+    depth = min(depth, items.shape[0] - F.FIRST_CODE)
+    k = min(k, depth)
+    out: dict[str, list] = {name: [] for name in CASCADE_COLUMNS}
     for start in range(0, table.num_rows, batch_size):
-        batch = collate(table.slice(start, batch_size), spec)
+        part = table.slice(start, batch_size)
+        batch = collate(part, spec)
         states = matcher.user_states(batch).float()  # (B, T, D)
         lengths = batch.seq_len.tolist()
         b, t = batch.items.shape
@@ -77,27 +101,44 @@ def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: Feature
         u = states[rows, pos]  # (P, D) the state after event pos = t-1
         scores = u @ items.T  # (P, N)
         scores[:, : F.FIRST_CODE] = float("-inf")
-        top_s, top_i = scores.topk(k, dim=1)  # (P, k)
-        target = batch.items[rows, pos + 1]  # (P,)
+        top_s, top_i = scores.topk(depth, dim=1)  # (P, depth)
+        target = batch.items[rows, pos + 1]  # (P,) the item at t = pos + 1
         t_score = scores.gather(1, target[:, None])[:, 0]
         t_rank = (scores > t_score[:, None]).sum(1)  # exact: items the matcher puts before it
-        # back to one list per row: position 0 empty, then one entry per position 1..len-1
-        per_row = np.bincount(rows.numpy(), minlength=b)
-        ends = np.cumsum(per_row)
-        ti, ts, ss, rr = top_i.numpy().astype(np.int32), top_s.numpy(), t_score.numpy(), t_rank.numpy().astype(np.int32)
-        for r in range(b):
-            lo, hi = ends[r] - per_row[r], ends[r]
-            assert hi - lo == max(lengths[r] - 1, 0)
-            cand.append([[]] + ti[lo:hi].tolist())
-            cand_s.append([[]] + ts[lo:hi].tolist())
-            tgt_s.append([float("nan")] + ss[lo:hi].tolist())
-            tgt_r.append([-1] + rr[lo:hi].tolist())
-    return {
-        F.CAND_ITEM: pa.array(cand, pa.list_(pa.list_(pa.int32()))),
-        F.CAND_SCORE: pa.array(cand_s, pa.list_(pa.list_(pa.float32()))),
-        F.TARGET_SCORE: pa.array(tgt_s, pa.list_(pa.float32())),
-        F.TARGET_RANK: pa.array(tgt_r, pa.list_(pa.int32())),
-    }
+        later = torch.arange(t)[None, :]
+        later = (later > (pos + 1)[:, None]) & (later < batch.seq_len[rows][:, None])  # (P, T) the label window
+        future = torch.where(later, batch.items[rows], torch.zeros_like(batch.items[rows]))
+        key = (_row_keys(part, seed)[rows] + pos) % 2_147_483_629
+        draw = hash_cross(top_i, key[:, None], 7, 1 << 30)  # (P, depth) a stable uniform draw over the list
+        # the 2k first draws, then those that are neither the positive nor later in the session, first k kept
+        # (checking 2k instead of the whole list against the session: a draw is rarely a session item)
+        pre_val, pre = draw.topk(min(2 * k, depth), dim=1)
+        items_pre = top_i.gather(1, pre)
+        bad = (items_pre == target[:, None]) | (items_pre[:, :, None] == future[:, None, :]).any(-1)
+        pick_val, at = pre_val.masked_fill(bad, -1).topk(k, dim=1)
+        pick = pre.gather(1, at)  # (P, k) list positions = the matcher's ranks
+        # Arrow lists built from offsets (no per-position Python): each row is [position 0, its positions 1..n]
+        n_row = np.maximum(np.asarray(lengths, np.int64) - 1, 0)  # (B,)
+        slot = rows.numpy() + 1 + np.arange(len(rows))  # (P,) each sample's list among the B + P of the part
+        outer = np.concatenate([[0], np.cumsum(n_row + 1)]).astype(np.int32)
+        take = ((t_rank < depth)[:, None] & (pick_val >= 0)).numpy()  # (P, k) kept draws; none outside the list
+        counts = np.zeros(b + len(rows), np.int64)
+        counts[slot] = take.sum(1)
+        inner = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        drawn = {F.CAND_ITEM: (top_i.gather(1, pick).numpy()[take].astype(np.int32), pa.int32()),
+                 F.CAND_SCORE: (top_s.gather(1, pick).numpy()[take].astype(np.float32), pa.float32()),
+                 F.CAND_RANK: (pick.numpy()[take].astype(np.int32), pa.int32())}
+        for name, (values, kind) in drawn.items():
+            lists = pa.ListArray.from_arrays(pa.array(inner), pa.array(values, kind))
+            out[name].append(pa.ListArray.from_arrays(pa.array(outer), lists))
+        scalars = {F.TARGET_SCORE: (t_score.numpy(), np.nan, np.float32, pa.float32()),
+                   F.TARGET_RANK: (t_rank.numpy(), -1, np.int32, pa.int32()),
+                   F.TOP_SCORE: (top_s[:, 0].numpy(), np.nan, np.float32, pa.float32())}
+        for name, (values, empty, dtype, kind) in scalars.items():
+            flat = np.full(b + len(rows), empty, dtype)
+            flat[slot] = values
+            out[name].append(pa.ListArray.from_arrays(pa.array(outer), pa.array(flat, kind)))
+    return {name: pa.concat_arrays(out[name]) if out[name] else pa.array([], TYPES[name]) for name in CASCADE_COLUMNS}
 
 
 @torch.no_grad()
@@ -119,24 +160,27 @@ class CandidateStage:
     matcher of their user's fold: per training position (:func:`position_candidates`, ``k`` each), or per
     evaluation row (:func:`row_candidates`, ``rows=True``)."""
 
-    def __init__(self, checkpoints: list[str], spec: dict, k: int, seed: int, rows: bool = False,
-                 threads: int | None = None):
+    def __init__(self, checkpoints: list[str], spec: dict, k: int, seed: int, rows: bool = False, depth: int = 300,
+                 by: str = "session", threads: int | None = None):
         from seqrec.checkpoint import load_checkpoint
 
         if threads:
             torch.set_num_threads(threads)
         self.matchers = [load_checkpoint(c)[0] for c in checkpoints]
-        self.spec, self.k, self.seed, self.rows = FeatureSpec.from_dict(spec), k, seed, rows
+        self.spec, self.k, self.seed, self.rows, self.depth, self.by = FeatureSpec.from_dict(spec), k, seed, rows, depth, by
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        folds = fold_of(table[F.USER_RAW], len(self.matchers), self.seed)
+        folds = row_folds(table, len(self.matchers), self.seed, self.by)
         parts = []
         for f, matcher in enumerate(self.matchers):
             idx = np.flatnonzero(folds == f)
             if len(idx):
                 part = table.take(idx)
-                make = row_candidates if self.rows else position_candidates
-                for name, col in make(matcher, part, self.spec, self.k).items():
+                if self.rows:
+                    made = row_candidates(matcher, part, self.spec, self.k)
+                else:
+                    made = position_candidates(matcher, part, self.spec, self.k, self.depth, self.seed)
+                for name, col in made.items():
                     part = part.append_column(name, col)
                 parts.append(part)
         return pa.concat_tables(parts) if parts else table.slice(0, 0)
@@ -154,8 +198,8 @@ def train_fold_matchers(data_dir: str | Path, cfg: CascadeConfig, out: Path, log
     manifest = load_manifest(data_dir)
     train = read_split(data_dir, "train")
     val = read_split(data_dir, "val") if manifest["config"]["protocol"].get("val") else None
-    train_fold = fold_of(train[F.USER_RAW], cfg.folds, cfg.seed)
-    val_fold = fold_of(val[F.USER_RAW], cfg.folds, cfg.seed) if val is not None else None
+    train_fold = row_folds(train, cfg.folds, cfg.seed, cfg.fold_by)
+    val_fold = row_folds(val, cfg.folds, cfg.seed, cfg.fold_by) if val is not None else None
     paths = []
     for f in range(cfg.folds):
         model, spec, _ = build(cfg.matcher, data_dir, cfg.matcher_options, seed=cfg.train.seed + f)
@@ -163,7 +207,8 @@ def train_fold_matchers(data_dir: str | Path, cfg: CascadeConfig, out: Path, log
         check = val.filter(pa.array(val_fold != f)) if val is not None else None
         validate = None if check is None or check.num_rows == 0 else validator(cfg.matcher, check, spec, manifest)
         if log:
-            log(f"cascade: fold {f + 1}/{cfg.folds}: {cfg.matcher} on {rows.num_rows:,} of {train.num_rows:,} training rows")
+            log(f"cascade: fold {f + 1}/{cfg.folds} (by {cfg.fold_by}): {cfg.matcher} on {rows.num_rows:,} of "
+                f"{train.num_rows:,} training rows")
         res = fit(model, rows, spec, cfg.train, validate=validate,
                   select=select_metric(cfg.matcher, manifest) if validate else None, log=None)
         path = save_checkpoint(out / "matchers" / f"fold-{f}", model, epoch=res.best_epoch, step=0,
@@ -188,10 +233,10 @@ def generate(data_dir: str | Path, out: str | Path, cfg: CascadeConfig, engine: 
     t0 = time.perf_counter()
     checkpoints = train_fold_matchers(data_dir, cfg, out, log)
     t1 = time.perf_counter()
-    stage = dict(checkpoints=checkpoints, spec=manifest["feature_spec"], seed=cfg.seed)
-    splits = {"train": dict(k=cfg.candidates)}
+    stage = dict(checkpoints=checkpoints, spec=manifest["feature_spec"], seed=cfg.seed, by=cfg.fold_by)
+    splits = {"train": dict(k=cfg.candidates, depth=cfg.depth)}
     if manifest["config"]["protocol"].get("val") and any((data_dir / "val").glob("*.parquet")):
-        splits["val"] = dict(k=cfg.val_candidates, rows=True)  # the cross-fitted candidates rankers are picked on
+        splits["val"] = dict(k=cfg.depth, rows=True)  # the cross-fitted candidates rankers are picked on
     for split, how in splits.items():
         (out / split).mkdir(parents=True, exist_ok=True)
         if engine == "ray":
