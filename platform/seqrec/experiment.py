@@ -261,7 +261,7 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
                                 "before it in --models (e.g. sdm:PSDMMAL bst@hard_negatives=1)"
                             )
                         model.set_negative_source(MatcherNegatives(first_matcher[seed], model.config.hard_negatives))
-                    validate = None if val is None else (lambda m: evaluate(m, val))  # noqa: B023 - called in this iteration
+                    validate = None if val is None else (lambda m: evaluate(m, val))
                     res = fit(model, rows, fspec, cfg, validate=validate, select=metric if validate else None, log=log,
                               device=device)
                     trained = {"best_epoch": res.best_epoch, "best_metric": res.best_metric,

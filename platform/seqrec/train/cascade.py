@@ -222,6 +222,8 @@ def generate(data_dir: str | Path, out: str | Path, cfg: CascadeConfig, engine: 
     """Train the fold matchers, retrieve every training position's candidates, write ``<out>/train`` and
     ``<out>/cascade.json`` (see the module docstring); returns the manifest. ``engine``: ``ray`` (a Ray Data
     stage over the training split's files) or ``local`` (this process)."""
+    import pyarrow.parquet as pq
+
     from seqrec.data.prepare import load_manifest, read_split
 
     if engine not in ("ray", "local"):
@@ -250,13 +252,9 @@ def generate(data_dir: str | Path, out: str | Path, cfg: CascadeConfig, engine: 
                                 batch_size=1024, concurrency=cfg.workers, num_cpus=1)
             ds.write_parquet(str((out / split).resolve()))
         else:
-            import pyarrow.parquet as pq
-
             pq.write_table(CandidateStage(**stage, **how)(read_split(data_dir, split)), out / split / "part-00000.parquet")
         if split == "train":
             t2 = time.perf_counter()
-    import pyarrow.parquet as pq
-
     files = sorted((out / "train").glob("*.parquet"))
     lengths = np.concatenate([pq.read_table(f, columns=[F.SEQ_LEN])[F.SEQ_LEN].to_numpy() for f in files])
     positions = int(np.maximum(lengths - 1, 0).sum())
