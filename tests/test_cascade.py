@@ -264,8 +264,9 @@ def test_generate_on_ray_data_equals_this_process(ray_cluster, tiny_prepared, tm
         generate(tiny_prepared, tmp_path / "local", cfg, engine="local", log=None)
 
 
-def test_the_serving_guard_serves_the_matcher_order_when_the_ranker_lost(tmp_path):
+def test_the_serving_guard_serves_the_matcher_order_when_the_ranker_lost(tmp_path, monkeypatch):
     import json
+    from pathlib import Path
 
     from seqrec.serving import ranker_verdict
 
@@ -278,11 +279,13 @@ def test_the_serving_guard_serves_the_matcher_order_when_the_ranker_lost(tmp_pat
                  "NDCG@10": {"ratio": 1 + diff_ndcg, "diff": diff_ndcg, "diff_std": 0.0}}
         (run / "results.json").write_text(json.dumps({
             "runs": [{"label": "bst", "run_dir": str(export.parent), "seed": 0}],
-            "two_stage": {"matcher": "PSDMMAL", "gains": {"bst": gains}}}))
+            "two_stage": {"matcher": "PSDMMAL", "gains": {"PSDMMAL + bst": gains}}}))  # as run_experiment writes it
 
     write(-0.02, 0.01)  # lowered Hit@10
     v = ranker_verdict(run, export)
     assert v["use"] is False and "lowered ['Hit@10']" in v["why"] and "PSDMMAL" in v["why"]
+    monkeypatch.chdir(tmp_path)  # `seqrec serve --run exp`: relative paths, the results hold absolute ones
+    assert ranker_verdict(Path("exp"), Path("exp/train/bst-seed0/export"))["use"] is False
     write(0.02, -0.01)  # NDCG alone is not a Hit/Recall metric: the ranker stays
     assert ranker_verdict(run, export)["use"] is True
     assert ranker_verdict(tmp_path / "none", export)["use"] is True  # nothing to judge by: say so, keep it

@@ -286,17 +286,19 @@ def ranker_verdict(run: str | Path, ranker: Path) -> dict:
                 "judge the ranker by", "gains": None}
     report = json.loads(results.read_text())
     ts = report.get("two_stage")
-    label = next((r["label"] for r in report.get("runs", []) if r.get("run_dir") and Path(r["run_dir"]) == ranker.parent),
+    here = Path(ranker).resolve().parent  # results.json holds absolute run directories; --run may be relative
+    label = next((r["label"] for r in report.get("runs", []) if r.get("run_dir") and Path(r["run_dir"]).resolve() == here),
                  None)
-    if not ts or label is None or label not in ts.get("gains", {}):
+    row = None if not ts or label is None else f"{ts['matcher']} + {label}"  # the two-stage table's row of the ranker
+    if row is None or row not in ts.get("gains", {}):
         return {"use": True, "why": f"the two-stage result in {results} does not cover the ranker {ranker}", "gains": None}
-    gains = ts["gains"][label]
+    gains = ts["gains"][row]
     lowered = {m: g for m, g in gains.items() if m.split("@")[0] in ("Hit", "HitRate", "Recall") and g["diff"] < 0}
     shown = ", ".join(f"{m} {g['ratio']:.3f}x" for m, g in gains.items())
     if lowered:
         return {"use": False, "gains": gains,
-                "why": f"{label} lowered {sorted(lowered)} against {ts['matcher']} alone on the same candidates ({shown})"}
-    return {"use": True, "gains": gains, "why": f"{label} over {ts['matcher']} alone: {shown}"}
+                "why": f"{row} lowered {sorted(lowered)} against {ts['matcher']} alone on the same candidates ({shown})"}
+    return {"use": True, "gains": gains, "why": f"{row} over {ts['matcher']} alone: {shown}"}
 
 
 def ensure_index(export: Path, kind: str = "auto") -> dict:

@@ -568,7 +568,7 @@ class Ranker(nn.Module):
         if self.wide:
             out = out + self.other.wide_logit(inp, cand_side)
         if self.config.match_features:
-            out = out + self.match_weight * self.other._match(inp)[1]  # + w · (score - the matcher's first score)
+            out = out + self.match_weight * inp.match_gap  # + w · (score - the matcher's first score); checked in candidate()
         return out
 
     def forward(self, batch: Batch) -> LossOutput:
