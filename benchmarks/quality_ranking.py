@@ -15,11 +15,13 @@ Writes two files:
   ``--candidates`` re-ranked by each ranker, HitRate/Recall@K (Hit/NDCG@K on leave-one-out), K in
   {10, 20, 50}; ``summary`` has ``<ranker>_over_matcher_<metric>`` (the ratio of the means over seeds,
   on the same candidates), ``<ranker>_minus_matcher_<metric>`` (the mean paired difference) with its
-  sample std over seeds (``..._std``), and the ceiling (the share of the ground truth among the candidates).
+  sample std over seeds (``..._std``), and the ceiling (the share of the ground truth among the candidates);
+  with ``--cascade``, ``candidates_positions_per_s``: the candidate stage's training positions per second
+  (the slowest seed; it runs in this process with ``--threads`` torch threads).
 
 With ``--cascade`` the rankers train on SDM's cross-fitted candidates (``seqrec.train.cascade``) and are
-picked and measured on its candidates; ``--rank-option`` sets ranker options for all of them (e.g.
-``match_features=true`` ``loss=listwise``).
+picked and measured on its candidates, with the cascade defaults (``seqrec.config.CASCADE_RANKER_OPTIONS``);
+``--rank-option`` sets ranker options for all of them (e.g. ``covisit=false``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ RANKERS = ("wdl#WDL", "wdl_seq#WDL(+Seq)", "din#DIN", "bst#BST b=1", "bst@blocks
 ORDER = ("BST b=1", "DIN", "WDL(+Seq)", "WDL")
 
 
+def generation_rates(dirs: dict) -> dict:
+    """{seed: training positions per second of the candidate stage} from each seed's ``cascade.json``."""
+    import json
+
+    return {seed: json.loads((Path(d) / "cascade.json").read_text())["positions_per_s"] for seed, d in dirs.items()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=["ml-100k", "synth"], required=True)
@@ -57,8 +66,8 @@ def main() -> int:
     p.add_argument("--candidates", type=int, default=300)
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--cascade", action="store_true", help="rankers train on SDM's cross-fitted candidates")
-    p.add_argument("--folds", type=int, default=2, help="--cascade: folds of users (default 2)")
-    p.add_argument("--cascade-candidates", type=int, default=50, help="--cascade: candidates per training position")
+    p.add_argument("--folds", type=int, default=2, help="--cascade: cross-fitting folds (default 2)")
+    p.add_argument("--cascade-candidates", type=int, default=20, help="--cascade: negatives stored per training position (default 20)")
     p.add_argument("--rank-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a ranker option for every ranker, e.g. match_features=true; repeatable")
     p.add_argument("--suffix", default="")
@@ -110,6 +119,10 @@ def main() -> int:
             two[f"{key}_minus_matcher_{m}_std"] = round(g["diff_std"], 5)
     two["ceiling"] = {ts["ceiling"]["metric"]: round(ts["ceiling"]["mean"], 5)}
     params["cascade"] = report.get("cascade")
+    if params["cascade"]:  # candidate generation speed, from each seed's cascade.json (the slowest seed)
+        rates = generation_rates(params["cascade"]["data"])
+        params["cascade"]["positions_per_s"] = rates
+        two["candidates_positions_per_s"] = round(min(rates.values()))
     tparams = dict(params, table=ts["table"], candidates=ts["candidates"], ks=ts["ks"], matcher=matcher, ceiling=ts["ceiling"])
     tparams["matcher_run"] = [{k: r[k] for k in ("label", "seed", "best_epoch", "test")} for r in report["runs"] if r["kind"] == "matcher"]
     write_result(f"two_stage_{ds}", two, tparams, ts["runs"], machine)

@@ -18,7 +18,7 @@ from seqrec.train.cascade import CandidateStage, fold_of, position_candidates
 from seqrec.train.factory import build
 
 SDM = {"hidden": 8, "heads": 2, "id_dim": 4, "side_dim": 2, "profile_dim": 2}
-BST = {"id_dim": 8, "side_dim": 4, "mlp": "16-8", "heads": 2, "match_features": True, "loss": "listwise",
+BST = {"id_dim": 8, "side_dim": 4, "mlp": "16-8", "heads": 2, "match_features": True, "covisit": True, "loss": "listwise",
        "cascade_negatives": 4, "negatives": 1}
 
 
@@ -139,6 +139,15 @@ def test_cross_fitting_never_shows_a_matcher_its_own_rows(tiny_prepared, tmp_pat
         own = {k for k, g in zip(rows, folds) if g == f}
         assert seen[f].isdisjoint(own), f"the fold-{f} matcher saw its own rows"
         assert seen[f] == set(rows) - own
+    # each fold's item-CF table (the co-visitation scores) is fitted on the same rows as its matcher
+    from seqrec.models.itemcf import ItemCF
+    from seqrec.train.cascade import COVISIT_FILE
+
+    items = read_split(tiny_prepared, "train")[F.seq_col(F.ITEM_ID)].to_pylist()
+    for f, path in enumerate(paths):
+        cf = ItemCF.from_state(np.load(f"{path}/{COVISIT_FILE}"))
+        others = np.concatenate([s for s, g in zip(items, folds) if g != f]).astype(np.int64)
+        np.testing.assert_array_equal(cf.item_counts, np.bincount(others[others >= F.FIRST_CODE], minlength=len(cf.item_counts)))
     if by == "session":  # a user's sessions are spread over the folds: a fold matcher knows most users
         users = np.array(train[F.USER_RAW].to_pylist())
         assert len({u for u, _ in seen[0]} & set(users[folds == 0])) > 0
@@ -146,6 +155,7 @@ def test_cross_fitting_never_shows_a_matcher_its_own_rows(tiny_prepared, tmp_pat
     spec = _spec(tiny_prepared)
     stage = CandidateStage.__new__(CandidateStage)
     stage.matchers = [_Constant(spec, 1.0 + f) for f in range(3)]
+    stage.cfs = [None] * 3
     stage.spec, stage.k, stage.seed, stage.rows, stage.depth, stage.by = spec, 3, cfg.seed, False, 300, by
     out = stage(train.slice(0, 60))
     for row, f in zip(out.to_pylist(), row_folds(out, 3, cfg.seed, by)):
@@ -158,7 +168,7 @@ def _cascade_batch(tiny_prepared, k: int = 6):
     spec = _spec(tiny_prepared)
     rows = read_split(tiny_prepared, "train")
     rows = rows.filter(pa.compute.greater_equal(rows[F.SEQ_LEN], 4)).slice(0, 8)
-    cand, cand_s, cand_r, tgt_s, tgt_r, top = [], [], [], [], [], []
+    cand, cand_s, cand_r, tgt_s, tgt_r, top, cand_c, tgt_c = [], [], [], [], [], [], [], []
     for row in rows.to_pylist():
         items = row[F.seq_col(F.ITEM_ID)]
         per = [[]]
@@ -173,9 +183,12 @@ def _cascade_batch(tiny_prepared, k: int = 6):
         tgt_s.append([float("nan")] + [-0.5] * n)
         tgt_r.append([-1] + [1] * n)
         top.append([float("nan")] + [0.0] * n)
+        cand_c.append([[]] + [[0.1 * j for j in range(k)] for _ in range(n)])  # co-visitation: 0.1 × list position
+        tgt_c.append([float("nan")] + [2.5] * n)
     columns = {F.CAND_ITEM: (cand, pa.list_(pa.list_(pa.int32()))), F.CAND_SCORE: (cand_s, pa.list_(pa.list_(pa.float32()))),
                F.CAND_RANK: (cand_r, pa.list_(pa.list_(pa.int32()))), F.TARGET_SCORE: (tgt_s, pa.list_(pa.float32())),
-               F.TARGET_RANK: (tgt_r, pa.list_(pa.int32())), F.TOP_SCORE: (top, pa.list_(pa.float32()))}
+               F.TARGET_RANK: (tgt_r, pa.list_(pa.int32())), F.TOP_SCORE: (top, pa.list_(pa.float32())),
+               F.CAND_COVISIT: (cand_c, pa.list_(pa.list_(pa.float32()))), F.TARGET_COVISIT: (tgt_c, pa.list_(pa.float32()))}
     table = rows
     for name, (values, kind) in columns.items():
         table = table.append_column(name, pa.array(values, kind))
@@ -207,6 +220,9 @@ def test_later_items_of_the_session_are_never_negatives(tiny_prepared):
     assert torch.all(inp.match_rank[:, 0] == 1) and torch.allclose(inp.match_gap[:, 0], torch.tensor(-0.5))
     real = inp.candidates[:, 1:] != F.PAD
     assert torch.allclose(inp.match_gap[:, 1:][real], -inp.match_rank[:, 1:][real].float())
+    # ... and their co-visitation scores are the stored, cross-fitted ones (not the model's own table)
+    assert torch.allclose(inp.covisit[:, 0], torch.tensor(2.5))
+    assert torch.allclose(inp.covisit[:, 1:][real], 0.1 * inp.match_rank[:, 1:][real].float())
 
 
 def test_the_matcher_features_are_the_same_in_training_offline_and_serving(tiny_prepared, tiny_artifacts, tmp_path):
@@ -237,6 +253,16 @@ def test_the_matcher_features_are_the_same_in_training_offline_and_serving(tiny_
     np.testing.assert_array_equal(codes, cands.codes)
     offline = rank_candidates(served_ranker.model, enc.rows, spec, codes, scores)
     np.testing.assert_allclose(served, offline, rtol=1e-5, atol=1e-5)
+    # the co-visitation feature at serving is item-CF's score of the request's last behaviours (the reference)
+    from seqrec.evaluate import fit_item_cf, item_cf_inputs
+    from seqrec.models.ranking import COVISIT
+
+    inp = served_ranker.model.inference_input(collate(enc.rows, spec), torch.from_numpy(np.maximum(codes, 0)),
+                                              match=torch.from_numpy(scores))
+    cf = fit_item_cf(read_split(tiny_prepared, "train"), spec, **COVISIT.to_dict())
+    ref = np.take_along_axis(cf.scores(*item_cf_inputs(enc.rows)), np.maximum(codes, 0), 1)
+    np.testing.assert_allclose(inp.covisit.numpy(), np.where(codes >= F.FIRST_CODE, ref, 0.0), rtol=1e-5, atol=1e-6)
+    assert float(inp.covisit.max()) > 0
     rank_, gap = match_inputs(torch.from_numpy(scores))
     assert rank_[0].tolist() == list(range(40)) and float(gap[0, 0]) == 0.0 and bool((gap <= 0).all())
     # a match-features ranker refuses candidates without their matcher scores

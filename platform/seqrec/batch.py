@@ -42,6 +42,8 @@ class Batch:
     target_score: (B, T) float32 the matcher score of each position's own item
     target_rank:  (B, T) int64 its rank among every item (0 = the matcher's first)
     top_score:    (B, T) float32 the score of the matcher's first item
+    cand_covisit: (B, T, K) float32 the candidates' co-visitation scores with the behaviours before t (cross-fitted)
+    target_covisit: (B, T) float32 the position's own item's
     """
 
     user: dict[str, torch.Tensor]
@@ -61,6 +63,8 @@ class Batch:
     target_score: torch.Tensor | None = None
     target_rank: torch.Tensor | None = None
     top_score: torch.Tensor | None = None
+    cand_covisit: torch.Tensor | None = None
+    target_covisit: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -170,6 +174,9 @@ def collate(table: pa.Table | pa.RecordBatch, spec: FeatureSpec) -> Batch:
             "target_rank": t(pad_lists(table[F.TARGET_RANK], width=width)),
             "top_score": t(pad_lists(table[F.TOP_SCORE], dtype=np.float32, width=width)),
         }
+        if F.CAND_COVISIT in table.column_names:
+            cascade["cand_covisit"] = t(pad_nested(table[F.CAND_COVISIT], width, dtype=np.float32))
+            cascade["target_covisit"] = t(pad_lists(table[F.TARGET_COVISIT], dtype=np.float32, width=width))
     return Batch(
         user={u: t(_scalar(table[u])) for u in user_names},
         seq={f: t(pad_lists(table[F.seq_col(f)], width=width)) for f in item_names},

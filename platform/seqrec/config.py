@@ -210,6 +210,12 @@ class TrainJob:
     def run_name(self) -> str:
         return self.run.name or f"{self.model.replace(':', '-')}-{Path(self.data).name}"
 
+# a cascade ranker's options unless set otherwise: the matcher's rank and score gap, and the cross-fitted
+# co-visitation score, as features; a softmax over each position's list; the matcher's candidates as the only
+# negatives (what it will re-order). Measured in docs/results.md ("Cascade rankers").
+CASCADE_RANKER_OPTIONS = {"match_features": True, "covisit": True, "loss": "listwise", "negatives": 0}
+
+
 @dataclass
 class CascadeConfig:
     """Cascade training data (:mod:`seqrec.train.cascade`): the matcher's cross-fitted candidates per training position."""

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from seqrec.config import ExperimentSpec, TrainConfig
+from seqrec.config import CASCADE_RANKER_OPTIONS, ExperimentSpec, TrainConfig
 from seqrec.data.prepare import load_manifest, read_split
 from seqrec.evaluate import (
     cascade_metrics,
@@ -167,7 +167,8 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
     if val is not None and val.num_rows == 0:
         val = None
     common = dict(spec.model_options)
-    rank_common = {"tz_offset_s": manifest["config"]["protocol"].get("tz_offset_s", 0), **spec.rank_options}
+    rank_common = {"tz_offset_s": manifest["config"]["protocol"].get("tz_offset_s", 0),
+                   **(CASCADE_RANKER_OPTIONS if spec.cascade is not None else {}), **spec.rank_options}
 
     def options_of(e: ModelEntry) -> dict:
         return {**(rank_common if is_ranker(e.name) else common), **e.options}

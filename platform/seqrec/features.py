@@ -62,6 +62,8 @@ CAND_RANK = "cand_match_rank"  # list<list<int32>>: their ranks in the matcher's
 TARGET_SCORE = "target_match_score"  # list<float32>: the matcher score of the position's own item
 TARGET_RANK = "target_match_rank"  # list<int32>: its rank among every item (0 = the matcher's first)
 TOP_SCORE = "top_match_score"  # list<float32>: the score of the matcher's first item
+CAND_COVISIT = "cand_covisit_score"  # list<list<float32>>: the candidates' co-visitation scores (seqrec.models.ranking.covisit_scores)
+TARGET_COVISIT = "target_covisit_score"  # list<float32>: the position's own item's, both from the fold's item-CF table
 # ... and of an evaluation row: the matcher's top N after its whole input, what the ranker re-orders
 ROW_CAND_ITEM = "row_cand_item_id"  # list<int32>, best first
 ROW_CAND_SCORE = "row_cand_match_score"  # list<float32>

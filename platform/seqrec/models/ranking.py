@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as nnf
 from torch import nn
@@ -43,12 +44,14 @@ from seqrec import features as F
 from seqrec.batch import Batch
 from seqrec.features import FeatureSpec
 from seqrec.models.common import LossOutput, ModelConfig
+from seqrec.models.itemcf import ItemCF, ItemCFConfig
 
 TIME_BUCKETS = 40  # 0 = padding, 1 = same second, k = 2 + floor(log2(gap in s)) up to ~8,700 years
 HOURS, WEEKDAYS = 24, 7
 MOMENTS = ("target", "last")
 LOSSES = ("bce", "listwise")
 MATCH_BUCKETS = 17  # matcher rank r → 1 + floor(log2(r + 1)), capped; 0 = no matcher score (a popularity negative)
+COVISIT = ItemCFConfig()  # the item-CF table behind ``covisit``: the SDM paper's baseline settings (seqrec.models.itemcf)
 
 
 def widths(value, name: str) -> tuple[int, ...]:
@@ -83,6 +86,7 @@ class RankConfig(ModelConfig):
     loss: str = "bce"  # bce: pointwise binary cross-entropy (BST eq. 9) | listwise: softmax over each position's candidates
     match_features: bool = False  # the matcher's rank and score gap of each candidate as features, and the gap in the logit
     cascade_negatives: int = 10  # on cascade rows: negatives per positive drawn from the matcher's candidates
+    covisit: bool = False  # the candidate's item-CF co-visitation score with the latest behaviours (a cross feature), and in the logit
 
     def __post_init__(self) -> None:
         if isinstance(self.features, dict):
@@ -129,6 +133,7 @@ class RankInput:
     labels:        (R, C) float 0/1 (training and evaluation), or None
     match_rank:    (R, C) int64 the matcher's rank of each candidate (-1: none), or None (:func:`match_inputs`)
     match_gap:     (R, C) float32 its matcher score minus the matcher's first item's score (<= 0), or None
+    covisit:       (R, C) float32 its co-visitation score with the latest behaviours (:func:`covisit_scores`), or None
     """
 
     user: dict[str, torch.Tensor]
@@ -140,6 +145,7 @@ class RankInput:
     labels: torch.Tensor | None = None
     match_rank: torch.Tensor | None = None
     match_gap: torch.Tensor | None = None
+    covisit: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -204,6 +210,53 @@ def match_inputs(scores: torch.Tensor, ranks: torch.Tensor | None = None,
         top = scores[:, 0]
     gap = scores.float() - top.float()[:, None]
     return ranks.long(), torch.where(torch.isfinite(gap), gap, torch.zeros_like(gap))
+
+
+DENSE_COVISIT = 1 << 24  # a catalogue of N items with N² <= this keeps its item-CF table dense (N <= 4096: <= 64 MB)
+
+
+def covisit_table(neighbors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The item-CF table in the form :func:`covisit_scores` reads fastest: dense (N, N) similarities when
+    N² <= ``DENSE_COVISIT`` (a score is then 1 gather per trigger and candidate), else the sparse top-K
+    ``(neighbors, weights)`` (N, K) as :class:`seqrec.models.itemcf.ItemCF` keeps them."""
+    n = neighbors.shape[0]
+    if n * n > DENSE_COVISIT:
+        return neighbors, weights
+    dense = torch.zeros(n, n, dtype=torch.float32, device=weights.device)
+    dense.scatter_add_(1, neighbors.long(), weights.float())  # padding slots add 0 to column 0
+    dense[:, : F.FIRST_CODE] = 0.0
+    return dense
+
+
+def covisit_scores(table, triggers: torch.Tensor, candidates: torch.Tensor, decay: float) -> torch.Tensor:
+    """(R, C) item-CF scores of ``candidates`` (R, C) given ``triggers`` (R, n) item codes, most recent LAST
+    (left-padded with 0): ``sum_age decay**age * sim(trigger of that age, candidate)``, ``table`` from
+    :func:`covisit_table` — the same number ``ItemCF.scores`` gives (``tests/test_covisit.py``). Padding and
+    unknown triggers and candidates score 0.
+
+    Written here rather than calling ``ItemCF.scores``: that one is numpy over the whole catalogue per row; this
+    one is torch, on the model's device, and scores only the given candidates. With the sparse table, rows are
+    scattered into dense (rows, N) buffers in chunks of <= 2^24 cells, so memory stays bounded."""
+    r, n = triggers.shape
+    age = torch.arange(n - 1, -1, -1, device=triggers.device, dtype=torch.float32)  # most recent (last) has age 0
+    decay_w = (float(decay) ** age)[None, :] * (triggers >= F.FIRST_CODE)  # (R, n)
+    candidates = candidates.long()
+    if isinstance(table, torch.Tensor):  # dense (N, N)
+        sims = table[triggers.long()[:, :, None], candidates[:, None, :]]  # (R, n, C)
+        out = (sims * decay_w[..., None]).sum(1)
+        return out.masked_fill(candidates < F.FIRST_CODE, 0.0)
+    neighbors, weights = table
+    nb = neighbors[triggers].long()  # (R, n, K)
+    w = weights[triggers].float() * decay_w[..., None]
+    n_items = neighbors.shape[0]
+    out = torch.zeros(candidates.shape, dtype=torch.float32, device=candidates.device)
+    step = max(1, (1 << 24) // max(n_items, 1))
+    for a in range(0, r, step):
+        buf = torch.zeros(min(step, r - a), n_items, dtype=torch.float32, device=candidates.device)
+        buf.scatter_add_(1, nb[a:a + step].flatten(1), w[a:a + step].flatten(1))
+        buf[:, : F.FIRST_CODE] = 0.0
+        out[a:a + step] = buf.gather(1, candidates[a:a + step])
+    return out
 
 
 def match_buckets(rank: torch.Tensor) -> torch.Tensor:
@@ -279,6 +332,10 @@ class OtherFeatures(nn.Module):
             if wide:
                 self.wide_match = nn.Embedding(MATCH_BUCKETS, 1)
                 nn.init.zeros_(self.wide_match.weight)
+        self.covisit = c.covisit
+        if self.covisit:  # log(1 + score) and whether the candidate has any co-visitation with the behaviours
+            self.covisit_feature = nn.Linear(2, d)
+            self.candidate_dim += d
 
     @staticmethod
     def _key(k: str) -> str:
@@ -319,6 +376,11 @@ class OtherFeatures(nn.Module):
         if self.match:
             bucket, gap = self._match(inp)
             parts += [self.match_rank(bucket), self.match_gap(gap[..., None])]
+        if self.covisit:
+            if inp.covisit is None:
+                raise ValueError("this ranker reads each candidate's co-visitation score (covisit=True): build its input "
+                                 "with training_input / inference_input")
+            parts.append(self.covisit_feature(torch.stack([torch.log1p(inp.covisit), (inp.covisit > 0).float()], -1)))
         if not parts:
             return side.new_zeros(*inp.candidates.shape, 0, dtype=torch.float32)
         return torch.cat(parts, dim=-1)  # (R, C, Pk)
@@ -410,6 +472,13 @@ class Ranker(nn.Module):
             # the matcher's score gap enters the logit directly, weighted (1 at the start): the ranker starts from the
             # matcher's order (its scores are a softmax model's logits) and learns what to change about it
             self.match_weight = nn.Parameter(torch.ones(()))
+        if config.covisit:
+            # the item-CF table (N, K) of the training split (set_covisitation; saved with the model), and the weight
+            # of log(1 + co-visitation score) in the logit (0 at the start: the ranker starts from the matcher's order)
+            k = COVISIT.top_neighbors
+            self.register_buffer("covisit_neighbors", torch.zeros(spec.n_items, k, dtype=torch.int32), persistent=True)
+            self.register_buffer("covisit_weights", torch.zeros(spec.n_items, k), persistent=True)
+            self.covisit_weight = nn.Parameter(torch.zeros(()))
 
     # --- item table -----------------------------------------------------------------------------
     def set_item_table(self, side: torch.Tensor, counts: torch.Tensor) -> None:
@@ -424,6 +493,33 @@ class Ranker(nn.Module):
             )
         self.item_side.copy_(side)
         self.item_counts.copy_(counts)
+
+    def set_covisitation(self, cf: ItemCF) -> None:
+        """The item-CF similarity table behind the ``covisit`` feature: an :class:`ItemCF` fitted on the training
+        split with the settings ``COVISIT`` (what ``seqrec.train.factory.build`` does)."""
+        if not self.config.covisit:
+            raise ValueError("set_covisitation on a ranker without covisit=True")
+        if cf.neighbors is None or cf.config != COVISIT:
+            raise ValueError(f"the co-visitation table must be an ItemCF fitted with {COVISIT}, got {cf.config}")
+        if cf.n_items != self.config.features.n_items:
+            raise ValueError(f"the item-CF table has {cf.n_items} items, the model {self.config.features.n_items}: "
+                             "fit it on the same dataset")
+        self.covisit_neighbors.copy_(torch.from_numpy(cf.neighbors.astype(np.int32)))
+        self.covisit_weights.copy_(torch.from_numpy(cf.weights))
+
+    def covisit_of(self, stream: tuple, rows: torch.Tensor, ends: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """(P, C) co-visitation scores of ``candidates`` with the ``COVISIT.n_triggers`` behaviours before ``ends``."""
+        if float(self.covisit_weights.abs().sum()) == 0:
+            raise ValueError("covisit=True but the model has no item-CF table: call set_covisitation (seqrec.train.factory.build does)")
+        triggers = windows(stream, rows, ends, COVISIT.n_triggers)[0]
+        return covisit_scores(self._covisit_table(), triggers, candidates, COVISIT.recency_decay)
+
+    def _covisit_table(self):
+        """:func:`covisit_table` of the model's buffers, kept until they change (set, loaded or moved)."""
+        key = (self.covisit_weights.data_ptr(), self.covisit_weights._version, self.covisit_neighbors._version)
+        if getattr(self, "_covisit_cache", (None,))[0] != key:
+            self._covisit_cache = (key, covisit_table(self.covisit_neighbors, self.covisit_weights))
+        return self._covisit_cache[1]
 
     def side_of(self, items: torch.Tensor) -> torch.Tensor:
         """(...,) item codes → (..., n_side) side codes."""
@@ -459,9 +555,12 @@ class Ranker(nn.Module):
         cascade = batch.cand_item is not None
         if cascade:
             ok &= (pos >= 1) & (batch.cand_item[:, :t, 0] >= F.FIRST_CODE)
-        elif self.config.match_features:
-            raise ValueError("match_features=True trains on cascade rows (the matcher's candidates and scores): make them "
-                             "with `seqrec data candidates` and train with --candidates")
+        elif self.config.match_features or self.config.covisit:
+            raise ValueError("match_features=True and covisit=True train on cascade rows (the matcher's candidates and "
+                             "scores, cross-fitted co-visitation scores): make them with `seqrec data candidates` and "
+                             "train with --candidates")
+        if cascade and self.config.covisit and batch.cand_covisit is None:
+            raise ValueError("covisit=True needs cascade rows with co-visitation scores: make them again with `seqrec data candidates`")
         rows, p = ok.nonzero(as_tuple=True)  # (P,)
         if rows.numel() == 0:
             raise ValueError("the batch has no ranking samples: every position needs >= 1 earlier behaviour and a known item")
@@ -472,9 +571,11 @@ class Ranker(nn.Module):
         if k == 0 and not cascade:
             raise ValueError("negatives=0 leaves no negatives outside cascade rows: use negatives >= 1")
         neg = self.sample_negatives(positive.numel() * k, positive.device).view(positive.numel(), k)
-        match_rank = match_gap = None
+        match_rank = match_gap = fitted = None
         if cascade:
-            c_neg, c_rank, c_gap = self._cascade_negatives(batch, rows, p, positive)
+            c_neg, c_rank, c_gap, c_cov = self._cascade_negatives(batch, rows, p, positive)
+            if self.config.covisit:  # cross-fitted: from an item-CF table that never saw these positions
+                fitted = torch.cat([batch.target_covisit[rows, p][:, None], c_cov], dim=1)
             top = batch.top_score[rows, p]
             p_rank, p_gap = match_inputs(batch.target_score[rows, p][:, None], batch.target_rank[rows, p][:, None], top)
             none = torch.full_like(neg, -1)
@@ -495,6 +596,12 @@ class Ranker(nn.Module):
         labels[:, 0] = 1.0
         # a negative that equals the positive is an accidental hit: padding, ignored by the loss
         cands[:, 1:] = cands[:, 1:].masked_fill(neg == positive[:, None], F.PAD)
+        covisit = None
+        if self.config.covisit:
+            # the model's own table for the other negatives (it trained on these positions, but a negative's pairs
+            # with the window are not the position's own); the positive and the matcher's candidates: cross-fitted
+            covisit = self.covisit_of(stream, rows, ends, cands)
+            covisit[:, : fitted.shape[1]] = fitted
         return RankInput(
             user={u: v[rows] for u, v in batch.user.items()},
             window=w_items,
@@ -505,10 +612,12 @@ class Ranker(nn.Module):
             labels=labels,
             match_rank=match_rank,
             match_gap=match_gap,
+            covisit=covisit,
         )
 
     def _cascade_negatives(self, batch: Batch, rows: torch.Tensor, p: torch.Tensor, positive: torch.Tensor):
-        """(negatives (P, m), their matcher ranks (P, m), score gaps (P, m)): ``m = cascade_negatives`` drawn
+        """(negatives (P, m), their matcher ranks (P, m), score gaps (P, m), co-visitation scores (P, m) or None):
+        ``m = cascade_negatives`` drawn
         uniformly from each position's stored candidates (themselves a uniform draw from the matcher's list),
         none equal to the positive or to an item later in the session; padding (0, rank -1) where fewer remain."""
         m = self.config.cascade_negatives
@@ -524,7 +633,8 @@ class Ranker(nn.Module):
         ok = pick_val >= 0
         neg = torch.where(ok, cands.gather(1, pick), torch.zeros_like(pick))
         rank, gap = match_inputs(scores.gather(1, pick), ranks.gather(1, pick), batch.top_score[rows, p])
-        return neg, torch.where(ok, rank, torch.full_like(rank, -1)), torch.where(ok, gap, torch.zeros_like(gap))
+        cov = None if batch.cand_covisit is None else torch.where(ok, batch.cand_covisit[rows, p].gather(1, pick), 0.0)
+        return neg, torch.where(ok, rank, torch.full_like(rank, -1)), torch.where(ok, gap, torch.zeros_like(gap)), cov
 
     def inference_input(self, batch: Batch, candidates: torch.Tensor, labels: torch.Tensor | None = None,
                         match: torch.Tensor | None = None) -> RankInput:
@@ -550,6 +660,7 @@ class Ranker(nn.Module):
             candidates=candidates,
             labels=labels,
             **(dict(zip(("match_rank", "match_gap"), match_inputs(match))) if match is not None else {}),
+            covisit=self.covisit_of(stream, rows, ends, candidates) if self.config.covisit else None,
         )
 
     # --- model ----------------------------------------------------------------------------------
@@ -569,6 +680,8 @@ class Ranker(nn.Module):
             out = out + self.other.wide_logit(inp, cand_side)
         if self.config.match_features:
             out = out + self.match_weight * inp.match_gap  # + w · (score - the matcher's first score); checked in candidate()
+        if self.config.covisit:
+            out = out + self.covisit_weight * torch.log1p(inp.covisit)
         return out
 
     def forward(self, batch: Batch) -> LossOutput:
@@ -653,6 +766,8 @@ __all__ = [
     "TIME_BUCKETS",
     "TokenEmbedding",
     "behaviour_stream",
+    "covisit_scores",
+    "covisit_table",
     "hash_cross",
     "sinusoid_table",
     "time_buckets",

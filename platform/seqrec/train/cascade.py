@@ -16,6 +16,11 @@ the matcher's user state after event t-1 retrieves its top ``candidates`` items 
 their inner products ``cand_match_score``), and the position's own item gets its inner product and its rank
 among every item (``target_match_score``, ``target_match_rank``). Position 0 gets empty lists.
 
+Each fold also fits an item-CF table (:class:`seqrec.models.itemcf.ItemCF`, settings ``ranking.COVISIT``) on the
+same rows as its matcher, and every drawn candidate and target gets its co-visitation score with the behaviours
+before t (``cand_covisit_score``, ``target_covisit_score``): a ``covisit`` ranker's cross feature, cross-fitted
+for the same reason as the matcher's scores (a table built on a position's own pairs has seen its answer).
+
 The label window is the rest of the session: when the ranker trains, a candidate that the user goes on to
 interact with later in the same session is not used as a negative (:func:`seqrec.models.ranking`).
 
@@ -45,8 +50,11 @@ from seqrec.features import FeatureSpec
 CASCADE_FILE = "cascade.json"
 TYPES = {F.CAND_ITEM: pa.list_(pa.list_(pa.int32())), F.CAND_SCORE: pa.list_(pa.list_(pa.float32())),
          F.CAND_RANK: pa.list_(pa.list_(pa.int32())), F.TARGET_SCORE: pa.list_(pa.float32()),
-         F.TARGET_RANK: pa.list_(pa.int32()), F.TOP_SCORE: pa.list_(pa.float32())}
-CASCADE_COLUMNS = (F.CAND_ITEM, F.CAND_SCORE, F.CAND_RANK, F.TARGET_SCORE, F.TARGET_RANK, F.TOP_SCORE)
+         F.TARGET_RANK: pa.list_(pa.int32()), F.TOP_SCORE: pa.list_(pa.float32()),
+         F.CAND_COVISIT: pa.list_(pa.list_(pa.float32())), F.TARGET_COVISIT: pa.list_(pa.float32())}
+CASCADE_COLUMNS = (F.CAND_ITEM, F.CAND_SCORE, F.CAND_RANK, F.TARGET_SCORE, F.TARGET_RANK, F.TOP_SCORE,
+                   F.CAND_COVISIT, F.TARGET_COVISIT)
+COVISIT_FILE = "itemcf.npz"  # each fold's item-CF table, next to its matcher's checkpoint
 
 
 def row_folds(table: pa.Table, folds: int, seed: int, by: str) -> np.ndarray:
@@ -75,7 +83,7 @@ def _row_keys(table: pa.Table, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: FeatureSpec, k: int, depth: int = 300,
-                        seed: int = 0, batch_size: int = 256) -> dict[str, pa.Array]:
+                        seed: int = 0, batch_size: int = 256, cf=None) -> dict[str, pa.Array]:
     """The cascade columns (``CASCADE_COLUMNS``) of every row of ``table`` by ``matcher`` (exact inner products).
 
     For row r and position t >= 1, the state after event t-1 (``user_states``) scores every item. Its top
@@ -83,16 +91,25 @@ def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: Feature
     uniformly (a stable draw per row, position and item), never the item at t nor an item later in the session
     (the label window), with their scores and ranks; then the score and exact rank of the item at t, and the
     list's first score. A position whose item is not in the top ``depth`` gets empty lists: the ranker never
-    sees that list with its positive, so it trains on it neither. Position 0 gets empty lists too."""
-    from seqrec.models.ranking import hash_cross
+    sees that list with its positive, so it trains on it neither. Position 0 gets empty lists too.
+
+    ``cf``: the fold's :class:`ItemCF` (fitted with ``ranking.COVISIT``); the drawn candidates' and the target's
+    co-visitation scores with the behaviours before t (``CAND_COVISIT`` / ``TARGET_COVISIT``, what a ``covisit``
+    ranker reads; zeros without it)."""
+    from seqrec.models.ranking import COVISIT, behaviour_stream, covisit_scores, covisit_table, hash_cross, windows
 
     matcher.eval()
     items = matcher.item_embeddings().detach().float()  # (N, D)
     depth = min(depth, items.shape[0] - F.FIRST_CODE)
     k = min(k, depth)
     out: dict[str, list] = {name: [] for name in CASCADE_COLUMNS}
+    cf_table = None if cf is None else covisit_table(torch.from_numpy(cf.neighbors), torch.from_numpy(cf.weights))
+    # rows by length, so a batch pads little (the matcher's states and the label-window check cost B × T); the
+    # columns go back to the table's order at the end
+    order = np.argsort(table[F.SEQ_LEN].to_numpy(), kind="stable")
+    ordered = table.take(order)
     for start in range(0, table.num_rows, batch_size):
-        part = table.slice(start, batch_size)
+        part = ordered.slice(start, batch_size)
         batch = collate(part, spec)
         states = matcher.user_states(batch).float()  # (B, T, D)
         lengths = batch.seq_len.tolist()
@@ -104,19 +121,29 @@ def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: Feature
         top_s, top_i = scores.topk(depth, dim=1)  # (P, depth)
         target = batch.items[rows, pos + 1]  # (P,) the item at t = pos + 1
         t_score = scores.gather(1, target[:, None])[:, 0]
-        t_rank = (scores > t_score[:, None]).sum(1)  # exact: items the matcher puts before it
+        # exact rank = items the matcher puts before it: counted in the list when the item is in it (every item
+        # scoring more is then in the list too), over the whole catalogue only for the others
+        t_rank = (top_s > t_score[:, None]).sum(1)
+        out_of_list = (t_rank >= depth).nonzero()[:, 0]
+        if len(out_of_list):
+            t_rank[out_of_list] = (scores[out_of_list] > t_score[out_of_list, None]).sum(1)
         later = torch.arange(t)[None, :]
         later = (later > (pos + 1)[:, None]) & (later < batch.seq_len[rows][:, None])  # (P, T) the label window
         future = torch.where(later, batch.items[rows], torch.zeros_like(batch.items[rows]))
         key = (_row_keys(part, seed)[rows] + pos) % 2_147_483_629
         draw = hash_cross(top_i, key[:, None], 7, 1 << 30)  # (P, depth) a stable uniform draw over the list
-        # the 2k first draws, then those that are neither the positive nor later in the session, first k kept
-        # (checking 2k instead of the whole list against the session: a draw is rarely a session item)
-        pre_val, pre = draw.topk(min(2 * k, depth), dim=1)
+        # the k + 16 first draws, then those that are neither the positive nor later in the session, first k kept
+        # (checking k + 16 instead of the whole list against the session: a draw is rarely a session item)
+        pre_val, pre = draw.topk(min(k + 16, depth), dim=1)
         items_pre = top_i.gather(1, pre)
         bad = (items_pre == target[:, None]) | (items_pre[:, :, None] == future[:, None, :]).any(-1)
         pick_val, at = pre_val.masked_fill(bad, -1).topk(k, dim=1)
         pick = pre.gather(1, at)  # (P, k) list positions = the matcher's ranks
+        cov = torch.zeros(len(rows), k + 1)
+        if cf is not None:  # [target, picks] scored with the behaviours before t = pos + 1 (history, then session)
+            stream = behaviour_stream(batch)
+            triggers = windows(stream, rows, stream[3][rows] + pos + 1, COVISIT.n_triggers)[0]
+            cov = covisit_scores(cf_table, triggers, torch.cat([target[:, None], top_i.gather(1, pick)], 1), COVISIT.recency_decay)
         # Arrow lists built from offsets (no per-position Python): each row is [position 0, its positions 1..n]
         n_row = np.maximum(np.asarray(lengths, np.int64) - 1, 0)  # (B,)
         slot = rows.numpy() + 1 + np.arange(len(rows))  # (P,) each sample's list among the B + P of the part
@@ -127,18 +154,21 @@ def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: Feature
         inner = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
         drawn = {F.CAND_ITEM: (top_i.gather(1, pick).numpy()[take].astype(np.int32), pa.int32()),
                  F.CAND_SCORE: (top_s.gather(1, pick).numpy()[take].astype(np.float32), pa.float32()),
-                 F.CAND_RANK: (pick.numpy()[take].astype(np.int32), pa.int32())}
+                 F.CAND_RANK: (pick.numpy()[take].astype(np.int32), pa.int32()),
+                 F.CAND_COVISIT: (cov[:, 1:].numpy()[take].astype(np.float32), pa.float32())}
         for name, (values, kind) in drawn.items():
             lists = pa.ListArray.from_arrays(pa.array(inner), pa.array(values, kind))
             out[name].append(pa.ListArray.from_arrays(pa.array(outer), lists))
         scalars = {F.TARGET_SCORE: (t_score.numpy(), np.nan, np.float32, pa.float32()),
                    F.TARGET_RANK: (t_rank.numpy(), -1, np.int32, pa.int32()),
-                   F.TOP_SCORE: (top_s[:, 0].numpy(), np.nan, np.float32, pa.float32())}
+                   F.TOP_SCORE: (top_s[:, 0].numpy(), np.nan, np.float32, pa.float32()),
+                   F.TARGET_COVISIT: (cov[:, 0].numpy(), np.nan, np.float32, pa.float32())}
         for name, (values, empty, dtype, kind) in scalars.items():
             flat = np.full(b + len(rows), empty, dtype)
             flat[slot] = values
             out[name].append(pa.ListArray.from_arrays(pa.array(outer), pa.array(flat, kind)))
-    return {name: pa.concat_arrays(out[name]) if out[name] else pa.array([], TYPES[name]) for name in CASCADE_COLUMNS}
+    back = pa.array(np.argsort(order, kind="stable"))
+    return {name: pa.concat_arrays(out[name]).take(back) if out[name] else pa.array([], TYPES[name]) for name in CASCADE_COLUMNS}
 
 
 @torch.no_grad()
@@ -166,7 +196,11 @@ class CandidateStage:
 
         if threads:
             torch.set_num_threads(threads)
+        from seqrec.models.itemcf import ItemCF
+
         self.matchers = [load_checkpoint(c)[0] for c in checkpoints]
+        cfs = [Path(c) / COVISIT_FILE for c in checkpoints]
+        self.cfs = [ItemCF.from_state(np.load(f)) if f.exists() else None for f in cfs]
         self.spec, self.k, self.seed, self.rows, self.depth, self.by = FeatureSpec.from_dict(spec), k, seed, rows, depth, by
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -179,7 +213,7 @@ class CandidateStage:
                 if self.rows:
                     made = row_candidates(matcher, part, self.spec, self.k)
                 else:
-                    made = position_candidates(matcher, part, self.spec, self.k, self.depth, self.seed)
+                    made = position_candidates(matcher, part, self.spec, self.k, self.depth, self.seed, cf=self.cfs[f])
                 for name, col in made.items():
                     part = part.append_column(name, col)
                 parts.append(part)
@@ -191,6 +225,8 @@ def train_fold_matchers(data_dir: str | Path, cfg: CascadeConfig, out: Path, log
     folds' validation rows; returns their checkpoint directories (``<out>/matchers/fold-<f>``)."""
     from seqrec.checkpoint import dataset_identity, save_checkpoint
     from seqrec.data.prepare import load_manifest, read_split
+    from seqrec.evaluate import fit_item_cf
+    from seqrec.models.ranking import COVISIT
     from seqrec.train.factory import build
     from seqrec.train.loop import fit
     from seqrec.train.validation import select_metric, validator
@@ -214,6 +250,9 @@ def train_fold_matchers(data_dir: str | Path, cfg: CascadeConfig, out: Path, log
         path = save_checkpoint(out / "matchers" / f"fold-{f}", model, epoch=res.best_epoch, step=0,
                                dataset=dataset_identity(manifest, data_dir), metrics={"best": res.best_metric},
                                train={"fold": f, "folds": cfg.folds, **cfg.to_dict()})
+        # the fold's item-CF table (co-visitation scores of its positions), on the same rows as its matcher
+        state = fit_item_cf(rows, spec, **COVISIT.to_dict()).state_dict()
+        np.savez(Path(path) / COVISIT_FILE, **{**state, "config": json.dumps(state["config"])})
         paths.append(str(path))
     return paths
 
@@ -225,6 +264,7 @@ def generate(data_dir: str | Path, out: str | Path, cfg: CascadeConfig, engine: 
     import pyarrow.parquet as pq
 
     from seqrec.data.prepare import load_manifest, read_split
+    from seqrec.models.ranking import COVISIT
 
     if engine not in ("ray", "local"):
         raise ValueError(f"engine={engine!r}; choose ray (a Ray Data stage) or local (this process)")
@@ -235,6 +275,7 @@ def generate(data_dir: str | Path, out: str | Path, cfg: CascadeConfig, engine: 
     t0 = time.perf_counter()
     checkpoints = train_fold_matchers(data_dir, cfg, out, log)
     t1 = time.perf_counter()
+    setup = 0.0  # local engine: loading the fold matchers (Ray: inside the stage's actors, counted in the rate)
     stage = dict(checkpoints=checkpoints, spec=manifest["feature_spec"], seed=cfg.seed, by=cfg.fold_by)
     splits = {"train": dict(k=cfg.candidates, depth=cfg.depth)}
     if manifest["config"]["protocol"].get("val") and any((data_dir / "val").glob("*.parquet")):
@@ -252,7 +293,11 @@ def generate(data_dir: str | Path, out: str | Path, cfg: CascadeConfig, engine: 
                                 batch_size=1024, concurrency=cfg.workers, num_cpus=1)
             ds.write_parquet(str((out / split).resolve()))
         else:
-            pq.write_table(CandidateStage(**stage, **how)(read_split(data_dir, split)), out / split / "part-00000.parquet")
+            ts = time.perf_counter()
+            fn = CandidateStage(**stage, **how)  # loads the fold matchers and tables: a fixed cost, timed apart
+            if split == "train":
+                setup = time.perf_counter() - ts
+            pq.write_table(fn(read_split(data_dir, split)), out / split / "part-00000.parquet")
         if split == "train":
             t2 = time.perf_counter()
     files = sorted((out / "train").glob("*.parquet"))
@@ -269,10 +314,11 @@ def generate(data_dir: str | Path, out: str | Path, cfg: CascadeConfig, engine: 
         "dataset": {"data_dir": str(data_dir.resolve()), "content_hash": manifest.get("content_hash"),
                     "vocab_hash": manifest.get("vocab_hash")},
         "label_window": "the rest of the session: later items of the same session are never negatives",
+        "covisit": {"item_cf": "each fold's, fitted on the same rows as its matcher", **COVISIT.to_dict()},
         "rows": len(lengths), "positions": positions,
         "content_hash": digest.hexdigest()[:16],
-        "seconds": {"matchers": t1 - t0, "candidates": t2 - t1},
-        "positions_per_s": positions / max(t2 - t1, 1e-9),
+        "seconds": {"matchers": t1 - t0, "candidates": t2 - t1, "setup": setup},
+        "positions_per_s": positions / max(t2 - t1 - setup, 1e-9),
         "engine": engine,
         "out": str(out.resolve()),
     }

@@ -180,9 +180,14 @@ def run_training(job: TrainJob, log=print, callbacks: list | None = None) -> dic
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchTrainer
 
+    from seqrec.config import CASCADE_RANKER_OPTIONS
     from seqrec.data.prepare import load_manifest
     from seqrec.export import export_checkpoint
+    from seqrec.models import is_ranker
     from seqrec.train.factory import build
+
+    if job.candidates is not None and is_ranker(job.model):  # a cascade ranker's defaults, under the job's options
+        job = job.replace(options={**CASCADE_RANKER_OPTIONS, **job.options})
     from seqrec.train.validation import select_metric
 
     _quiet_data()
@@ -199,7 +204,6 @@ def run_training(job: TrainJob, log=print, callbacks: list | None = None) -> dic
         ray.data.DataContext.get_current().execution_options.preserve_order = True
     source = data
     if job.candidates is not None:  # a cascade ranker: the rows with the matcher's candidates
-        from seqrec.models import is_ranker
         from seqrec.train.cascade import load_cascade
 
         if not is_ranker(job.model):

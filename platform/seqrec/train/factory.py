@@ -3,7 +3,7 @@
 Every trainer (this process, Ray Train workers, Tune trials), the tests and the benchmarks build
 models here, so a model gets the same dataset-dependent parts wherever it trains: the feature spec
 from the manifest, a ranker's item table (side features and popularity) and time zone, and the
-unigram sampler's item counts.
+unigram sampler's item counts, and a ranker's item-CF co-visitation table (``covisit``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ def build(model: str, data: str | os.PathLike, options: dict | None = None, *, s
     if ranker:
         items = read_items(data, spec)
         m.set_item_table(torch.from_numpy(items.side), torch.from_numpy(items.counts))
+        if getattr(m.config, "covisit", False):  # the item-CF table of the training split (read whole: one pass)
+            from seqrec.data.prepare import read_split
+            from seqrec.evaluate import fit_item_cf
+            from seqrec.models.ranking import COVISIT
+
+            m.set_covisitation(fit_item_cf(read_split(data, "train"), spec, **COVISIT.to_dict()))
     elif m.config.loss == "sampled" and m.config.sampler == "unigram":
         m.softmax.set_item_counts(torch.from_numpy(read_items(data, spec).counts))
     return m, spec, manifest
