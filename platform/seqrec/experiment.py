@@ -408,6 +408,9 @@ def _two_stage(kept, matcher: ModelEntry, rankers: list[ModelEntry], seeds, test
     labels = list(dict.fromkeys(r["label"] for r in runs))
     ceiling_key = f"{'Hit' if protocol == 'loo' else 'Recall'}@{candidates}"
     values = [c[ceiling_key] for c in ceiling]
+    gain = gains(runs, matcher.label, labels[1:], columns)
+    lines = [f"{label} over {matcher.label} alone on the same candidates: "
+             + ", ".join(f"{c} ×{g[c]['ratio']:.3f}" for c in columns) for label, g in gain.items()]
     return {
         "matcher": matcher.label,
         "rankers": [r.label for r in rankers],
@@ -415,11 +418,11 @@ def _two_stage(kept, matcher: ModelEntry, rankers: list[ModelEntry], seeds, test
         "ks": list(ks),
         "ceiling": {"metric": ceiling_key, "mean": float(np.mean(values)), "std": float(np.std(values)), "runs": ceiling},
         "summary": summary,
-        "gains": gains(runs, matcher.label, labels[1:], columns),
+        "gains": gain,
         "runs": runs,
         "table": markdown_table(summary, columns, labels)
         + f"\n\nCeiling: {ceiling_key} of {matcher.label}'s top {candidates} = {100 * np.mean(values):.2f} ± "
-          f"{100 * np.std(values):.2f} (no ranker can do better).",
+          f"{100 * np.std(values):.2f} (no ranker can do better).\n\n" + "\n".join(lines),
     }
 
 

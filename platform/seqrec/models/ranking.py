@@ -212,7 +212,7 @@ def match_inputs(scores: torch.Tensor, ranks: torch.Tensor | None = None,
     return ranks.long(), torch.where(torch.isfinite(gap), gap, torch.zeros_like(gap))
 
 
-DENSE_COVISIT = 1 << 24  # a catalogue of N items with N² <= this keeps its item-CF table dense (N <= 4096: <= 64 MB)
+DENSE_COVISIT = 1 << 25  # a catalogue of N items with N² <= this keeps its item-CF table dense (N <= 5792: <= 128 MB)
 
 
 def covisit_table(neighbors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
