@@ -509,8 +509,6 @@ class Ranker(nn.Module):
 
     def covisit_of(self, stream: tuple, rows: torch.Tensor, ends: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """(P, C) co-visitation scores of ``candidates`` with the ``COVISIT.n_triggers`` behaviours before ``ends``."""
-        if float(self.covisit_weights.abs().sum()) == 0:
-            raise ValueError("covisit=True but the model has no item-CF table: call set_covisitation (seqrec.train.factory.build does)")
         triggers = windows(stream, rows, ends, COVISIT.n_triggers)[0]
         return covisit_scores(self._covisit_table(), triggers, candidates, COVISIT.recency_decay)
 
@@ -518,6 +516,9 @@ class Ranker(nn.Module):
         """:func:`covisit_table` of the model's buffers, kept until they change (set, loaded or moved)."""
         key = (self.covisit_weights.data_ptr(), self.covisit_weights._version, self.covisit_neighbors._version)
         if getattr(self, "_covisit_cache", (None,))[0] != key:
+            if float(self.covisit_weights.abs().sum()) == 0:  # checked once per table, not per batch
+                raise ValueError("covisit=True but the model has no item-CF table: call set_covisitation "
+                                 "(seqrec.train.factory.build does)")
             self._covisit_cache = (key, covisit_table(self.covisit_neighbors, self.covisit_weights))
         return self._covisit_cache[1]
 
