@@ -263,3 +263,20 @@ def test_hard_negatives_come_from_the_matchers_top_items():
     assert "matcher" not in model.state_dict() and not any(k.startswith("negative_source") for k in model.state_dict())
     model.train()
     model(batch).loss.backward()
+
+
+def test_din_activation_unit_equals_the_concatenation_it_factors():
+    """DIN's factored first layer (per-behaviour, per-candidate and pair terms) against the MLP over the built
+    [b, c, b - c, b * c] concatenation, with more than one hidden layer and gradients."""
+    spec = tiny_spec()
+    model = make("din", spec, attention_hidden=(6, 4))
+    g = torch.Generator().manual_seed(0)
+    tok = torch.randn(3, 7, model.tokens.dim, generator=g, requires_grad=True)
+    cand = torch.randn(3, 5, model.tokens.dim, generator=g, requires_grad=True)
+    got, ref = model.attention(tok, cand), model.attention_reference(tok, cand)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    gt = torch.autograd.grad(got.square().sum(), (tok, cand))
+    gr = torch.autograd.grad(ref.square().sum(), (tok, cand))
+    for a, b in zip(gt, gr):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+

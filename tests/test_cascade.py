@@ -333,3 +333,19 @@ def test_seqrec_data_candidates_writes_the_cascade_data(tiny_prepared, tmp_path,
     assert max(len(c) for lists in rows[F.CAND_ITEM].to_pylist() for c in lists) == 4
     assert main(["data", "candidates", "--data", str(tiny_prepared), "--out", str(out), "--engine", "local"]) == 2
     assert "already holds cascade data" in capsys.readouterr().err
+
+
+def test_draw_orders_are_uniform_orders_without_repeats():
+    """Each order is ``m`` distinct slots of the list, and over the table every slot is as likely at every place
+    (a uniform draw without replacement), the same table in every process."""
+    from seqrec.train.cascade import DRAW_ORDERS, draw_orders
+
+    o = draw_orders(300, 36).numpy()
+    assert o.shape == (DRAW_ORDERS, 36) and o.min() >= 0 and o.max() < 300
+    assert all(len(set(row)) == 36 for row in o[:500])
+    per_slot = np.bincount(o.ravel(), minlength=300)  # expected 8192 * 36 / 300 = 983 each, sd ~ 31
+    assert abs(per_slot / per_slot.mean() - 1).max() < 0.15
+    first = np.bincount(o[:, 0], minlength=300)  # expected 27 each
+    assert (first > 0).mean() > 0.99
+    draw_orders.cache_clear()
+    np.testing.assert_array_equal(draw_orders(300, 36).numpy(), o)

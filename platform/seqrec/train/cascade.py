@@ -32,6 +32,7 @@ writes ``<out>/train/*.parquet`` (the training rows with the four columns added)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -81,6 +82,21 @@ def _row_keys(table: pa.Table, seed: int) -> torch.Tensor:
     return torch.tensor([zlib.crc32(f"{u}:{t}:{seed}".encode()) & 0x7FFFFFFF for u, t in zip(users, starts)], dtype=torch.long)
 
 
+DRAW_ORDERS = 8192  # stable uniform orders of a list's slots, one picked per position by its key
+
+
+@functools.lru_cache(maxsize=4)
+def draw_orders(depth: int, m: int) -> torch.Tensor:
+    """(DRAW_ORDERS, m) the first ``m`` slots of uniformly random orders of ``depth`` list slots, from a fixed seed.
+
+    A position's negatives are the first good slots of the order its stable key picks: a uniform draw without
+    replacement from its list, the same for a row in any batch, worker or run (one table per process, not one
+    hash per list slot and position, which was the stage's second cost after the top-``depth`` selection)."""
+    rng = np.random.Generator(np.random.PCG64(0x5EED))
+    orders = np.argsort(rng.random((DRAW_ORDERS, depth)), axis=1, kind="stable")[:, :m]
+    return torch.from_numpy(np.ascontiguousarray(orders))
+
+
 @torch.no_grad()
 def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: FeatureSpec, k: int, depth: int = 300,
                         seed: int = 0, batch_size: int = 256, cf=None) -> dict[str, pa.Array]:
@@ -88,20 +104,23 @@ def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: Feature
 
     For row r and position t >= 1, the state after event t-1 (``user_states``) scores every item. Its top
     ``depth`` items are the list the ranker will re-order (as serving's ``candidates``); ``k`` of them are drawn
-    uniformly (a stable draw per row, position and item), never the item at t nor an item later in the session
-    (the label window), with their scores and ranks; then the score and exact rank of the item at t, and the
-    list's first score. A position whose item is not in the top ``depth`` gets empty lists: the ranker never
-    sees that list with its positive, so it trains on it neither. Position 0 gets empty lists too.
+    uniformly (a stable draw per row and position: :func:`draw_orders`), never the item at t nor an item later in
+    the session (the label window), with their scores and ranks; then the score and exact
+    rank of the item at t, and the list's first score. A position whose item is not in the top ``depth`` gets
+    empty lists: the ranker never sees that list with its positive, so it trains on it neither (and the list is
+    never selected). Position 0 gets empty lists too.
 
     ``cf``: the fold's :class:`ItemCF` (fitted with ``ranking.COVISIT``); the drawn candidates' and the target's
     co-visitation scores with the behaviours before t (``CAND_COVISIT`` / ``TARGET_COVISIT``, what a ``covisit``
     ranker reads; zeros without it)."""
-    from seqrec.models.ranking import COVISIT, behaviour_stream, covisit_scores, covisit_table, hash_cross, windows
+    from seqrec.models.ranking import COVISIT, behaviour_stream, covisit_scores, covisit_table, windows
 
     matcher.eval()
     items = matcher.item_embeddings().detach().float()  # (N, D)
     depth = min(depth, items.shape[0] - F.FIRST_CODE)
     k = min(k, depth)
+    m = min(k + 16, depth)  # draws checked against the session per position: a draw is rarely a session item
+    orders = draw_orders(depth, m)
     out: dict[str, list] = {name: [] for name in CASCADE_COLUMNS}
     cf_table = None if cf is None else covisit_table(torch.from_numpy(cf.neighbors), torch.from_numpy(cf.weights))
     # rows by length, so a batch pads little (the matcher's states and the label-window check cost B × T); the
@@ -115,57 +134,52 @@ def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: Feature
         lengths = batch.seq_len.tolist()
         b, t = batch.items.shape
         rows, pos = torch.nonzero(torch.arange(1, max(t, 1))[None, :] < batch.seq_len[:, None], as_tuple=True)  # t-1
-        u = states[rows, pos]  # (P, D) the state after event pos = t-1
-        scores = u @ items.T  # (P, N)
+        scores = states[rows, pos] @ items.T  # (P, N) by the state after event pos = t-1
         scores[:, : F.FIRST_CODE] = float("-inf")
-        top_s, top_i = scores.topk(depth, dim=1)  # (P, depth)
         target = batch.items[rows, pos + 1]  # (P,) the item at t = pos + 1
         t_score = scores.gather(1, target[:, None])[:, 0]
-        # exact rank = items the matcher puts before it: counted in the list when the item is in it (every item
-        # scoring more is then in the list too), over the whole catalogue only for the others
-        t_rank = (top_s > t_score[:, None]).sum(1)
-        out_of_list = (t_rank >= depth).nonzero()[:, 0]
-        if len(out_of_list):
-            t_rank[out_of_list] = (scores[out_of_list] > t_score[out_of_list, None]).sum(1)
+        t_rank = (scores > t_score[:, None]).sum(1, dtype=torch.int32)  # exact rank: the items the matcher puts first
+        top1 = scores.amax(1)
+        kept = (t_rank < depth).nonzero()[:, 0]  # (Pk,) positions whose item is in the list: the ones with samples
+        top_s, top_i = scores[kept].topk(depth, dim=1)  # (Pk, depth) the list; a slot is the matcher's rank
         later = torch.arange(t)[None, :]
-        later = (later > (pos + 1)[:, None]) & (later < batch.seq_len[rows][:, None])  # (P, T) the label window
-        future = torch.where(later, batch.items[rows], torch.zeros_like(batch.items[rows]))
-        key = (_row_keys(part, seed)[rows] + pos) % 2_147_483_629
-        draw = hash_cross(top_i, key[:, None], 7, 1 << 30)  # (P, depth) a stable uniform draw over the list
-        # the k + 16 first draws, then those that are neither the positive nor later in the session, first k kept
-        # (checking k + 16 instead of the whole list against the session: a draw is rarely a session item)
-        pre_val, pre = draw.topk(min(k + 16, depth), dim=1)
+        later = (later > (pos[kept] + 1)[:, None]) & (later < batch.seq_len[rows[kept]][:, None])  # the label window
+        future = torch.where(later, batch.items[rows[kept]], torch.zeros_like(later, dtype=batch.items.dtype))
+        key = (_row_keys(part, seed)[rows[kept]] + pos[kept]) % 2_147_483_629
+        pre = orders[key % DRAW_ORDERS]  # (Pk, m) list slots in the position's draw order
         items_pre = top_i.gather(1, pre)
-        bad = (items_pre == target[:, None]) | (items_pre[:, :, None] == future[:, None, :]).any(-1)
-        pick_val, at = pre_val.masked_fill(bad, -1).topk(k, dim=1)
-        pick = pre.gather(1, at)  # (P, k) list positions = the matcher's ranks
-        cov = torch.zeros(len(rows), k + 1)
-        if cf is not None:  # [target, picks] scored with the behaviours before t = pos + 1 (history, then session)
+        bad = (items_pre == target[kept, None]) | (items_pre[:, :, None] == future[:, None, :]).any(-1)
+        first, at = torch.arange(m, 0, -1).expand(len(kept), m).masked_fill(bad, 0).topk(k, dim=1)
+        slot = pre.gather(1, at)  # (Pk, k) the first k good draws
+        cand_i, cand_s = top_i.gather(1, slot), top_s.gather(1, slot)
+        t_cov, cand_cov = torch.zeros(len(rows)), torch.zeros(len(kept), k)
+        if cf is not None:  # scored with the behaviours before t = pos + 1 (history, then session)
             stream = behaviour_stream(batch)
             triggers = windows(stream, rows, stream[3][rows] + pos + 1, COVISIT.n_triggers)[0]
-            cov = covisit_scores(cf_table, triggers, torch.cat([target[:, None], top_i.gather(1, pick)], 1), COVISIT.recency_decay)
+            t_cov = covisit_scores(cf_table, triggers, target[:, None], COVISIT.recency_decay)[:, 0]
+            cand_cov = covisit_scores(cf_table, triggers[kept], cand_i, COVISIT.recency_decay)
         # Arrow lists built from offsets (no per-position Python): each row is [position 0, its positions 1..n]
         n_row = np.maximum(np.asarray(lengths, np.int64) - 1, 0)  # (B,)
-        slot = rows.numpy() + 1 + np.arange(len(rows))  # (P,) each sample's list among the B + P of the part
+        slots = rows.numpy() + 1 + np.arange(len(rows))  # (P,) each sample's list among the B + P of the part
         outer = np.concatenate([[0], np.cumsum(n_row + 1)]).astype(np.int32)
-        take = ((t_rank < depth)[:, None] & (pick_val >= 0)).numpy()  # (P, k) kept draws; none outside the list
+        take = (first > 0).numpy()  # (Pk, k) kept draws
         counts = np.zeros(b + len(rows), np.int64)
-        counts[slot] = take.sum(1)
+        counts[slots[kept.numpy()]] = take.sum(1)
         inner = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        drawn = {F.CAND_ITEM: (top_i.gather(1, pick).numpy()[take].astype(np.int32), pa.int32()),
-                 F.CAND_SCORE: (top_s.gather(1, pick).numpy()[take].astype(np.float32), pa.float32()),
-                 F.CAND_RANK: (pick.numpy()[take].astype(np.int32), pa.int32()),
-                 F.CAND_COVISIT: (cov[:, 1:].numpy()[take].astype(np.float32), pa.float32())}
+        drawn = {F.CAND_ITEM: (cand_i.numpy()[take].astype(np.int32), pa.int32()),
+                 F.CAND_SCORE: (cand_s.numpy()[take].astype(np.float32), pa.float32()),
+                 F.CAND_RANK: (slot.numpy()[take].astype(np.int32), pa.int32()),
+                 F.CAND_COVISIT: (cand_cov.numpy()[take].astype(np.float32), pa.float32())}
         for name, (values, kind) in drawn.items():
             lists = pa.ListArray.from_arrays(pa.array(inner), pa.array(values, kind))
             out[name].append(pa.ListArray.from_arrays(pa.array(outer), lists))
         scalars = {F.TARGET_SCORE: (t_score.numpy(), np.nan, np.float32, pa.float32()),
                    F.TARGET_RANK: (t_rank.numpy(), -1, np.int32, pa.int32()),
-                   F.TOP_SCORE: (top_s[:, 0].numpy(), np.nan, np.float32, pa.float32()),
-                   F.TARGET_COVISIT: (cov[:, 0].numpy(), np.nan, np.float32, pa.float32())}
+                   F.TOP_SCORE: (top1.numpy(), np.nan, np.float32, pa.float32()),
+                   F.TARGET_COVISIT: (t_cov.numpy(), np.nan, np.float32, pa.float32())}
         for name, (values, empty, dtype, kind) in scalars.items():
             flat = np.full(b + len(rows), empty, dtype)
-            flat[slot] = values
+            flat[slots] = values
             out[name].append(pa.ListArray.from_arrays(pa.array(outer), pa.array(flat, kind)))
     back = pa.array(np.argsort(order, kind="stable"))
     return {name: pa.concat_arrays(out[name]).take(back) if out[name] else pa.array([], TYPES[name]) for name in CASCADE_COLUMNS}
