@@ -18,6 +18,11 @@ on the running replicas (no restart). The Retriever keeps the previous matcher's
 so a request encoded by either version during a swap is answered with the index of its own
 version; every response names the versions that answered it.
 
+The Ingress reads a request within bounds before any stage sees it (the app's args ``max_body_bytes``,
+``max_events``, ``max_k``, ``max_id_chars``; event timestamps by ``seqrec data prepare``'s rule): a 413 for a
+body over ``max_body_bytes``, a 422 naming the field and the bound otherwise, and no error quotes more than
+~80 characters of any value (docs/serving.md, "Bounded requests").
+
 Start it with ``seqrec serve`` (local, from a run), or ``serve run serve_apps/recommend.yaml`` (the runs of
 the README's main command; ``seqrec serve --write-config`` writes one for any runs).
 This module does not use ``from __future__ import annotations``: Serve validates the builder's
@@ -25,6 +30,7 @@ This module does not use ``from __future__ import annotations``: Serve validates
 """
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -33,7 +39,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -45,8 +51,11 @@ from seqrec.serving import (
     Event,
     LoadedModel,
     Ranked,
+    RequestLimits,
     RowBuilder,
     answer,
+    check_request,
+    clip,
     cold_start,
     encode,
     find_runs,
@@ -54,6 +63,7 @@ from seqrec.serving import (
     load_model,
     rank,
     retrieve,
+    shorten,
 )
 from seqrec.serving import Request as Req
 from serve_apps.config import BATCH, deployment_options
@@ -108,10 +118,26 @@ class RecommendOut(BaseModel):
     timings_ms: Dict[str, float]
 
 
+#: The default bound of a ``POST /recommend`` body (``max_body_bytes``): 1 MiB. A request at the other bounds
+#: fits in it: 1,000 events whose item id, behaviour and one side value have 256 characters each are about
+#: 830 kB of JSON (tests/test_serve_bounds.py); 1,000 events with integer ids, as ml-100k's or Taobao's, ~80 kB.
+MAX_BODY_BYTES = 1 << 20
+#: How many validation errors a 422 lists (it counts the others).
+MAX_ERRORS = 10
+
+
 class Limits(BaseModel):
-    max_k: int = 100
-    max_events: int = 1000
+    """The Ingress's bounds: the app's args of the same names (docs/serving.md, "Bounded requests")."""
+
+    max_k: int = RequestLimits.max_k
+    max_events: int = RequestLimits.max_events
+    max_id_chars: int = RequestLimits.max_id_chars
+    max_body_bytes: int = MAX_BODY_BYTES
     timeout_s: float = 5.0
+
+    def request(self) -> RequestLimits:
+        """The bounds :func:`seqrec.serving.check_request` checks a parsed request against."""
+        return RequestLimits(max_events=self.max_events, max_k=self.max_k, max_id_chars=self.max_id_chars)
 
 
 class AppArgs(BaseModel):
@@ -123,13 +149,121 @@ class AppArgs(BaseModel):
     matcher: Optional[str] = Field(None, description="the matcher's training run or its export/ directory")
     ranker: Optional[str] = Field(None, description="the ranker's training run or export/ directory (none: matcher order)")
     candidates: int = 300
-    max_k: int = 100
-    max_events: int = 1000
-    timeout_s: float = 5.0
+    max_k: int = Field(RequestLimits.max_k, ge=1, description="the most items one request may ask for (k)")
+    max_events: int = Field(RequestLimits.max_events, ge=1, description="the most events one request may carry")
+    max_id_chars: int = Field(RequestLimits.max_id_chars, ge=1, description="the longest id, profile or side-info "
+                              "name or value, as text")
+    max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1, description="the largest POST /recommend body (bytes): 413 above")
+    timeout_s: float = Field(5.0, gt=0, description="the longest a request may take: 504 after")
     gpu: bool = False  # models and the FAISS index on a GPU that UserEncoder, Retriever and Ranker share (config.GPU_SHARE)
     threads: int = 1  # torch and FAISS threads per replica (Ray gives a fractional-CPU replica OMP_NUM_THREADS=1 anyway)
     max_batch_size: int = BATCH["max_batch_size"]
     batch_wait_timeout_s: float = BATCH["batch_wait_timeout_s"]
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a request: bounded in size, and in what its errors echo
+
+
+class RequestError(Exception):
+    """A request the Ingress answers with ``status`` and ``{"detail": detail, "request_id": ...}``, never echoing
+    more than a clipped prefix of any input (``seqrec.serving.clip``)."""
+
+    def __init__(self, status: int, detail: Union[str, List[Dict[str, Any]]]):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def _too_large(size: Optional[int], max_bytes: int) -> RequestError:
+    size_text = "more than" if size is None else f"{size} bytes, more than"
+    unit = next((f" ({max_bytes / 2**p:.3g} {u})" for p, u in ((20, "MiB"), (10, "KiB")) if max_bytes >= 2**p), "")
+    return RequestError(413, f"the request body is {size_text} max_body_bytes={max_bytes}{unit}: "
+                        "send fewer events (the most recent ones) or shorter values")
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body of ``request``, refused (413) when it is over ``max_bytes``: before reading any of it when the
+    Content-Length says so, else as soon as the bytes read pass the bound (chunked or understated bodies)."""
+    declared = request.headers.get("content-length")
+    try:
+        size = None if declared is None else int(declared)
+    except ValueError:  # not a number: the server's own parser will say so; count the bytes instead
+        size = None
+    if size is not None and size > max_bytes:
+        raise _too_large(size, max_bytes)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise _too_large(None, max_bytes)
+    return bytes(body)
+
+
+def _is_json(content_type: str) -> bool:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+def parse_body(raw: bytes, content_type: Optional[str] = "application/json") -> RecommendIn:
+    """A ``POST /recommend`` body as :class:`RecommendIn`; :class:`RequestError` (415, 422) says why not, with
+    pydantic's errors bounded by :func:`validation_detail`. JSON is read as FastAPI reads it (``json.loads``;
+    no content-type counts as JSON)."""
+    if content_type is not None and not _is_json(content_type):
+        raise RequestError(415, f"content-type {clip(content_type)}: POST /recommend takes a JSON body "
+                           "(content-type: application/json)")
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as e:  # FastAPI's own error, as before
+        raise RequestError(422, [{"type": "json_invalid", "loc": ["body", e.pos], "msg": "JSON decode error",
+                                  "input": {}, "ctx": {"error": e.msg}}]) from None
+    except (ValueError, RecursionError) as e:  # not UTF-8/16/32, an integer of over 4,300 digits, nesting too deep
+        raise RequestError(422, [{"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error", "input": {},
+                                  "ctx": {"error": shorten(f"{type(e).__name__}: {e}")}}]) from None
+    try:
+        return RecommendIn.model_validate(obj)
+    except ValidationError as e:
+        raise RequestError(422, validation_detail(e.errors(include_url=False))) from None
+
+
+def _echo(value: Any) -> Any:
+    """A value an error quotes: itself when it is a short scalar, else a clipped text (``seqrec.serving.clip``)."""
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= 64 else clip(value)
+    if isinstance(value, str):
+        return shorten(value)
+    return clip(value)
+
+
+def validation_detail(errors: List[Dict[str, Any]], limit: int = MAX_ERRORS) -> List[Dict[str, Any]]:
+    """pydantic's errors as a 422 lists them (FastAPI's ``type``, ``loc`` from ``body``, ``msg``, ``input``,
+    ``ctx``), bounded: the first ``limit`` errors, then a count of the rest; every location part, message and
+    echoed value at most ~80 characters, saying when it was truncated. So the body stays small, whatever the input."""
+    out = []
+    for e in errors[:limit]:
+        one = {"type": e["type"], "loc": ["body", *(x if isinstance(x, int) else shorten(str(x)) for x in e["loc"])],
+               "msg": shorten(e["msg"], 160), "input": _echo(e.get("input"))}
+        if e.get("ctx"):
+            one["ctx"] = {shorten(str(k)): _echo(v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
+                          for k, v in list(e["ctx"].items())[:8]}
+        out.append(one)
+    if len(errors) > limit:
+        out.append({"type": "too_many_errors", "loc": ["body"], "msg": f"{len(errors) - limit} more errors not shown",
+                    "input": None})
+    return out
+
+
+def _inline_refs(schema: Dict[str, Any]) -> Dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` written in place (an OpenAPI operation cannot point into them)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(x):
+        if isinstance(x, dict):
+            return walk(defs[x["$ref"].rsplit("/", 1)[-1]]) if "$ref" in x else {k: walk(v) for k, v in x.items()}
+        return [walk(v) for v in x] if isinstance(x, list) else x
+
+    return walk(schema)
 
 
 def _threads(n: int) -> None:
@@ -292,7 +426,8 @@ app = FastAPI(
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 @serve.ingress(app)
 class Ingress:
-    """HTTP in and out: checks the request's limits, sends it through the stage deployments and assembles the
+    """HTTP in and out: reads the request within its bounds (:func:`read_body`, :func:`parse_body`,
+    ``seqrec.serving.check_request``), sends it through the stage deployments and assembles the
     answer with ``seqrec.serving.answer`` / ``cold_start``, as the in-process pipeline does."""
 
     def __init__(self, encoder: DeploymentHandle, retriever: DeploymentHandle, ranker: Optional[DeploymentHandle],
@@ -300,42 +435,54 @@ class Ingress:
         self.encoder, self.retriever, self.ranker = encoder, retriever, ranker
         self.candidates = int(candidates)
         self.limits = Limits(**(limits or {}))
+        self.request_limits = self.limits.request()
         self.popular_ids = RowBuilder(data).popular_ids(self.limits.max_k)
 
     @app.get("/healthz")
     async def healthz(self) -> Dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/recommend", response_model=RecommendOut)
-    async def recommend(self, body: RecommendIn, request: Request):
+    # The body is read here, not by FastAPI, so that its size is bounded before it is parsed and its errors are
+    # bounded after; the documentation still shows RecommendIn (openapi_extra).
+    @app.post("/recommend", response_model=RecommendOut, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": _inline_refs(RecommendIn.model_json_schema())}}}},
+        responses={413: {"description": "the body is over max_body_bytes (1 MiB by default)"},
+                   415: {"description": "the body is not JSON"},
+                   422: {"description": "malformed JSON, a field missing, mistyped or over its bound (max_k, max_events, "
+                         "max_id_chars), or a timestamp `seqrec data prepare` rejects; values quoted at most ~80 characters"}})
+    async def recommend(self, request: Request):
         rid = request.headers.get("x-request-id")
-        problem = self._check(body)
-        if problem:
-            return JSONResponse(status_code=422, content={"detail": problem, "request_id": rid})
         try:
-            return await asyncio.wait_for(self._recommend(body, rid), timeout=self.limits.timeout_s)
+            body = parse_body(await read_body(request, self.limits.max_body_bytes), request.headers.get("content-type"))
+            req = body.to_request()
+            self._check(body, req)
+        except RequestError as e:
+            return JSONResponse(status_code=e.status, content={"detail": e.detail, "request_id": rid})
+        try:
+            return await asyncio.wait_for(self._recommend(body, req, rid), timeout=self.limits.timeout_s)
         except asyncio.TimeoutError:
             return JSONResponse(status_code=504, content={"detail": f"no answer within {self.limits.timeout_s:g}s", "request_id": rid})
         except Exception as e:  # noqa: BLE001 - a replica error: a 5xx that names the request, never a hang
             cause = getattr(e, "cause", None) or e
             status = 503 if isinstance(cause, LookupError) else 500
             log.error("request %s failed: %r", rid, e)
-            return JSONResponse(status_code=status, content={"detail": f"{type(cause).__name__}: {cause}", "request_id": rid})
+            return JSONResponse(status_code=status, content={"detail": shorten(f"{type(cause).__name__}: {cause}", 300),
+                                                             "request_id": rid})
 
-    def _check(self, body: RecommendIn) -> Optional[str]:
-        if body.k > self.limits.max_k:
-            return f"k={body.k} is more than max_k={self.limits.max_k}"
+    def _check(self, body: RecommendIn, req: Req) -> None:
+        """:class:`RequestError` (422) for a request out of bounds (``seqrec.serving.check_request``)."""
+        try:
+            check_request(req, body.k, self.request_limits)
+        except ValueError as e:
+            raise RequestError(422, str(e)) from None
         if body.k > self.candidates and body.events:
-            return f"k={body.k} is more than the {self.candidates} candidates the retriever returns"
-        if len(body.events) > self.limits.max_events:
-            return f"{len(body.events)} events are more than max_events={self.limits.max_events}; send the most recent ones"
-        return None
+            raise RequestError(422, f"k={body.k} is more than the {self.candidates} candidates the retriever returns")
 
-    async def _recommend(self, body: RecommendIn, rid: Optional[str]) -> Dict[str, Any]:
+    async def _recommend(self, body: RecommendIn, req: Req, rid: Optional[str]) -> Dict[str, Any]:
         t0 = time.perf_counter()
         if not body.events:
             return cold_start(self.popular_ids, body.k, {"total": (time.perf_counter() - t0) * 1e3}).response(rid)
-        enc = await self.encoder.encode.remote(body.to_request())
+        enc = await self.encoder.encode.remote(req)
         if isinstance(enc, Exception):
             raise enc
         t1 = time.perf_counter()
@@ -374,5 +521,5 @@ def build(args: AppArgs):
     encoder = UserEncoder.options(**opts["UserEncoder"]).bind(args.data, args.threads, args.gpu)
     retriever = Retriever.options(**opts["Retriever"]).bind(args.threads, args.gpu)
     ranker = Ranker.options(**opts["Ranker"]).bind(args.data, args.threads, args.gpu) if args.ranker else None
-    limits = {"max_k": args.max_k, "max_events": args.max_events, "timeout_s": args.timeout_s}
+    limits = {k: getattr(args, k) for k in Limits.model_fields}
     return Ingress.options(**opts["Ingress"]).bind(encoder, retriever, ranker, args.data, args.candidates, limits)

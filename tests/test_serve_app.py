@@ -321,3 +321,18 @@ def test_serve_run_of_the_repository_config_serves_an_experiments_runs(tiny_prep
     (expected,) = Pipeline(tiny_prepared, *find_runs(run_root)).recommend([req], k=10)
     assert [i["item_id"] for i in answer["items"]] == [i["item_id"] for i in expected["items"]]
     assert answer["model_versions"]["matcher"]["model"] == "sdm" and answer["model_versions"]["ranker"]["model"] == "bst"
+
+
+def test_over_http_a_large_body_gets_a_413_and_bad_fields_a_small_422_naming_them(app):
+    def post_bounded(body):
+        return post(app, body, **{"x-request-id": "bounds-1"})
+
+    r = post_bounded(json.dumps({"user_id": "u" * 5_000_000, "events": []}))
+    assert r.status_code == 413 and len(r.content) < 500, r.text[:500]
+    assert "max_body_bytes=1048576" in r.json()["detail"] and r.json()["request_id"] == "bounds-1"
+    r = post_bounded({"user_id": "u" * 900_000, "events": []})
+    assert r.status_code == 422 and len(r.content) < 500 and "user_id is 900000 characters long" in r.json()["detail"], r.text[:500]
+    r = post_bounded({"user_id": 1, "events": [], "x" * 900_000: 1})
+    assert r.status_code == 422 and len(r.content) < 500 and "truncated; 900000 characters" in r.text, r.text[:500]
+    r = post_bounded({"user_id": 1, "events": [{"item_id": 1, "timestamp": 100}, {"item_id": 2, "timestamp": -5}]})
+    assert r.status_code == 422 and r.json()["detail"].startswith("events[1].timestamp: negative timestamp -5"), r.text

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqrec import features as F
+from seqrec.data.csvread import ColumnSpec, parse_value
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +58,147 @@ class Request:
     user_id: int | str
     events: list[Event]
     profile: dict = field(default_factory=dict)  # user profile by feature name (raw values)
+
+
+# ---------------------------------------------------------------------------------------------
+# bounds of a request: checked before any row is built (the Serve app's args of the same names set them)
+
+#: How many characters of an offending value an error message quotes (:func:`clip`).
+ECHO_CHARS = 80
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: Integer timestamps in [0, 2**53) (up to the year 285 million) are exact as floats: prepare's rule takes every one.
+_PLAIN_TS = 2**53
+_TIMESTAMP = ColumnSpec(F.TIMESTAMP, "timestamp")  # `seqrec data prepare`'s seconds column (every built-in loader's)
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may hold; :func:`check_request` enforces it.
+
+    - ``max_events``: clients send up to a week of behaviours, 1,000 events (issue 17); more is a 422 that
+      says to send the most recent ones.
+    - ``max_k``: the answer's length (an answer is read by people; the ranker re-orders a few hundred candidates).
+    - ``max_id_chars``: every id as text (user, item, behaviour), profile and side-info names and values;
+      datasets' ids are integers or short strings (a UUID has 36 characters).
+    """
+
+    max_events: int = 1000
+    max_k: int = 100
+    max_id_chars: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("max_events", "max_k", "max_id_chars"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"RequestLimits.{name}={v!r}: it must be an integer >= 1")
+
+
+def clip(value, n: int = ECHO_CHARS) -> str:
+    """``value`` as an error message may quote it (its ``repr``): at most ``n`` characters of it, and saying so
+    when it was longer. The work is bounded too (``reprlib``), whatever the size of ``value``."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= n else f"{value[:n]!r}... (truncated; {len(value)} characters)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * n:
+        return f"an integer of {value.bit_length()} bits (truncated)"  # str() of it is slow, refused past 4,300 digits
+    text = _REPR.repr(value)  # a container's first items and levels, its long strings elided with "..."
+    if len(text) > n:
+        return f"{text[:n]}... (truncated)"
+    return f"{text} (truncated)" if "..." in text else text
+
+
+def shorten(text: str, n: int = ECHO_CHARS) -> str:
+    """``text`` itself when it has at most ``n`` characters, else its first ``n`` and how long it was."""
+    return text if len(text) <= n else f"{text[:n]}... (truncated; {len(text)} characters)"
+
+
+def _repr():
+    import reprlib
+
+    r = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+    r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 2, 4, 4, 4, 4
+    r.maxstring = r.maxother = r.maxlong = ECHO_CHARS
+    return r
+
+
+_REPR = _repr()
+
+
+def _id_problem(value, max_chars: int) -> str | None:
+    """Why ``value`` (an id, a profile or side-info value, or a name) is refused, or None."""
+    if isinstance(value, str):
+        if len(value) > max_chars:
+            return f"is {len(value)} characters long, more than max_id_chars={max_chars} (it starts {value[:20]!r}...)"
+        return None
+    if value is None or isinstance(value, (bool, float)):
+        return None
+    if isinstance(value, int):
+        return None if _INT64_MIN <= value <= _INT64_MAX else f"{clip(value)} is out of the int64 range of ids"
+    return f"is a {type(value).__name__} ({clip(value)}): send one string or integer"
+
+
+def timestamp_problem(ts) -> str | None:
+    """Why ``seqrec data prepare`` would reject ``ts`` as an event's timestamp (seconds since the epoch), or None:
+    its own rule (:func:`seqrec.data.csvread.parse_value` of the seconds column), so serving takes exactly the
+    timestamps training could have read."""
+    if type(ts) is int and 0 <= ts < _PLAIN_TS:
+        return None  # the plain case, without parse_value's ~3 us of text round trip
+    try:
+        text = str(ts)
+    except ValueError:  # an int of more than 4,300 digits (json.loads refuses them before they get here)
+        return f"timestamp {clip(ts)} is out of the int64 range"
+    _, reason = parse_value(text, _TIMESTAMP, F.TIMESTAMP)
+    return None if reason is None else shorten(reason, 2 * ECHO_CHARS)
+
+
+def check_request(request: Request, k: int, limits: RequestLimits = RequestLimits()) -> None:
+    """Raise ``ValueError`` naming the first field out of ``limits`` (and the limit), or the first event whose
+    timestamp ``seqrec data prepare`` rejects (its index and the reason). Messages quote values clipped
+    (:func:`clip`), so an error never echoes a large input."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={clip(k)}: ask for at least 1 item")
+    if k > limits.max_k:
+        raise ValueError(f"k={k} is more than max_k={limits.max_k}")
+    if len(request.events) > limits.max_events:
+        raise ValueError(f"{len(request.events)} events are more than max_events={limits.max_events}; send the most recent ones")
+    m = limits.max_id_chars
+    fields = [("user_id", request.user_id)]
+    for name, value in request.profile.items():
+        fields += [(f"profile name {clip(name, 20)}", name), (f"profile[{clip(name, 20)}]", value)]
+    for where, value in fields:
+        if (why := _id_problem(value, m)) is not None:
+            raise ValueError(f"{where} {why}")
+    events = request.events
+    ts = [e.timestamp for e in events]
+    values = [e.item_id for e in events] + [e.behavior for e in events]
+    values += [x for e in events if e.side for kv in e.side.items() for x in kv]
+    if _plain_timestamps(ts) and _plain_ids(values, m):
+        return  # the common case, in a few list passes (a per-event loop costs ~1 ms for 1,000 events)
+    for i, e in enumerate(events):  # the first offending event, named
+        if (why := timestamp_problem(e.timestamp)) is not None:
+            raise ValueError(f"events[{i}].timestamp: {why} (`seqrec data prepare` rejects it: timestamps are "
+                             "whole seconds since the epoch, >= 0)")
+        for where, value in (("item_id", e.item_id), ("behavior", e.behavior)):
+            if (why := _id_problem(value, m)) is not None:
+                raise ValueError(f"events[{i}].{where} {why}")
+        for name, value in e.side.items():
+            if (why := _id_problem(name, m)) is not None:
+                raise ValueError(f"events[{i}]: a side-info name {why}")
+            if (why := _id_problem(value, m)) is not None:
+                raise ValueError(f"events[{i}].{shorten(str(name), 20)} {why}")
+
+
+def _plain_timestamps(ts: list) -> bool:
+    """Whether every timestamp is :func:`timestamp_problem`'s plain case (an int in [0, 2**53))."""
+    return all(type(t) is int for t in ts) and (not ts or (min(ts) >= 0 and max(ts) < _PLAIN_TS))
+
+
+def _plain_ids(values: list, max_chars: int) -> bool:
+    """Whether every value passes :func:`_id_problem` as a None, a short string or an int64 (no float, no bool)."""
+    strs = [v for v in values if type(v) is str]
+    ints = [v for v in values if type(v) is int]
+    nones = sum(v is None for v in values)
+    return (len(strs) + len(ints) + nones == len(values) and (not strs or max(map(len, strs)) <= max_chars)
+            and (not ints or (min(ints) >= _INT64_MIN and max(ints) <= _INT64_MAX)))
 
 
 @dataclass
@@ -607,6 +749,7 @@ def _identity(raw: list) -> np.ndarray:
 
 
 __all__ = ["Answer", "Candidates", "Catalogue", "Encoded", "Event", "LoadedModel", "Pipeline", "Ranked", "Request", "ranker_verdict",
-           "RowBuilder", "RowReport", "answer", "cold_start", "encode", "ensure_index", "export_dir", "find_runs",
-           "index_version", "load_catalogue", "load_index", "load_model", "model_version", "model_versions", "rank",
-           "retrieve", "rows_from_bytes", "rows_to_bytes", "top_items"]
+           "RequestLimits", "RowBuilder", "RowReport", "answer", "check_request", "clip", "cold_start", "encode",
+           "ensure_index", "export_dir", "find_runs", "index_version", "load_catalogue", "load_index", "load_model",
+           "model_version", "model_versions", "rank", "retrieve", "rows_from_bytes", "rows_to_bytes", "shorten",
+           "timestamp_problem", "top_items"]
