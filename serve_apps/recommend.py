@@ -1,6 +1,6 @@
 """Ray Serve: the two-stage recommender as one composed application.
 
-    Ingress (FastAPI: POST /recommend, GET /healthz, /docs)
+    Ingress (FastAPI: POST /recommend, POST /events, GET /healthz, /docs)
       → UserEncoder (raw events → session row → SDM user vector; @serve.batch)
       → Retriever   (FAISS top ``candidates`` over the matcher's item vectors)
       → Ranker      (BST logits of the candidates; @serve.batch) → top k
@@ -22,6 +22,12 @@ The Ingress reads a request within bounds before any stage sees it (the app's ar
 ``max_events``, ``max_k``, ``max_id_chars``; event timestamps by ``seqrec data prepare``'s rule): a 413 for a
 body over ``max_body_bytes``, a 422 naming the field and the bound otherwise, and no error quotes more than
 ~80 characters of any value (docs/serving.md, "Bounded requests").
+
+User behaviours can be kept server-side (the app's arg ``store``, a URL: ``sqlite:///PATH`` or
+``redis://HOST:PORT/DB``; :mod:`seqrec.store`): ``POST /events`` appends users' events to it (validated as a
+request's, a batch written whole or not at all), and ``POST /recommend`` reads the user's stored behaviours,
+then appends the request's own ``events`` for that request only (docs/serving.md, "User behaviours on the
+server"). Without a store the app keeps no state and ``POST /events`` answers 501.
 
 Start it with ``seqrec serve`` (local, from a run), or ``serve run serve_apps/recommend.yaml`` (the runs of
 the README's main command; ``seqrec serve --write-config`` writes one for any runs).
@@ -66,6 +72,7 @@ from seqrec.serving import (
     shorten,
 )
 from seqrec.serving import Request as Req
+from seqrec.store import Retention, Store, check_batch, merge, open_store, resolve_url
 from serve_apps.config import BATCH, deployment_options
 
 log = logging.getLogger("ray.serve")
@@ -90,8 +97,9 @@ class RecommendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: Id
     profile: Dict[str, Optional[Id]] = Field(default_factory=dict, description="user profile by feature name; "
-                                             "default: the stored profile of a known user")
-    events: List[EventIn] = Field(default_factory=list, description="the user's behaviours, any order; empty: cold start")
+                                             "default: the profile POST /events stored, else the dataset's for a known user")
+    events: List[EventIn] = Field(default_factory=list, description="the user's behaviours, any order, read after "
+                                  "the ones POST /events stored (not written); none at all: cold start")
     k: int = Field(10, ge=1, description="how many items to return")
     exclude_seen: bool = Field(False, description="leave out the items of the short-term session")
 
@@ -99,6 +107,32 @@ class RecommendIn(BaseModel):
         """The request the stages read (``seqrec.serving.Request``); an event's extra fields are its side info."""
         return Req(self.user_id, [Event(e.item_id, e.timestamp, e.behavior, dict(e.model_extra or {})) for e in self.events],
                    dict(self.profile))
+
+
+class UserEventsIn(BaseModel):
+    """One user's new behaviours for ``POST /events``: the fields of a ``POST /recommend`` request that describe
+    the user (``user_id``, ``profile``, ``events``), validated by the same rules."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: Id
+    profile: Dict[str, Optional[Id]] = Field(default_factory=dict, description="profile values to store (the "
+                                             "latest given wins)")
+    events: List[EventIn] = Field(default_factory=list, description="behaviours to append, any order")
+
+    def to_request(self) -> Req:
+        return Req(self.user_id, [Event(e.item_id, e.timestamp, e.behavior, dict(e.model_extra or {})) for e in self.events],
+                   dict(self.profile))
+
+
+class EventsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    users: List[UserEventsIn] = Field(description="one or more users' behaviours: stored all together or not at all")
+
+
+class EventsOut(BaseModel):
+    request_id: Optional[str]
+    users: int = Field(description="users of the batch")
+    events: int = Field(description="events stored (durably: the store's commit came first)")
 
 
 class ItemOut(BaseModel):
@@ -159,6 +193,11 @@ class AppArgs(BaseModel):
     threads: int = 1  # torch and FAISS threads per replica (Ray gives a fractional-CPU replica OMP_NUM_THREADS=1 anyway)
     max_batch_size: int = BATCH["max_batch_size"]
     batch_wait_timeout_s: float = BATCH["batch_wait_timeout_s"]
+    store: Optional[str] = Field(None, description="where users' behaviours are kept (POST /events): sqlite:///PATH "
+                                 "(relative to the working directory; sqlite:////PATH absolute) or redis://HOST:PORT/DB; "
+                                 "none: the app keeps no state")
+    store_ttl_s: Optional[int] = Field(None, ge=1, description="drop a user's behaviours after this many seconds "
+                                       "without a POST /events for them (none: keep them, trimmed to the window)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,12 +243,13 @@ def _is_json(content_type: str) -> bool:
     return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
-def parse_body(raw: bytes, content_type: Optional[str] = "application/json") -> RecommendIn:
-    """A ``POST /recommend`` body as :class:`RecommendIn`; :class:`RequestError` (415, 422) says why not, with
-    pydantic's errors bounded by :func:`validation_detail`. JSON is read as FastAPI reads it (``json.loads``;
-    no content-type counts as JSON)."""
+def parse_body(raw: bytes, content_type: Optional[str] = "application/json", schema=RecommendIn):
+    """A ``POST /recommend`` body as :class:`RecommendIn` (``POST /events``: ``schema=EventsIn``); :class:`RequestError`
+    (415, 422) says why not, with pydantic's errors bounded by :func:`validation_detail`. JSON is read as FastAPI
+    reads it (``json.loads``; no content-type counts as JSON)."""
     if content_type is not None and not _is_json(content_type):
-        raise RequestError(415, f"content-type {clip(content_type)}: POST /recommend takes a JSON body "
+        path = "/events" if schema is EventsIn else "/recommend"
+        raise RequestError(415, f"content-type {clip(content_type)}: POST {path} takes a JSON body "
                            "(content-type: application/json)")
     try:
         obj = json.loads(raw)
@@ -220,7 +260,7 @@ def parse_body(raw: bytes, content_type: Optional[str] = "application/json") -> 
         raise RequestError(422, [{"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error", "input": {},
                                   "ctx": {"error": shorten(f"{type(e).__name__}: {e}")}}]) from None
     try:
-        return RecommendIn.model_validate(obj)
+        return schema.model_validate(obj)
     except ValidationError as e:
         raise RequestError(422, validation_detail(e.errors(include_url=False))) from None
 
@@ -428,15 +468,21 @@ app = FastAPI(
 class Ingress:
     """HTTP in and out: reads the request within its bounds (:func:`read_body`, :func:`parse_body`,
     ``seqrec.serving.check_request``), sends it through the stage deployments and assembles the
-    answer with ``seqrec.serving.answer`` / ``cold_start``, as the in-process pipeline does."""
+    answer with ``seqrec.serving.answer`` / ``cold_start``, as the in-process pipeline does. Holds the
+    user-behaviour store (``seqrec.store``), if any: ``POST /events`` writes it, ``POST /recommend`` reads it."""
 
     def __init__(self, encoder: DeploymentHandle, retriever: DeploymentHandle, ranker: Optional[DeploymentHandle],
-                 data: str, candidates: int = 300, limits: Optional[Dict[str, Any]] = None):
+                 data: str, candidates: int = 300, limits: Optional[Dict[str, Any]] = None, store: Optional[str] = None,
+                 store_ttl_s: Optional[int] = None):
         self.encoder, self.retriever, self.ranker = encoder, retriever, ranker
         self.candidates = int(candidates)
         self.limits = Limits(**(limits or {}))
         self.request_limits = self.limits.request()
-        self.popular_ids = RowBuilder(data).popular_ids(self.limits.max_k)
+        builder = RowBuilder(data)
+        self.popular_ids = builder.popular_ids(self.limits.max_k)
+        # what the store keeps of a user: what the dataset's protocol reads (long-term window, history, a session)
+        retention = Retention.for_protocol(builder.protocol, max_events=self.limits.max_events, idle_ttl_s=store_ttl_s)
+        self.store: Optional[Store] = None if store is None else open_store(store, retention)
 
     @app.get("/healthz")
     async def healthz(self) -> Dict[str, str]:
@@ -469,19 +515,58 @@ class Ingress:
             return JSONResponse(status_code=status, content={"detail": shorten(f"{type(cause).__name__}: {cause}", 300),
                                                              "request_id": rid})
 
+    @app.post("/events", response_model=EventsOut, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": _inline_refs(EventsIn.model_json_schema())}}}},
+        responses={413: {"description": "the body is over max_body_bytes"}, 415: {"description": "the body is not JSON"},
+                   422: {"description": "an event or field that POST /recommend would refuse (named: users[i].events[j]...), "
+                         "or more than max_events events in the batch; nothing of the batch is stored"},
+                   501: {"description": "the app was started without a store"},
+                   503: {"description": "the store could not be written; nothing of the batch is stored"}})
+    async def events(self, request: Request):
+        """Append one or more users' behaviours to the store: all of the batch, or (on any error) none of it. The
+        answer comes after the store's commit, so an acknowledged event is durable (docs/serving.md)."""
+        rid = request.headers.get("x-request-id")
+        try:
+            body = parse_body(await read_body(request, self.limits.max_body_bytes), request.headers.get("content-type"),
+                              schema=EventsIn)
+            reqs = [u.to_request() for u in body.users]
+            try:
+                check_batch(reqs, self.request_limits)
+            except ValueError as e:
+                raise RequestError(422, str(e)) from None
+            if self.store is None:
+                raise RequestError(501, "this app keeps no user behaviours: start it with a store (seqrec serve --store "
+                                   "URL, or the app's arg store)")
+        except RequestError as e:
+            return JSONResponse(status_code=e.status, content={"detail": e.detail, "request_id": rid})
+        try:
+            n = await asyncio.wait_for(asyncio.to_thread(self.store.append, reqs, None), timeout=self.limits.timeout_s)
+        except Exception as e:  # noqa: BLE001 - the store failed (or is slow): nothing acknowledged, say so
+            # a timeout is a 503 too, and the batch may still be committed then: a client retries it (at least once)
+            log.error("request %s: the store failed: %r", rid, e)
+            return JSONResponse(status_code=503, content={"detail": shorten(f"the store failed: {type(e).__name__}: {e}", 300),
+                                                          "request_id": rid})
+        return {"request_id": rid, "users": len(reqs), "events": n}
+
     def _check(self, body: RecommendIn, req: Req) -> None:
         """:class:`RequestError` (422) for a request out of bounds (``seqrec.serving.check_request``)."""
         try:
             check_request(req, body.k, self.request_limits)
         except ValueError as e:
             raise RequestError(422, str(e)) from None
-        if body.k > self.candidates and body.events:
+        if body.k > self.candidates and (body.events or self.store is not None):
             raise RequestError(422, f"k={body.k} is more than the {self.candidates} candidates the retriever returns")
 
     async def _recommend(self, body: RecommendIn, req: Req, rid: Optional[str]) -> Dict[str, Any]:
         t0 = time.perf_counter()
-        if not body.events:
-            return cold_start(self.popular_ids, body.k, {"total": (time.perf_counter() - t0) * 1e3}).response(rid)
+        timings: Dict[str, float] = {}
+        if self.store is not None:  # the stored behaviours, then the request's (for this request only)
+            (stored,) = await asyncio.to_thread(self.store.recent, [req.user_id])
+            req = merge(stored, req)
+            timings["store_read"] = (time.perf_counter() - t0) * 1e3
+        if not req.events:
+            return cold_start(self.popular_ids, body.k, {**timings, "total": (time.perf_counter() - t0) * 1e3}).response(rid)
+        t_enc = time.perf_counter()
         enc = await self.encoder.encode.remote(req)
         if isinstance(enc, Exception):
             raise enc
@@ -491,7 +576,7 @@ class Ingress:
         t2 = time.perf_counter()
         ranked = None if self.ranker is None else await self.ranker.rank.remote(enc, cands.codes[0], cands.scores[0])
         t3 = time.perf_counter()
-        timings = {"encode": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "rank": (t3 - t2) * 1e3,
+        timings = {**timings, "encode": (t1 - t_enc) * 1e3, "retrieve": (t2 - t1) * 1e3, "rank": (t3 - t2) * 1e3,
                    "encode_compute": enc.rows_ms + enc.encode_ms, "retrieve_compute": cands.ms,
                    "rank_compute": 0.0 if ranked is None else ranked.ms, "total": (time.perf_counter() - t0) * 1e3}
         (one,) = answer(enc, cands, ranked, body.k, timings)
@@ -517,9 +602,13 @@ def build(args: AppArgs):
     # absolute paths: the replicas need not share this process's working directory
     args = args.model_copy(update={k: str(Path(v).resolve()) for k in ("data", "matcher", "ranker")
                                    if (v := getattr(args, k)) is not None})
+    if args.store is not None:  # a relative sqlite path likewise; opening it here names a bad URL before deploying
+        args = args.model_copy(update={"store": resolve_url(args.store)})
+        open_store(args.store).close()
     opts = deployment_options(args.model_dump())
     encoder = UserEncoder.options(**opts["UserEncoder"]).bind(args.data, args.threads, args.gpu)
     retriever = Retriever.options(**opts["Retriever"]).bind(args.threads, args.gpu)
     ranker = Ranker.options(**opts["Ranker"]).bind(args.data, args.threads, args.gpu) if args.ranker else None
     limits = {k: getattr(args, k) for k in Limits.model_fields}
-    return Ingress.options(**opts["Ingress"]).bind(encoder, retriever, ranker, args.data, args.candidates, limits)
+    return Ingress.options(**opts["Ingress"]).bind(encoder, retriever, ranker, args.data, args.candidates, limits,
+                                                   args.store, args.store_ttl_s)

@@ -63,3 +63,70 @@ def tiny_artifacts(tiny_prepared, tmp_path_factory):
         out[name] = root / name
     build_index(out["sdm"] / "export", kind="flat")  # sdm2 has none: the Retriever builds a flat one
     return out
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free localhost port, in its own directory, with the durable settings
+    docs/serving.md asks for (``appendonly yes``, ``appendfsync always``); :meth:`kill` and :meth:`start`
+    stop it hard and start it again on the same files."""
+
+    def __init__(self, exe: str, directory):
+        from seqrec.cluster import free_port
+
+        self.exe, self.dir, self.port, self.proc = exe, directory, free_port(), None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import subprocess
+        import time
+
+        import redis
+
+        self.proc = subprocess.Popen(
+            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--appendonly", "yes",
+             "--appendfsync", "always", "--save", "", "--daemonize", "no", "--logfile", str(self.dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.time() + 30
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_timeout=1).ping()
+                return
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.time() > end:
+                    raise RuntimeError(f"redis-server did not start: {(self.dir / 'redis.log').read_text()[-2000:]}") from None
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save, as a crash."""
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the session (never a mock). Where none is installed the Redis tests skip and say
+    why; under CI=true that skip is a failure (`.ci/run` installs Debian's redis-server)."""
+    import shutil
+
+    exe = shutil.which("redis-server")
+    why = None
+    if exe is None:
+        why = "no redis-server on PATH (Debian: apt-get install -y redis-server)"
+    else:
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            why = "redis-py is not installed (pip install redis)"
+    if why is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and the Redis tests cannot run: {why}")
+        pytest.skip(why)
+    server = RedisServer(exe, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    if server.proc.poll() is None:
+        server.proc.terminate()
+        server.proc.wait(timeout=30)

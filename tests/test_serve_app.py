@@ -16,7 +16,7 @@ def body_of(req, k: int = 5) -> dict:
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, tiny_prepared, tiny_artifacts):
+def app(ray_cluster, tiny_prepared, tiny_artifacts, tmp_path_factory):
     from ray import serve
 
     from seqrec.cluster import free_port
@@ -24,7 +24,8 @@ def app(ray_cluster, tiny_prepared, tiny_artifacts):
 
     port = free_port()
     args = {"data": str(tiny_prepared), "matcher": str(tiny_artifacts["sdm"]), "ranker": str(tiny_artifacts["bst"]),
-            "candidates": 50, "max_k": 20, "max_events": 1000}
+            "candidates": 50, "max_k": 20, "max_events": 1000,
+            "store": f"sqlite:///{tmp_path_factory.mktemp('store') / 'events.sqlite'}"}  # users' behaviours (POST /events)
     cfg = config(args, port=port)
     deploy(cfg)
     yield {"url": f"http://127.0.0.1:{port}", "config": cfg, "args": args}
@@ -336,3 +337,84 @@ def test_over_http_a_large_body_gets_a_413_and_bad_fields_a_small_422_naming_the
     assert r.status_code == 422 and len(r.content) < 500 and "truncated; 900000 characters" in r.text, r.text[:500]
     r = post_bounded({"user_id": 1, "events": [{"item_id": 1, "timestamp": 100}, {"item_id": 2, "timestamp": -5}]})
     assert r.status_code == 422 and r.json()["detail"].startswith("events[1].timestamp: negative timestamp -5"), r.text
+
+
+# ---------------------------------------------------------------------------------------------
+# user behaviours on the server: POST /events, then POST /recommend by user id
+
+
+def post_events(app, users, **headers) -> requests.Response:
+    body = {"users": [{k: v for k, v in body_of(u).items() if k in ("user_id", "profile", "events")} for u in users]}
+    return requests.post(app["url"] + "/events", data=json.dumps(body), timeout=60,
+                         headers={"content-type": "application/json", **headers})
+
+
+def _fresh_requests(tiny_prepared, rows: slice):
+    """Requests of test users that no other test of this module sends (the store keeps what it is sent)."""
+    from seqrec.data.prepare import read_split
+    from seqrec.serving import RowBuilder
+
+    builder = RowBuilder(tiny_prepared)
+    table = read_split(tiny_prepared, "test")
+    taken = {str(u) for u in table.slice(0, 6)["user_raw"].to_pylist()} | {"1", "3"}
+    ev = raw_events(tiny_prepared.parent)
+    return [request_for(r, ev, builder) for r in table.to_pylist()[rows] if str(r["user_raw"]) not in taken]
+
+
+def test_events_then_recommend_by_id_answers_as_the_same_events_inline(app, tiny_prepared, tiny_artifacts):
+    from seqrec.serving import Event, Pipeline, Request
+
+    reqs = _fresh_requests(tiny_prepared, slice(20, 24))
+    inline = []
+    for req in reqs:  # before anything is stored for these users
+        r = post(app, body_of(req, k=10))
+        assert r.status_code == 200, r.text
+        inline.append(r.json())
+    batches, batch = [], []
+    for req in reqs:  # batches of at most max_events events, several users each where they fit
+        if batch and sum(len(b.events) for b in batch) + len(req.events) > 1000:
+            batches.append(batch)
+            batch = []
+        batch.append(req)
+    for batch in [*batches, batch]:
+        r = post_events(app, batch, **{"x-request-id": "ev-1"})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"request_id": "ev-1", "users": len(batch), "events": sum(len(b.events) for b in batch)}
+    for req, want in zip(reqs, inline):
+        r = post(app, {"user_id": req.user_id, "k": 10})  # by id alone: the store's behaviours and profile
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in want["items"]] and not got["cold_start"]
+        np.testing.assert_allclose([i["score"] for i in got["items"]], [i["score"] for i in want["items"]], rtol=1e-4, atol=1e-6)
+        assert "store_read" in got["timings_ms"]
+    # both: the request's events come after the stored ones, for this request only
+    req = reqs[0]
+    extra = Event(req.events[-1].item_id, req.events[-1].timestamp + 30, req.events[-1].behavior, req.events[-1].side)
+    r = post(app, {"user_id": req.user_id, "k": 10, "events": [{"item_id": extra.item_id, "timestamp": extra.timestamp,
+                                                                 "behavior": extra.behavior, **extra.side}]})
+    pipe = Pipeline(tiny_prepared, tiny_artifacts["sdm"], tiny_artifacts["bst"], candidates=50)
+    (want,) = pipe.recommend([Request(req.user_id, [*req.events, extra], req.profile)], k=10)
+    assert r.status_code == 200 and [i["item_id"] for i in r.json()["items"]] == [i["item_id"] for i in want["items"]]
+    again = post(app, {"user_id": req.user_id, "k": 10}).json()  # the extra event was not written
+    assert [i["item_id"] for i in again["items"]] == [i["item_id"] for i in inline[0]["items"]]
+
+
+def test_a_bad_event_gets_a_422_naming_it_and_nothing_of_its_batch_is_stored(app):
+    good = {"user_id": "batch-a", "events": [{"item_id": 1, "timestamp": 100}, {"item_id": 2, "timestamp": 110}]}
+    bad = {"user_id": "batch-b", "events": [{"item_id": 3, "timestamp": 100}, {"item_id": 4, "timestamp": -5}]}
+
+    def send(body):
+        return requests.post(app["url"] + "/events", data=json.dumps(body), timeout=60,
+                             headers={"content-type": "application/json", "x-request-id": "ev-bad"})
+
+    r = send({"users": [good, bad]})
+    assert r.status_code == 422 and r.json()["detail"].startswith("users[1].events[1].timestamp: negative timestamp -5"), r.text
+    assert r.json()["request_id"] == "ev-bad"
+    r = send({"users": [good, {"user_id": "batch-b", "events": [{"timestamp": 5}]}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "users", 1, "events", 0, "item_id"], r.text
+    r = send({"users": [good, {"user_id": "batch-b", "events": [{"item_id": 1, "timestamp": t} for t in range(999)]}]})
+    assert r.status_code == 422 and "1001 events in the batch are more than max_events=1000" in r.json()["detail"]
+    assert send({"users": []}).status_code == 422
+    for user in ("batch-a", "batch-b"):  # nothing of the refused batches was stored
+        out = post(app, {"user_id": user, "k": 3}).json()
+        assert out["cold_start"], out

@@ -90,11 +90,26 @@ examples:
   seqrec serve --data data/ml-100k --run runs/ml-100k                  # the main command's experiment
   seqrec serve --data data/ml-100k --matcher runs/sdm-ml --ranker runs/bst-ml --port 8000
   seqrec serve --data data/ml-100k --run runs/ml-100k --once            # one recommendation, then stop
+  seqrec serve --data data/ml-100k --run runs/ml-100k --store redis://127.0.0.1:6379/0
   seqrec serve --data data/ml-100k --run runs/ml-100k --write-config serve.yaml && serve run serve.yaml
 
-POST /recommend {"user_id": 5, "events": [{"item_id": 50, "timestamp": 881250949}, ...], "k": 10}
-answers {"items": [{"item_id", "score", "match_score"}, ...], "model_versions", "timings_ms", ...};
-OpenAPI docs at /docs. The server listens on 127.0.0.1 unless --host says otherwise.
+POST /events {"users": [{"user_id": 5, "events": [{"item_id": 50, "timestamp": 881250949}, ...]}]} stores
+behaviours; POST /recommend {"user_id": 5, "k": 10} answers from them (events in the request are added to the
+stored ones for that request) with {"items": [{"item_id", "score", "match_score"}, ...], "model_versions",
+"timings_ms", ...}. The store is SQLite at DATA/events.sqlite unless --store names another (sqlite:///PATH,
+redis://HOST:PORT/DB); `seqrec store load` warms it. OpenAPI docs at /docs. The server listens on 127.0.0.1
+unless --host says otherwise.
+"""
+
+EPILOG_STORE = """\
+examples:
+  seqrec store load --data data/ml-100k --source ml-100k                          # into DATA/events.sqlite
+  seqrec store load --data data/synth --source data/synth-raw --format synth --store redis://127.0.0.1:6379/0
+
+Reads the events the prepared dataset was made from (SOURCE, as given to `seqrec data prepare`, with the same
+--format/--mapping) through prepare's filters, and appends each user's recent behaviours (what serving reads:
+the protocol's long-term window plus a day, at least the last history-plus-session events, at most 1,000) to
+the store `seqrec serve --store` reads. Run it once on an empty store: events appended twice are stored twice.
 """
 
 
@@ -382,6 +397,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "deployments, Ray Serve's high-throughput settings) or standard (Serve's defaults); "
                     "a running cluster keeps the mode it was started with")
     sv.add_argument("--write-config", metavar="YAML", help="write a `serve run` / `serve deploy` config for these artifacts and exit")
+    sv.add_argument("--store", metavar="URL", help="where users' behaviours are kept (POST /events): sqlite:///PATH "
+                    "(relative; sqlite:////PATH absolute) or redis://HOST:PORT/DB (default: SQLite at DATA/events.sqlite; "
+                    "with --once, a temporary SQLite file)")
+    sv.add_argument("--store-ttl-s", type=_positive_int, help="forget a user's behaviours this many seconds after the last "
+                    "POST /events for them (default: keep them, trimmed to the protocol's window)")
+
+    st = top.add_parser("store", help="the user-behaviour store that `seqrec serve` reads",
+                        description="The store of users' recent behaviours (POST /events; seqrec.store).",
+                        epilog=EPILOG_STORE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sts = st.add_subparsers(dest="store_command", metavar="SUBCOMMAND", required=True)
+    sl = sts.add_parser("load", help="warm a store with a prepared dataset's recent behaviours",
+                        epilog=EPILOG_STORE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sl.add_argument("--data", required=True, help="the prepared dataset (its filters, protocol and vocabularies)")
+    sl.add_argument("--source", required=True, help="the raw events the dataset was prepared from (as given to prepare)")
+    sl.add_argument("--format", dest="fmt", choices=["taobao", "movielens", "recbole", "csv", "parquet", "synth"],
+                    help="input format (default: detected)")
+    sl.add_argument("--mapping", help="YAML column mapping for --format csv/parquet")
+    sl.add_argument("--column", action="append", default=[], metavar="KEY=SOURCE_COLUMN", help="one mapping entry; repeatable")
+    sl.add_argument("--store", metavar="URL", help="the store (default: SQLite at DATA/events.sqlite, as seqrec serve)")
+    sl.add_argument("--batch-events", type=_positive_int, default=50_000, help="events per atomic append (default 50,000)")
 
     ix = top.add_parser("index", help="FAISS index over a trained matcher's item vectors",
                         description="Build the retrieval index of a training run's export (<run>/export).")
@@ -604,8 +639,30 @@ def cmd_tune(args) -> int:
     return 1 if summary["errors"] == summary["trials"] else 0
 
 
+def default_store(data: str | Path) -> str:
+    """The store `seqrec serve` and `seqrec store load` use without --store: SQLite beside the prepared dataset."""
+    return f"sqlite:///{Path(data).resolve() / 'events.sqlite'}"
+
+
+def cmd_store_load(args) -> int:
+    from seqrec.serving import RowBuilder
+    from seqrec.store import Retention, load_dataset, open_store, resolve_url
+
+    url = resolve_url(args.store or default_store(args.data))
+    retention = Retention.for_protocol(RowBuilder(args.data).protocol)
+    with open_store(url, retention) as store:
+        got = load_dataset(store, args.data, args.source, args.fmt, _mapping(args), batch_events=args.batch_events)
+    print(f"stored {got['events_written']:,} of {got['events_read']:,} events ({got['users']:,} users; each user's "
+          f"last {retention.window_s // 86_400} days, at least {retention.keep_last} and at most {retention.max_events} "
+          f"events) in {url}")
+    return 0
+
+
 def cmd_serve(args) -> int:
+    import tempfile
+
     from seqrec.serving import ensure_index, export_dir, find_runs, ranker_verdict
+    from seqrec.store import resolve_url
 
     if not (args.run or args.matcher):
         raise ValueError("seqrec serve needs --run (a training run or experiment directory) or --matcher")
@@ -621,9 +678,18 @@ def cmd_serve(args) -> int:
     ranker = None if args.no_ranker else (export_dir(args.ranker) if args.ranker else ranker)
     index = ensure_index(matcher, args.index)
     data = str(Path(args.data).resolve())
+    scratch = None
+    if args.store:
+        store = resolve_url(args.store)
+    elif args.once and not args.write_config:  # one demo request: a store of its own, gone afterwards
+        scratch = tempfile.TemporaryDirectory(prefix="seqrec-once-")
+        store = f"sqlite:///{Path(scratch.name) / 'events.sqlite'}"
+    else:
+        store = default_store(data)
     app_args = {"data": data, "matcher": str(matcher.resolve()), "ranker": str(ranker.resolve()) if ranker else None,
-                "candidates": args.candidates, "gpu": args.gpu}
-    print(f"matcher: {matcher} ({index['kind']} index over {index['items']:,} item codes)\nranker: {ranker or 'none'}")
+                "candidates": args.candidates, "gpu": args.gpu, "store": store, "store_ttl_s": args.store_ttl_s}
+    print(f"matcher: {matcher} ({index['kind']} index over {index['items']:,} item codes)\nranker: {ranker or 'none'}\n"
+          f"store: {store}{' (temporary)' if scratch else ''}")
     if args.write_config:
         from serve_apps.config import write_config
 
@@ -646,12 +712,13 @@ def cmd_serve(args) -> int:
         mode = "Serve mode: the running cluster's"
     deploy(config(app_args, host=args.host, port=args.port))  # as `serve run CONFIG` would: swappable in place
     url = f"http://{args.host}:{args.port}"
-    print(f"serving on {url}/recommend (docs: {url}/docs); {mode}")
+    print(f"serving on {url}/recommend and {url}/events (docs: {url}/docs); {mode}")
     try:
         if args.once:
             one = _one_request(url, data)
             res, req = one["response"], one["request"]
             t = res["timings_ms"]
+            print(f"stored {req['events']} events of user {req['user_id']} (POST /events), then asked by id (POST /recommend)")
             print(f"served {len(res['items'])} items for user {req['user_id']} ({req['events']} events) in {t['total']:.0f} ms "
                   f"(encode {t['encode']:.0f}, retrieve {t['retrieve']:.0f}, rank {t['rank']:.0f} ms, measured in the app):")
             for i, item in enumerate(res["items"], 1):
@@ -671,10 +738,13 @@ def cmd_serve(args) -> int:
         serve.shutdown()
         if own_cluster:
             ray.shutdown()
+        if scratch is not None:
+            scratch.cleanup()
 
 
 def _one_request(url: str, data: str) -> dict:
-    """POST the recent events of the first test user (raw ids) and return the answer."""
+    """POST the recent events of the first test user (raw ids) to /events, then ask /recommend by the user's id alone;
+    return the answer."""
     import json
     import urllib.request
 
@@ -684,13 +754,17 @@ def _one_request(url: str, data: str) -> dict:
     builder = RowBuilder(data)
     row = read_split(data, "test").slice(0, 1).to_pylist()[0]
     req = builder.request_from_row(row)
-    body = {"user_id": req.user_id, "events": [{"item_id": e.item_id, "timestamp": e.timestamp, "behavior": e.behavior}
-                                               for e in req.events], "k": 10}
-    http = urllib.request.Request(f"{url}/recommend", data=json.dumps(body).encode(), method="POST",
-                                  headers={"content-type": "application/json", "x-request-id": "seqrec-serve-once"})
-    with urllib.request.urlopen(http, timeout=60) as r:
-        answer = json.loads(r.read())
-    return {"request": {"user_id": body["user_id"], "events": len(body["events"]), "k": 10}, "response": answer}
+    events = [{"item_id": e.item_id, "timestamp": e.timestamp, "behavior": e.behavior} for e in req.events]
+
+    def post(path: str, body: dict) -> dict:
+        http = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
+                                      headers={"content-type": "application/json", "x-request-id": "seqrec-serve-once"})
+        with urllib.request.urlopen(http, timeout=60) as r:
+            return json.loads(r.read())
+
+    post("/events", {"users": [{"user_id": req.user_id, "events": events}]})
+    answer = post("/recommend", {"user_id": req.user_id, "k": 10})
+    return {"request": {"user_id": req.user_id, "events": len(events), "k": 10}, "response": answer}
 
 
 def cmd_index_build(args) -> int:
@@ -708,9 +782,9 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {("data", "fetch"): cmd_fetch, ("data", "synth"): cmd_synth, ("data", "prepare"): cmd_prepare, ("data", "stats"): cmd_stats,
                 ("data", "candidates"): cmd_candidates,
                 ("evaluate", None): cmd_evaluate, ("train", None): cmd_train, ("tune", None): cmd_tune, ("serve", None): cmd_serve,
-                ("index", "build"): cmd_index_build}
+                ("index", "build"): cmd_index_build, ("store", "load"): cmd_store_load}
     try:
-        sub = getattr(args, "data_command", None) or getattr(args, "index_command", None)
+        sub = getattr(args, "data_command", None) or getattr(args, "index_command", None) or getattr(args, "store_command", None)
         return handlers[(args.command, sub)](args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         # user errors: one clear line, no traceback (set SEQREC_DEBUG=1 for one)
