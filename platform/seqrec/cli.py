@@ -41,7 +41,7 @@ examples:
   seqrec evaluate --data data/ml-100k --models wdl wdl_seq din bst "bst@blocks=2#BST b=2" --out /tmp/rank
   seqrec evaluate --data data/ml-100k --models sdm:PSDMMAL bst din --pipeline --out /tmp/two-stage
 
-matchers: item_cf, youtube_dnn, gru4rec, narm, sdm (custom) and the paper variants sdm:SDMMA,
+matchers: item_cf, youtube_dnn, gru4rec, narm, sasrec, sdm (custom) and the paper variants sdm:SDMMA,
 sdm:PSDMMA, sdm:PSDMMAL, sdm:PSDMMAL-N, sdm:PSDMMAL-NoS (options: seqrec.models.sdm.SDMConfig).
 rankers: bst, wdl, wdl_seq, din (options: seqrec.models.bst.BSTConfig, e.g. bst@blocks=2,
 positions=sinusoid,output=all,mlp=256-128-64). @K=V sets a model option; #LABEL names the row. Matchers get
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "training split with Ray Data; report per-epoch validation metrics, keep the best checkpoints, "
                         "resume after failures, and export the best model for serving.",
                         epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tr.add_argument("model", nargs="?", help="sdm | sdm:VARIANT | gru4rec | narm | youtube_dnn | bst | din | wdl | wdl_seq "
+    tr.add_argument("model", nargs="?", help="sdm | sdm:VARIANT | gru4rec | narm | sasrec | youtube_dnn | bst | din | wdl | wdl_seq "
                     "(or `model:` in --config)")
     tr.add_argument("--data", help="a directory written by `seqrec data prepare` (or `data:` in --config)")
     tr.add_argument("--config", help="YAML file of training options (seqrec.config.TrainJob: sections train, scaling, run, or flat keys)")
@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "reports its validation metric each epoch, ASHA stops the poor ones, and the results come as a "
                         "sorted table, a plot, the best config (YAML) and the best checkpoint.",
                         epilog=EPILOG_TUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tu.add_argument("model", nargs="?", help="sdm | sdm:VARIANT | gru4rec | narm | youtube_dnn | bst | din | wdl | wdl_seq")
+    tu.add_argument("model", nargs="?", help="sdm | sdm:VARIANT | gru4rec | narm | sasrec | youtube_dnn | bst | din | wdl | wdl_seq")
     tu.add_argument("--data", help="a directory written by `seqrec data prepare` (with a validation split)")
     tu.add_argument("--config", help="YAML of the base training options every trial shares (seqrec.config.TrainJob)")
     tu.add_argument("--space", default="default", help="a search space of tune_spaces/<model>.py (default: default)")

@@ -139,7 +139,7 @@ def section_of(key: str) -> str | None:
 class TrainJob:
     """Everything one training run needs; a YAML config file holds these keys."""
 
-    model: str  # sdm:PSDMMAL | sdm | gru4rec | narm | youtube_dnn | bst | din | wdl | wdl_seq
+    model: str  # sdm:PSDMMAL | sdm | gru4rec | narm | sasrec | youtube_dnn | bst | din | wdl | wdl_seq
     data: str  # a prepared dataset directory
     options: dict = field(default_factory=dict)  # model options (MatchConfig / RankConfig fields)
     train: TrainConfig = field(default_factory=TrainConfig)

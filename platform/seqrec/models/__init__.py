@@ -19,6 +19,7 @@ from seqrec.models.bst import BST, BSTConfig
 from seqrec.models.common import MatchConfig, MatchingModel
 from seqrec.models.rank_baselines import DIN, WDL, DINConfig, WDLConfig, WDLSeq, WDLSeqConfig
 from seqrec.models.ranking import RankConfig, Ranker
+from seqrec.models.sasrec import SASRec, SASRecConfig
 from seqrec.models.sdm import SDM, VARIANTS, SDMConfig
 
 MATCHERS: dict[str, tuple[type[MatchingModel], type[MatchConfig]]] = {
@@ -26,6 +27,7 @@ MATCHERS: dict[str, tuple[type[MatchingModel], type[MatchConfig]]] = {
     "youtube_dnn": (YouTubeDNN, YouTubeDNNConfig),
     "gru4rec": (GRU4Rec, GRU4RecConfig),
     "narm": (NARM, NARMConfig),
+    "sasrec": (SASRec, SASRecConfig),
 }
 RANKERS: dict[str, tuple[type[Ranker], type[RankConfig]]] = {
     "bst": (BST, BSTConfig),
@@ -78,6 +80,8 @@ __all__ = [
     "MODELS",
     "RANKERS",
     "Ranker",
+    "SASRec",
+    "SASRecConfig",
     "SDM",
     "SDMConfig",
     "VARIANTS",
