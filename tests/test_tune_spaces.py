@@ -12,7 +12,7 @@ from seqrec.models import make_config
 from seqrec.tuning import check_space, expand, joint, split
 from tune_spaces import load_space, space_names
 
-MODELS = ["sdm:PSDMMAL", "bst", "gru4rec", "narm", "youtube_dnn", "din", "wdl", "wdl_seq"]
+MODELS = ["sdm:PSDMMAL", "bst", "gru4rec", "narm", "sasrec", "youtube_dnn", "din", "wdl", "wdl_seq"]
 
 
 @pytest.fixture(scope="module")
