@@ -87,34 +87,6 @@ def test_training_mode_is_causal_too():
     torch.testing.assert_close(a[:, :3], b[:, :3], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("loss", ["full", "sampled"])
-def test_learns_next_item_given_previous(loss):
-    """Toy data: the next item is (previous + 1) mod cycle (as tests/test_sdm.py for the other matchers)."""
-    n_items = 40
-    spec = tiny_spec(n_items=n_items)
-    g = torch.Generator().manual_seed(3)
-    start = torch.randint(0, n_items - 2, (64, 1), generator=g)
-    items = (start + torch.arange(8)[None, :]) % (n_items - 2) + 2  # (64, 8)
-    batch = random_batch(spec, b=64, t=8, l=3, lengths=[8] * 64)
-    batch.seq[F.ITEM_ID] = items
-    torch.manual_seed(0)
-    model = build_model("sasrec", spec, **dict(TINY, loss=loss, num_sampled=20, dropout=0.0))
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    losses = []
-    for _ in range(100):
-        out = model(batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(float(out.loss.detach()))
-    model.eval()
-    scores = model.user_states(batch) @ model.item_embeddings().T  # (B, T, N)
-    pred = scores[:, :-1, 2:].argmax(-1) + 2
-    acc = (pred == items[:, 1:]).float().mean()
-    assert losses[-1] < losses[0] / 2
-    assert acc > 0.9, f"{loss}: next-item accuracy {acc:.2f} (loss {losses[0]:.2f} → {losses[-1]:.2f})"
-
-
 def test_attends_to_an_earlier_position():
     """Two interleaved runs a, b, a+1, b+1, ...: the next item is the one two steps back + 1, which the current
     item does not tell; only attention to position t-1 (found through the positional embeddings) solves it."""
