@@ -1,6 +1,7 @@
 """Ranking latency: score 300 candidates for one user (one CPU thread), and candidates/s in batch.
 
     python benchmarks/bench_rank.py                  # run it on an idle machine
+    python benchmarks/bench_rank.py --quality runs/ml-100k --data data/ml-100k   # + int8's quality check
 
 The budget (issue #5): ≤ 5 ms for 300 candidates on one CPU thread, so that match + rank stays
 within the paper's 15–20 ms. Models are untrained (latency does not depend on the weights) and
@@ -12,11 +13,23 @@ evaluation and serving make — under ``torch.inference_mode``:
   ``--repeats`` calls after warm-up;
 * ``batch``: ``--batch-users`` users × 300 candidates per call with all cores, candidates/s.
 
-Configurations: BST as the paper configures it (b = 1, 8 heads, MLP 1024-512-256), BST with the
-compact MLP 256-128-64 (what the quality tables train on this CPU), BST b = 2 (no shared-window
-shortcut), DIN, WDL. Summary keys: ``ms_300_candidates_1thread`` (paper BST),
-``ms_300_candidates_1thread_compact``, ``candidates_per_s_batch`` (paper BST), and
-``gpu_ms_300_candidates`` (null without CUDA).
+Configurations: BST as the paper configures it (b = 1, 8 heads, MLP 1024-512-256) in int8 (what
+``seqrec serve`` runs on a CPU: ``seqrec.inference.with_precision``, dynamic int8 quantization of the
+MLP's hidden layers) and in fp32, BST with the compact MLP 256-128-64 (what the quality tables train
+on this CPU), BST b = 2 (no shared-window shortcut), DIN, WDL. Summary keys:
+``ms_300_candidates_1thread`` (paper BST as served, int8), ``ms_300_candidates_1thread_fp32``,
+``ms_300_candidates_1thread_compact``, ``candidates_per_s_batch`` (paper BST, int8), and
+``gpu_ms_300_candidates`` (paper BST, fp32; null without CUDA).
+
+**int8's quality** (``--quality RUN --data DATA``: an experiment or training run with an SDM and a
+trained BST, e.g. README command 1's ``runs/ml-100k``, and its prepared dataset): the run's BST in
+fp32 and in int8 re-ranks the same SDM top 300 of every test row, and ranks the popularity-negative
+samples of the AUC table. Summary keys ``int8_auc_delta`` (AUC with 4 popularity negatives per
+positive, as ``seqrec evaluate`` reports it; null for a ranker that reads the matcher's scores, which
+ranks only the matcher's candidates), ``int8_cand_auc_delta`` (AUC over the 300 candidates),
+``int8_hitrate@20_delta`` (two-stage HitRate@20, points; ``Hit@20`` on leave-one-out data), each
+int8 − fp32, and ``int8_quality_ok``: |AUC deltas| ≤ 0.002 and |HitRate@20 delta| ≤ 0.2 points (issue
+#17). Without ``--quality`` (or when RUN is missing) they are null and ``int8_quality_ok`` is null.
 """
 
 from __future__ import annotations
@@ -36,14 +49,18 @@ from common import machine_info, write_result  # noqa: E402
 from seqrec import features as F  # noqa: E402
 from seqrec.batch import Batch  # noqa: E402
 from seqrec.features import Feature, FeatureSpec  # noqa: E402
+from seqrec.inference import with_precision  # noqa: E402
 from seqrec.models import build_model  # noqa: E402
 
-CONFIGS = {
-    "BST (paper: b=1, MLP 1024-512-256)": ("bst", {}),
-    "BST compact (MLP 256-128-64)": ("bst", {"mlp": "256-128-64"}),
-    "BST b=2": ("bst", {"blocks": 2}),
-    "DIN": ("din", {}),
-    "WDL": ("wdl", {}),
+TOLERANCE = {"auc": 0.002, "hitrate@20_points": 0.2}  # issue #17: int8 vs fp32
+
+CONFIGS = {  # label: (model, options, precision)
+    "BST (paper: b=1, MLP 1024-512-256), int8": ("bst", {}, "int8"),
+    "BST (paper: b=1, MLP 1024-512-256), fp32": ("bst", {}, "fp32"),
+    "BST compact (MLP 256-128-64)": ("bst", {"mlp": "256-128-64"}, "fp32"),
+    "BST b=2": ("bst", {"blocks": 2}, "fp32"),
+    "DIN": ("din", {}, "fp32"),
+    "WDL": ("wdl", {}, "fp32"),
 }
 
 
@@ -83,6 +100,39 @@ def timed(fn, repeats: int, warmup: int = 10) -> np.ndarray:
     return np.asarray(out)
 
 
+def quality(run: str, data: str, candidates: int, split: str = "test") -> dict:
+    """int8 against fp32 for a trained BST: two-stage metrics on the same SDM candidates, and AUC (module doc)."""
+    from seqrec.data.prepare import load_manifest, read_split
+    from seqrec.evaluate import evaluate_ranker, protocol_of, two_stage
+    from seqrec.experiment import item_counts
+    from seqrec.serving import find_runs, load_model
+
+    manifest = load_manifest(data)
+    spec = FeatureSpec.from_dict(manifest["feature_spec"])
+    protocol = protocol_of(manifest)
+    matcher_export, ranker_export = find_runs(run)
+    if ranker_export is None:
+        raise FileNotFoundError(f"--quality {run}: no trained ranker there")
+    vh = manifest.get("vocab_hash")
+    matcher = load_model(matcher_export, "matcher", vocab_hash=vh).model
+    rankers = {p: load_model(ranker_export, "ranker", vocab_hash=vh, precision=p).model for p in ("fp32", "int8")}
+    test = read_split(data, split)
+    res = two_stage(matcher, rankers, test, spec, protocol, candidates=candidates, ks=(10, 20, 50))
+    auc = {p: None for p in rankers}
+    if not rankers["fp32"].config.match_features:  # a ranker that reads the matcher's scores ranks only its candidates
+        counts = item_counts(data, spec.n_items)
+        auc = {p: evaluate_ranker(m, test, spec, counts, negatives=4, seed=0)["AUC"] for p, m in rankers.items()}
+    hit = "Hit@20" if protocol == "loo" else "HitRate@20"
+    d_auc = None if auc["fp32"] is None else auc["int8"] - auc["fp32"]
+    d_cand = res["int8"]["cand_AUC"] - res["fp32"]["cand_AUC"]
+    d_hit = 100 * (res["int8"][hit] - res["fp32"][hit])
+    return {"run": str(run), "data": str(data), "matcher_export": str(matcher_export), "ranker_export": str(ranker_export),
+            "protocol": protocol, "split": split, "rows": test.num_rows, "auc": auc, "two_stage": res, "hit_key": hit,
+            "int8_auc_delta": d_auc, "int8_cand_auc_delta": d_cand, "int8_hitrate@20_delta": d_hit,
+            "int8_quality_ok": bool(abs(d_auc or 0.0) <= TOLERANCE["auc"] and abs(d_cand) <= TOLERANCE["auc"]
+                                    and abs(d_hit) <= TOLERANCE["hitrate@20_points"])}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--items", type=int, default=1_000_000)
@@ -91,7 +141,20 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--batch-users", type=int, default=64)
     p.add_argument("--batch-repeats", type=int, default=5)
+    p.add_argument("--quality", metavar="RUN", help="a run with an SDM and a trained BST: check int8 against fp32 (module doc)")
+    p.add_argument("--data", help="the prepared dataset RUN was trained on (with --quality)")
+    p.add_argument("--quality-split", choices=["val", "test"], default="test",
+                   help="the split --quality reads (val: to choose what to quantize; test: the report)")
     args = p.parse_args()
+    if args.quality and not args.data:
+        p.error("--quality needs --data (the prepared dataset the run was trained on)")
+    check = None
+    if args.quality:
+        check = quality(args.quality, args.data, args.candidates, args.quality_split)
+        cand = {p: check["two_stage"][p]["cand_AUC"] for p in ("fp32", "int8")}
+        print(f"int8 vs fp32 on {args.quality}: AUC over the candidates {cand['fp32']:.4f} -> {cand['int8']:.4f}, "
+              f"{check['hit_key']} {check['two_stage']['fp32'][check['hit_key']]:.4f} -> "
+              f"{check['two_stage']['int8'][check['hit_key']]:.4f}; within tolerance: {check['int8_quality_ok']}")
     spec = spec_for(args.items, args.categories)
     g = torch.Generator().manual_seed(0)
     side = torch.stack([torch.randint(2, f.vocab_size, (spec.n_items,), generator=g) for f in spec.item_side], 1)
@@ -102,18 +165,18 @@ def main() -> int:
     cb = torch.randint(2, spec.n_items, (args.batch_users, args.candidates), generator=g)
     threads = torch.get_num_threads()
     runs = []
-    for label, (name, opts) in CONFIGS.items():
+    for label, (name, opts, precision) in CONFIGS.items():
         torch.manual_seed(0)
         model = build_model(name, spec, **opts)
         model.set_item_table(side, counts)
-        model.eval()
+        model = with_precision(model.eval(), precision)
         with torch.inference_mode():
             torch.set_num_threads(1)
             t1 = timed(lambda: model.score(one, c1), args.repeats)
             torch.set_num_threads(threads)
             tb = timed(lambda: model.score(many, cb), args.batch_repeats, warmup=2)
             gpu_ms = None
-            if torch.cuda.is_available():
+            if torch.cuda.is_available() and precision == "fp32":
                 mg = model.to("cuda")
                 og, cg = one.to("cuda"), c1.to("cuda")
 
@@ -124,7 +187,7 @@ def main() -> int:
                 gpu_ms = float(np.median(timed(call, args.repeats)) * 1e3)
                 model.to("cpu")
         run = {
-            "label": label, "model": name, "options": opts,
+            "label": label, "model": name, "options": opts, "precision": precision,
             "parameters": sum(x.numel() for x in model.parameters()),
             "ms_300_1thread_median": float(np.median(t1) * 1e3),
             "ms_300_1thread_p90": float(np.percentile(t1, 90) * 1e3),
@@ -135,17 +198,23 @@ def main() -> int:
         runs.append(run)
         print(f"{label:38s} {run['ms_300_1thread_median']:7.2f} ms (p90 {run['ms_300_1thread_p90']:.2f}) 1 thread; "
               f"{run['candidates_per_s_batch']:,.0f} candidates/s in batch ({threads} threads)")
-    paper, compact = runs[0], runs[1]
+    paper, paper32, compact = runs[0], runs[1], runs[2]
     summary = {
         "ms_300_candidates_1thread": round(paper["ms_300_1thread_median"], 3),
+        "ms_300_candidates_1thread_fp32": round(paper32["ms_300_1thread_median"], 3),
         "ms_300_candidates_1thread_compact": round(compact["ms_300_1thread_median"], 3),
         "candidates_per_s_batch": round(paper["candidates_per_s_batch"]),
+        "candidates_per_s_batch_fp32": round(paper32["candidates_per_s_batch"]),
         "candidates_per_s_batch_compact": round(compact["candidates_per_s_batch"]),
         "target_ms": 5.0,
         "paper_config_meets_target": paper["ms_300_1thread_median"] <= 5.0,
         "compact_config_meets_target": compact["ms_300_1thread_median"] <= 5.0,
-        "gpu_ms_300_candidates": paper["gpu_ms_300"],
+        "gpu_ms_300_candidates": paper32["gpu_ms_300"],
+        **{k: (None if check is None else check[k]) for k in
+           ("int8_auc_delta", "int8_cand_auc_delta", "int8_hitrate@20_delta", "int8_quality_ok")},
     }
+    if check is not None:
+        runs.append({"label": "int8 quality check", **check})
     params = {k: v for k, v in vars(args).items()} | {"command": "python benchmarks/bench_rank.py " + " ".join(sys.argv[1:]),
                                                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     write_result("bench_rank", summary, params, runs, machine_info())

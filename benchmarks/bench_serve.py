@@ -12,7 +12,12 @@ them, with an approximate FAISS index (``--index``, default HNSW). The models ar
 (one checkpoint of their initial weights): the latency of a forward pass does not depend on the
 weights, and training on a catalogue this size is out of reach of a benchmark.
 
-Requests are test users' recent events (the BST history plus the session, raw ids), cycled.
+Requests are test users' recent events (the BST history plus the session, raw ids), cycled. Over
+HTTP (``--requests by-user``, the default) the app keeps users' behaviours in a store (``--store``,
+default a fresh SQLite file under the work directory): those events are first sent with
+``POST /events``, and each measured request is ``{"user_id", "k"}`` only, so the app reads the user's
+behaviours from the store (``stage_store_read_p50_ms``, summary ``store_read_ms_p50``);
+``--requests events`` sends the events in every request instead, with no store.
 
 * **in-process**: ``seqrec.serving.Pipeline.recommend`` on one request at a time, no Ray (the
   same stage functions the deployments call);
@@ -29,7 +34,11 @@ Every client is loopback only (127.0.0.1) and bounded in count and time. Summary
 ``p50_ms``, ``p95_ms``, ``p99_ms``, ``qps``, ``errors``, ``requests`` (the fixed-rate run),
 ``inprocess_p50_ms``, ``serve_overhead_ratio_p50`` (HTTP p50 ÷ in-process p50),
 ``catalogue_size``, ``gpu_p99_ms`` (null without a GPU), the closed-loop figures and the
-per-stage times (``stage_*_p50_ms``, from the responses' ``timings_ms``).
+per-stage times (``stage_*_p50_ms``, from the responses' ``timings_ms``), ``store_read_ms_p50``,
+``ms_300_candidates_1thread`` (the in-process rank stage: ``--candidates`` through the served ranker, int8 on a CPU,
+one thread); in-process, one request at a time:
+``inprocess_rows_ms_p50`` (raw events → session row), ``inprocess_encode_ms_p50`` (row → SDM user vector),
+``inprocess_user_vector_ms_p50`` (the two, per request), ``inprocess_retrieve_ms_p50``, ``inprocess_rank_ms_p50``.
 """
 
 from __future__ import annotations
@@ -106,8 +115,13 @@ def percentiles(ms: list[float]) -> dict:
     return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)), "p99_ms": float(np.percentile(a, 99))}
 
 
-def in_process(art: dict, reqs: list[dict], n: int, candidates: int) -> dict:
+def in_process(art: dict, reqs: list[dict], n: int, candidates: int, threads: int = 1) -> dict:
+    """One request at a time through ``Pipeline`` with ``threads`` torch threads (a replica's, default 1)."""
+    import torch
+
     from seqrec.serving import Event, Pipeline, Request
+
+    torch.set_num_threads(threads)
 
     pipe = Pipeline(art["data"], art["sdm"], art["bst"], candidates=candidates)
     lat, stages = [], {"rows_ms": [], "encode_ms": [], "retrieve_ms": [], "rank_ms": []}
@@ -120,6 +134,8 @@ def in_process(art: dict, reqs: list[dict], n: int, candidates: int) -> dict:
             lat.append((time.perf_counter() - t0) * 1e3)
             for key in stages:
                 stages[key].append(res["timings_ms"][key])
+    # raw events → user vector of one request (issue 17: <= 3 ms): rows then the matcher, per request
+    stages["user_vector_ms"] = [r + e for r, e in zip(stages["rows_ms"], stages["encode_ms"])]
     return {**percentiles(lat), "requests": len(lat), **{f"{k}_p50": float(np.median(v)) for k, v in stages.items()}}
 
 
@@ -222,7 +238,7 @@ def summarize(results: list[dict], wall: float) -> dict:
     ok = [r for r in results if r["ok"]]
     out = {**percentiles([r["ms"] for r in ok]), "requests": len(results), "errors": len(results) - len(ok),
            "qps": len(ok) / wall if wall > 0 else None}
-    for stage in ("encode", "retrieve", "rank", "encode_compute", "retrieve_compute", "rank_compute", "total"):
+    for stage in ("store_read", "encode", "retrieve", "rank", "encode_compute", "retrieve_compute", "rank_compute", "total"):
         vals = [r["timings"][stage] for r in ok if stage in r["timings"]]
         out[f"stage_{stage}_p50_ms"] = float(np.median(vals)) if vals else None
     statuses: dict = {}
@@ -249,6 +265,10 @@ def main() -> None:
     ap.add_argument("--serve-mode", choices=["fast", "standard"], default="fast",
                     help="Serve's mode on the benchmark's cluster (serve_apps/config.py SERVE_MODES; default fast, as seqrec serve)")
     ap.add_argument("--threads", type=int, default=1, help="torch and FAISS threads per replica (the app's `threads`; default 1)")
+    ap.add_argument("--requests", choices=["by-user", "events"], default="by-user",
+                    help="by-user (default): users' events go to the store first (POST /events), requests carry only "
+                    "user_id; events: every request carries the user's events, no store")
+    ap.add_argument("--store", help="the app's store URL with --requests by-user (default: a fresh SQLite file in the work dir)")
     ap.add_argument("--tag", default="", help="suffix of the result file name")
     args = ap.parse_args()
 
@@ -263,18 +283,33 @@ def main() -> None:
     setup_s = time.perf_counter() - t0
     reqs = bodies(art["data"], 200, args.k)
     print(f"catalogue {art['catalogue_size']:,} items, {art['index']['kind']} index; artifacts ready in {setup_s:.0f}s")
-    local = in_process(art, reqs, args.inprocess, args.candidates)
+    local = in_process(art, reqs, args.inprocess, args.candidates, args.threads)
     print(f"in-process: p50 {local['p50_ms']:.1f} ms, p99 {local['p99_ms']:.1f} ms")
     port = args.port or free_port()
     if ray.is_initialized():  # preparing a new catalogue ran Ray Data in this process; Serve gets its own cluster
         ray.shutdown()
     env = start_local_cluster(args.serve_mode)
+    store = None
+    if args.requests == "by-user":
+        store = args.store
+        if store is None:
+            db = Path(art["data"]).parent / "bench-events.sqlite"
+            for f in db.parent.glob(db.name + "*"):  # a fresh store: the events below are all it holds
+                f.unlink()
+            store = f"sqlite:///{db}"
     cfg = config({"data": str(art["data"]), "matcher": str(art["sdm"]), "ranker": str(art["bst"]),
-                  "candidates": args.candidates, "gpu": args.gpu, "threads": args.threads}, port=port)
+                  "candidates": args.candidates, "gpu": args.gpu, "threads": args.threads, "store": store}, port=port)
     t1 = time.perf_counter()
     deploy(cfg, timeout_s=600)
     start_s = time.perf_counter() - t1
     client = Client(f"http://127.0.0.1:{port}/recommend")
+    if store is not None:  # the users' behaviours into the store, then requests by user_id only
+        events = Client(f"http://127.0.0.1:{port}/events")
+        for i in range(0, len(reqs), 20):
+            r = events.post({"users": [{"user_id": b["user_id"], "events": b["events"]} for b in reqs[i:i + 20]]})
+            if not r["ok"]:
+                raise RuntimeError(f"POST /events failed while warming the store: {r['status']}")
+        reqs = [{"user_id": b["user_id"], "k": b["k"]} for b in reqs]
     for b in reqs[:20]:  # warm-up, not measured
         client.post(b)
     t2 = time.perf_counter()
@@ -298,6 +333,8 @@ def main() -> None:
         "inprocess_p50_ms": local["p50_ms"], "inprocess_p99_ms": local["p99_ms"],
         "serve_overhead_ratio_p50": fixed["p50_ms"] / local["p50_ms"] if fixed["p50_ms"] and local["p50_ms"] else None,
         "catalogue_size": art["catalogue_size"], "index": art["index"]["kind"],
+        "requests_by": args.requests, "store": store, "store_read_ms_p50": fixed.get("stage_store_read_p50_ms"),
+        "ms_300_candidates_1thread": local.get("rank_ms_p50"),
         "gpu_p99_ms": fixed["p99_ms"] if args.gpu else None,  # the GPU layout (--gpu: models and index on the GPU)
         "closed_loop_clients": args.clients, "closed_loop_qps": closed["qps"], "closed_loop_p50_ms": closed["p50_ms"],
         "closed_loop_p99_ms": closed["p99_ms"], "closed_loop_errors": closed["errors"],

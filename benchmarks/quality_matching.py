@@ -2,16 +2,25 @@
 
     python benchmarks/quality_matching.py --dataset ml-100k --split user-day      # ~15 min on 2 cores
     python benchmarks/quality_matching.py --dataset ml-100k --split loo
+    python benchmarks/quality_matching.py --dataset ml-100k --protocol recbole    # loo, every model sees the last 50 events
     python benchmarks/quality_matching.py --dataset synth --rows 150000 --split dataset-day
     python benchmarks/quality_matching.py --dataset ml-100k --split user-day --ablation heads --ablation fusion --models none
 
 Prepares the dataset under benchmarks/work/ (fetching ml-100k into the seqrec cache if
 needed), then runs ``seqrec.experiment.run_experiment`` — the code behind ``seqrec evaluate`` —
 and writes ``benchmarks/results/quality_matching_<dataset>_<split>[_<suffix>].json`` with the
-mean per model in ``summary``, mean ± std in ``table``, every run (with its training history) in
-``runs``, and the expectation checks of issue #3 (PSDMMAL(-N) ahead of the baselines on
-HitRate@50 and Recall@50; PSDMMAL ahead of PSDMMA on synthetic data) as measured booleans.
+mean per model in ``summary`` (the protocol's metrics; for the day splits also ``discovery@K``,
+among them ``discovery@50``: the share of a test user's clicked categories that are new to the user
+over the past 15 days and found in the top K, SDM §4.2.2 offline; see ``seqrec.metrics.discovery``),
+mean ± std in ``table``, every run (with its training history) in ``runs``, and the expectation
+checks of issue #3 (PSDMMAL(-N) ahead of the baselines on HitRate@50 and Recall@50; PSDMMAL
+ahead of PSDMMA on synthetic data) as measured booleans.
 The per-run outputs (results.md/csv, plots) go to benchmarks/work/quality_<...>/.
+
+``--protocol recbole`` is RecBole's: leave-one-out, every model's input the last 50 events before
+the target (``seqrec data prepare --input last-n --input-events 50``: SDM's short-term input is the
+session's part of them, the rest its long-term input), full ranking over all items, history not
+masked. It writes ``..._loo_recbole.json`` beside the session protocol's ``..._loo.json``.
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ WORK = REPO / "benchmarks" / "work"
 BASELINES = ("item_cf", "youtube_dnn", "gru4rec", "narm")
 
 
-def prepared(dataset: str, split: str, rows: int) -> Path:
+def prepared(dataset: str, split: str, rows: int, input_events: int | None = None) -> Path:
+    """The prepared dataset; ``input_events``: RecBole's last-N input (``--input last-n``), else the session protocol."""
     from seqrec.data.loaders import open_source
     from seqrec.data.prepare import prepare, resolve_config
 
@@ -47,8 +57,12 @@ def prepared(dataset: str, split: str, rows: int) -> Path:
         if not (raw / "synth.json").exists():
             generate(raw, rows, seed=0, progress=False)
         src, out = open_source(str(raw), "synth", None), WORK / f"synth-{rows}-{split}"
+    opts = {}
+    if input_events is not None:
+        out = out.with_name(f"{out.name}-last{input_events}")
+        opts = dict(input="last-n", input_events=input_events)
     if not (out / "manifest.json").exists():
-        prepare(src, out, resolve_config(src, split=split), engine="local", progress=False, overwrite=True)
+        prepare(src, out, resolve_config(src, split=split, **opts), engine="local", progress=False, overwrite=True)
     return out
 
 
@@ -72,7 +86,11 @@ def expectations(summary: dict, protocol: str) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=["ml-100k", "synth"], required=True)
-    p.add_argument("--split", choices=["dataset-day", "user-day", "loo"], required=True)
+    p.add_argument("--split", choices=["dataset-day", "user-day", "loo"], help="required with --protocol session")
+    p.add_argument("--protocol", choices=["session", "recbole"], default="session",
+                   help="session: the paper's input (session + 7 days; default); recbole: leave-one-out with the "
+                   "last --input-events events as every model's input, full ranking, history not masked")
+    p.add_argument("--input-events", type=int, default=50, help="N of --protocol recbole (default 50, as RecBole)")
     p.add_argument("--rows", type=int, default=150_000, help="synthetic events (default 150,000)")
     p.add_argument("--models", nargs="+", help="model entries (default: all); 'none' for ablations only")
     p.add_argument("--ablation", action="append", default=[], choices=["heads", "fusion"])
@@ -84,15 +102,23 @@ def main() -> int:
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--suffix", default="", help="appended to the result name")
     args = p.parse_args()
+    recbole = args.protocol == "recbole"
+    if recbole and args.split not in (None, "loo"):
+        p.error(f"--protocol recbole is leave-one-out; drop --split {args.split} or use --split loo")
+    if not recbole and args.split is None:
+        p.error("--split is required with --protocol session")
+    args.split = "loo" if recbole else args.split
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = prepared(args.dataset, args.split, args.rows)
+    data = prepared(args.dataset, args.split, args.rows, args.input_events if recbole else None)
     models = [] if args.models == ["none"] else (args.models or list(DEFAULT_MODELS))
     entries = expand_models(models, args.ablation)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience)
-    name = f"quality_matching_{args.dataset.replace('-', '')}_{args.split.replace('-', '')}" + (f"_{args.suffix}" if args.suffix else "")
+    name = f"quality_matching_{args.dataset.replace('-', '')}_{args.split.replace('-', '')}"
+    name += ("_recbole" + ("" if args.input_events == 50 else str(args.input_events))) if recbole else ""
+    name += f"_{args.suffix}" if args.suffix else ""
     report = run_experiment(ExperimentSpec(str(data), entries, list(range(args.seeds)), str(WORK / name), match=cfg,
                                            model_options={"hidden": args.hidden}))
     summary = {label: {k: round(v["mean"], 5) for k, v in m.items()} for label, m in report["summary"].items()}
@@ -100,6 +126,11 @@ def main() -> int:
     params = {k: report[k] for k in ("dataset", "protocol", "split", "content_hash", "vocab_hash", "seeds", "train",
                                       "model_options", "index", "exclude_seen", "selection")}
     params["command"] = "python benchmarks/quality_matching.py " + " ".join(sys.argv[1:])
+    from seqrec.data.prepare import load_manifest
+
+    proto = load_manifest(data)["config"]["protocol"]
+    params["input"] = {"protocol": args.protocol, "input": proto.get("input", "session"),
+                       "input_events": proto.get("input_events") if proto.get("input") == "last-n" else None}
     params["table"] = report["table"]
     params["rows"] = args.rows if args.dataset == "synth" else None
     runs = [{k: v for k, v in r.items()} for r in report["runs"]]

@@ -71,7 +71,7 @@ def deployment_options(app_args: dict) -> dict:
     user_configs = {"Ingress": None, "UserEncoder": {"matcher": app_args["matcher"], **batch},
                     "Retriever": {"matcher": app_args["matcher"]}}
     if app_args.get("ranker"):
-        user_configs["Ranker"] = {"ranker": app_args["ranker"], **batch}
+        user_configs["Ranker"] = {"ranker": app_args["ranker"], "precision": app_args.get("ranker_precision", "auto"), **batch}
     return {name: {"ray_actor_options": actor_options(name, bool(app_args.get("gpu"))),
                    **({"user_config": uc} if uc is not None else {})} for name, uc in user_configs.items()}
 

@@ -29,6 +29,11 @@ request's, a batch written whole or not at all), and ``POST /recommend`` reads t
 then appends the request's own ``events`` for that request only (docs/serving.md, "User behaviours on the
 server"). Without a store the app keeps no state and ``POST /events`` answers 501.
 
+A stage that fails or misses its deadline (the app's args ``encode_deadline_ms``, ``retrieve_deadline_ms``,
+``rank_deadline_ms``, inside ``timeout_s``) does not fail the request: the Ingress answers from the stage before (the
+matcher's order without the Ranker, the popular items without the UserEncoder or the Retriever), marked ``degraded``
+with the stage and the reason (:func:`call_stage`; docs/serving.md, "Degraded answers").
+
 Start it with ``seqrec serve`` (local, from a run), or ``serve run serve_apps/recommend.yaml`` (the runs of
 the README's main command; ``seqrec serve --write-config`` writes one for any runs).
 This module does not use ``from __future__ import annotations``: Serve validates the builder's
@@ -39,20 +44,24 @@ import asyncio
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from seqrec import features as F
 from seqrec.serving import (
+    FALLBACKS,
+    Answer,
     Candidates,
     Catalogue,
+    Degraded,
     Encoded,
     Event,
     LoadedModel,
@@ -67,6 +76,7 @@ from seqrec.serving import (
     find_runs,
     load_catalogue,
     load_model,
+    popular_fallback,
     rank,
     retrieve,
     shorten,
@@ -141,6 +151,15 @@ class ItemOut(BaseModel):
     match_score: Optional[float] = Field(None, description="inner product of the user and item vectors")
 
 
+class DegradedOut(BaseModel):
+    """A stage failed or missed its deadline, and the answer is the stage before's (docs/serving.md, "Degraded answers")."""
+
+    stage: str = Field(description="the stage that failed: encode | retrieve | rank")
+    reason: str = Field(description="why: the error's type and message, or the deadline it missed")
+    fallback: str = Field(description="what was answered: matcher_order (the retriever's candidates by match score, "
+                          "when the ranker failed) or popular (the popular items, when the encoder or retriever failed)")
+
+
 class RecommendOut(BaseModel):
     request_id: Optional[str]
     items: List[ItemOut]
@@ -150,6 +169,8 @@ class RecommendOut(BaseModel):
     unknown_values: Dict[str, List[Id]]
     model_versions: Dict[str, Any]
     timings_ms: Dict[str, float]
+    degraded: Optional[DegradedOut] = Field(None, description="null when every stage answered; else the stage that did "
+                                            "not, why, and the fallback answered")
 
 
 #: The default bound of a ``POST /recommend`` body (``max_body_bytes``): 1 MiB. A request at the other bounds
@@ -168,6 +189,15 @@ class Limits(BaseModel):
     max_id_chars: int = RequestLimits.max_id_chars
     max_body_bytes: int = MAX_BODY_BYTES
     timeout_s: float = 5.0
+    # each stage's deadline: ~10x its p99 on a loaded 2-core machine (docs/serving.md, "Degraded answers"); the three
+    # add up to 3 s of the 5 s budget, the rest for the store read and the answer
+    encode_deadline_ms: float = 1000.0
+    retrieve_deadline_ms: float = 1000.0
+    rank_deadline_ms: float = 1000.0
+
+    def deadline_s(self, stage: str) -> float:
+        """How long the Ingress waits for ``stage`` (encode | retrieve | rank) before answering without it."""
+        return getattr(self, f"{stage}_deadline_ms") / 1e3
 
     def request(self) -> RequestLimits:
         """The bounds :func:`seqrec.serving.check_request` checks a parsed request against."""
@@ -189,7 +219,18 @@ class AppArgs(BaseModel):
                               "name or value, as text")
     max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1, description="the largest POST /recommend body (bytes): 413 above")
     timeout_s: float = Field(5.0, gt=0, description="the longest a request may take: 504 after")
+    # per-stage deadlines inside timeout_s: a stage that fails or misses its deadline is answered around (a degraded
+    # answer: the matcher's order without the ranker, the popular items without the encoder or the retriever)
+    encode_deadline_ms: float = Field(Limits.model_fields["encode_deadline_ms"].default, gt=0,
+                                      description="the longest the Ingress waits for the UserEncoder: popular items after")
+    retrieve_deadline_ms: float = Field(Limits.model_fields["retrieve_deadline_ms"].default, gt=0,
+                                        description="the longest the Ingress waits for the Retriever: popular items after")
+    rank_deadline_ms: float = Field(Limits.model_fields["rank_deadline_ms"].default, gt=0,
+                                    description="the longest the Ingress waits for the Ranker: the matcher's order after")
     gpu: bool = False  # models and the FAISS index on a GPU that UserEncoder, Retriever and Ranker share (config.GPU_SHARE)
+    ranker_precision: Literal["auto", "fp32", "int8"] = Field("auto", description="what the Ranker runs at: int8 "
+                                                            "(dynamic quantization of its MLP, CPU only), fp32, or auto "
+                                                            "(int8 on a CPU, fp32 on a GPU)")
     threads: int = 1  # torch and FAISS threads per replica (Ray gives a fractional-CPU replica OMP_NUM_THREADS=1 anyway)
     max_batch_size: int = BATCH["max_batch_size"]
     batch_wait_timeout_s: float = BATCH["batch_wait_timeout_s"]
@@ -198,6 +239,16 @@ class AppArgs(BaseModel):
                                  "none: the app keeps no state")
     store_ttl_s: Optional[int] = Field(None, ge=1, description="drop a user's behaviours after this many seconds "
                                        "without a POST /events for them (none: keep them, trimmed to the window)")
+
+    @model_validator(mode="after")
+    def _deadlines_fit(self):
+        stages = self.encode_deadline_ms + self.retrieve_deadline_ms + self.rank_deadline_ms
+        if stages >= self.timeout_s * 1e3:
+            raise ValueError(f"the stage deadlines (encode_deadline_ms={self.encode_deadline_ms:g} + retrieve_deadline_ms="
+                             f"{self.retrieve_deadline_ms:g} + rank_deadline_ms={self.rank_deadline_ms:g} = {stages:g} ms) "
+                             f"must add up to less than timeout_s={self.timeout_s:g} s (the rest is for the store read and "
+                             "the answer): lower a deadline or raise timeout_s")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,8 +482,9 @@ class Ranker:
         self.ranker: Optional[LoadedModel] = None
 
     def reconfigure(self, config: Dict[str, Any]) -> None:
-        """``{"ranker": run or export dir, "max_batch_size": n, "batch_wait_timeout_s": s}``."""
-        self.ranker = load_model(config["ranker"], "ranker", self.device, self.vocab_hash)
+        """``{"ranker": run or export dir, "precision": auto | fp32 | int8, "max_batch_size": n,
+        "batch_wait_timeout_s": s}``."""
+        self.ranker = load_model(config["ranker"], "ranker", self.device, self.vocab_hash, config.get("precision", "auto"))
         self.rank.set_max_batch_size(int(config.get("max_batch_size", BATCH["max_batch_size"])))
         self.rank.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", BATCH["batch_wait_timeout_s"])))
 
@@ -454,6 +506,52 @@ class Ranker:
     def check_health(self) -> None:
         if self.ranker is None:
             raise RuntimeError("no ranker loaded")
+
+
+# ---------------------------------------------------------------------------------------------
+# degrading: a stage that fails or misses its deadline is answered around, never a 5xx
+
+
+class StageFailed(Exception):
+    """A stage call that raised or missed its deadline: the Ingress answers from the stage before (``degraded``)."""
+
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"{stage}: {reason}")
+        self.degraded = Degraded(stage, reason)
+
+
+async def call_stage(stage: str, response, deadline_s: float):
+    """The result of one stage's DeploymentHandle call (``response``: a ``DeploymentResponse``) within ``deadline_s``.
+
+    :class:`StageFailed` when the call raised or missed its deadline. Raised: the deployment's own exception (a
+    ``RayTaskError`` that is also an instance of it), a replica that died (``ActorDiedError``; in fast mode, where
+    gRPC carries the calls, ``ActorUnavailableError``), a handle that refused the call (``BackPressureError``), a
+    call cancelled on the replica's side (``RequestCancelledError``). A deadline missed: the handle was still
+    waiting for a replica (none alive: Serve starts a new one), or the replica was slow; the call is then cancelled
+    (``DeploymentResponse.cancel``: taken off the handle's queue, or the replica's task cancelled), so waiting calls
+    do not pile up on a dead or slow replica. Not caught: a ``LookupError`` (a matcher version the Retriever does
+    not hold: a deploy to fix, answered 503), and the request's own cancellation (``asyncio.CancelledError``: its
+    ``timeout_s``, or the client gone)."""
+
+    async def result():
+        return await response
+
+    try:
+        return await asyncio.wait_for(result(), deadline_s)
+    except asyncio.TimeoutError:
+        response.cancel()
+        raise StageFailed(stage, f"no answer within the {stage} deadline of {deadline_s * 1e3:g} ms") from None
+    except Exception as e:
+        cause = getattr(e, "cause", None)  # a RayTaskError's: the deployment's exception
+        cause = cause if isinstance(cause, BaseException) else e
+        if isinstance(cause, LookupError):
+            raise
+        raise StageFailed(stage, _reason(cause)) from e
+
+
+def _reason(e: BaseException) -> str:
+    """An error as a degraded answer's ``reason``: its type and the start of its message, on one line."""
+    return shorten(" ".join(f"{type(e).__name__}: {e}".split()), 200)
 
 
 app = FastAPI(
@@ -483,10 +581,29 @@ class Ingress:
         # what the store keeps of a user: what the dataset's protocol reads (long-term window, history, a session)
         retention = Retention.for_protocol(builder.protocol, max_events=self.limits.max_events, idle_ttl_s=store_ttl_s)
         self.store: Optional[Store] = None if store is None else open_store(store, retention)
+        # POST /recommend reads through a connection and threads of their own, so that a read never queues behind
+        # POST /events commits (a store's connection serves one call at a time, and an fsync'd SQLite commit can take
+        # a while on a busy disk; in WAL mode a reader on another connection does not wait for the writer)
+        self.reader: Optional[Store] = None if store is None else open_store(store, retention)
+        self.read_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-read")
+        # answers given, and degraded ones by the stage that failed (GET /stats; Ray's metrics: seqrec_degraded_answers)
+        self.answers, self.degraded = 0, {stage: 0 for stage in FALLBACKS}
+        from ray.util.metrics import Counter
+
+        self.degraded_metric = Counter("seqrec_degraded_answers", description="POST /recommend answers from a fallback, "
+                                       "by the stage that failed or missed its deadline", tag_keys=("stage",))
 
     @app.get("/healthz")
     async def healthz(self) -> Dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/stats")
+    async def stats(self) -> Dict[str, Any]:
+        """This Ingress replica's counts since it started: POST /recommend answers given (200s), and the degraded ones
+        by the stage that failed or missed its deadline (each is also logged, and counted in Ray's metrics as
+        ``seqrec_degraded_answers{stage=...}``, summed over replicas)."""
+        return {"answers": self.answers, "degraded": dict(self.degraded), "deadlines_ms": {
+            stage: self.limits.deadline_s(stage) * 1e3 for stage in FALLBACKS}}
 
     # The body is read here, not by FastAPI, so that its size is bounded before it is parsed and its errors are
     # bounded after; the documentation still shows RecommendIn (openapi_extra).
@@ -561,26 +678,51 @@ class Ingress:
         t0 = time.perf_counter()
         timings: Dict[str, float] = {}
         if self.store is not None:  # the stored behaviours, then the request's (for this request only)
-            (stored,) = await asyncio.to_thread(self.store.recent, [req.user_id])
+            (stored,) = await asyncio.get_running_loop().run_in_executor(self.read_threads, self.reader.recent, [req.user_id])
             req = merge(stored, req)
             timings["store_read"] = (time.perf_counter() - t0) * 1e3
         if not req.events:
+            self.answers += 1
             return cold_start(self.popular_ids, body.k, {**timings, "total": (time.perf_counter() - t0) * 1e3}).response(rid)
-        t_enc = time.perf_counter()
-        enc = await self.encoder.encode.remote(req)
-        if isinstance(enc, Exception):
-            raise enc
-        t1 = time.perf_counter()
-        cands = await self.retriever.retrieve.remote(enc.vecs[0], self.candidates, enc.matcher,
-                                                     enc.seen() if body.exclude_seen else None)
-        t2 = time.perf_counter()
-        ranked = None if self.ranker is None else await self.ranker.rank.remote(enc, cands.codes[0], cands.scores[0])
-        t3 = time.perf_counter()
-        timings = {**timings, "encode": (t1 - t_enc) * 1e3, "retrieve": (t2 - t1) * 1e3, "rank": (t3 - t2) * 1e3,
-                   "encode_compute": enc.rows_ms + enc.encode_ms, "retrieve_compute": cands.ms,
-                   "rank_compute": 0.0 if ranked is None else ranked.ms, "total": (time.perf_counter() - t0) * 1e3}
-        (one,) = answer(enc, cands, ranked, body.k, timings)
+        one = await self._stages(body, req, timings)
+        one.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
+        self.answers += 1
+        if one.degraded is not None:
+            self.degraded[one.degraded.stage] += 1
+            self.degraded_metric.inc(tags={"stage": one.degraded.stage})
+            log.warning("request %s degraded: %s failed (%s); answered with the %s", rid, one.degraded.stage,
+                        one.degraded.reason, one.degraded.fallback.replace("_", " "))
         return one.response(rid)
+
+    async def _stages(self, body: RecommendIn, req: Req, timings: Dict[str, float]) -> Answer:
+        """Encode → retrieve → rank, each within its deadline (:func:`call_stage`); a stage that fails gets the stage
+        before's answer, marked ``degraded``: the popular items without the encoder or the retriever, the matcher's
+        order without the ranker."""
+        lim, t = self.limits, time.perf_counter()
+        enc = None
+        try:
+            enc = await call_stage("encode", self.encoder.encode.remote(req), lim.deadline_s("encode"))
+            if isinstance(enc, Exception):  # the encoder's error for this request alone (serve.batch slot)
+                raise StageFailed("encode", _reason(enc))
+            timings.update(encode=(time.perf_counter() - t) * 1e3, encode_compute=enc.rows_ms + enc.encode_ms)
+            t = time.perf_counter()
+            cands = await call_stage("retrieve", self.retriever.retrieve.remote(
+                enc.vecs[0], self.candidates, enc.matcher, enc.seen() if body.exclude_seen else None), lim.deadline_s("retrieve"))
+            timings.update(retrieve=(time.perf_counter() - t) * 1e3, retrieve_compute=cands.ms)
+        except StageFailed as e:
+            timings[e.degraded.stage] = (time.perf_counter() - t) * 1e3
+            report = None if enc is None or isinstance(enc, Exception) else enc.reports[0]
+            return popular_fallback(self.popular_ids, body.k, timings, e.degraded, report)
+        ranked, degraded, t = None, None, time.perf_counter()
+        if self.ranker is not None:
+            try:
+                ranked = await call_stage("rank", self.ranker.rank.remote(enc, cands.codes[0], cands.scores[0]),
+                                          lim.deadline_s("rank"))
+            except StageFailed as e:
+                degraded = e.degraded
+        timings.update(rank=(time.perf_counter() - t) * 1e3, rank_compute=0.0 if ranked is None else ranked.ms)
+        (one,) = answer(enc, cands, ranked, body.k, timings, degraded)
+        return one
 
 
 # ---------------------------------------------------------------------------------------------

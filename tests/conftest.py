@@ -1,9 +1,15 @@
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/eventgen.py
+
+# moto's S3 server (the s3_server fixture) keeps the framing of an upload that carries the AWS SDK's default trailing
+# checksum (aws-chunked, as pyarrow's S3 client sends it) in the stored object; checksums only where an operation needs
+# one keep uploads plain. Set at import, before any Ray cluster starts, so that Ray's worker processes inherit it.
+os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
 
 
 @pytest.fixture(scope="session")
@@ -130,3 +136,86 @@ def redis_server(tmp_path_factory):
     if server.proc.poll() is None:
         server.proc.terminate()
         server.proc.wait(timeout=30)
+
+
+class S3Server:
+    """A real S3-compatible server: moto's standalone server (``moto_server``) over HTTP on a free 127.0.0.1 port, with
+    one bucket. :meth:`uri` puts everything a reader needs in the URI itself (endpoint, scheme, moto's test keys), so
+    the Ray cluster's workers, started before this server and without its settings, reach it too."""
+
+    BUCKET = "seqrec-test"
+
+    def __init__(self, exe: str, directory):
+        from seqrec.cluster import free_port
+
+        self.exe, self.dir, self.port, self.proc = exe, directory, free_port(), None
+
+    def uri(self, *keys: str) -> str:
+        """``s3://.../KEY`` in the test bucket."""
+        return f"s3://testing:testing@{self.BUCKET}/{'/'.join(keys)}?endpoint_override=127.0.0.1:{self.port}&scheme=http"
+
+    def start(self) -> None:
+        import subprocess
+        import time
+        import urllib.error
+        import urllib.request
+
+        import pyarrow.fs as pafs
+
+        log = open(self.dir / "moto.log", "wb")
+        self.proc = subprocess.Popen([self.exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+        end = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1).close()
+                break
+            except urllib.error.HTTPError:  # it answers
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.time() > end:
+                    raise RuntimeError(f"moto_server did not start: {(self.dir / 'moto.log').read_text()[-2000:]}") from None
+                time.sleep(0.1)
+        pafs.S3FileSystem(access_key="testing", secret_key="testing", endpoint_override=f"127.0.0.1:{self.port}", scheme="http",
+                          allow_bucket_creation=True).create_dir(self.BUCKET)
+
+    def stop(self) -> None:
+        """Stop the server, and remove what seqrec copied of its URIs into this machine's cache."""
+        import json
+        import shutil
+
+        from seqrec import storage
+
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        for marker in [*storage.cache_root().glob(f"*/{storage.MARKER}"), *storage.cache_root().glob(f"work/*/{storage.MARKER}")]:
+            try:
+                mine = f"127.0.0.1:{self.port}&" in json.loads(marker.read_text())["uri"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if mine:
+                shutil.rmtree(marker.parent, ignore_errors=True)
+                Path(f"{marker.parent}.lock").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server for the session (moto's, never a mock of S3) with the bucket ``seqrec-test``. Where
+    moto's server is not installed the storage-URI tests skip and say why; under CI=true that skip is a failure (the
+    test extra installs ``moto[server]``)."""
+    import importlib.util
+    import shutil
+
+    exe = shutil.which("moto_server")
+    why = None
+    if exe is None or importlib.util.find_spec("moto") is None:
+        why = "moto's S3 server is not installed (pip install 'moto[server]')"
+    elif importlib.util.find_spec("flask") is None or importlib.util.find_spec("flask_cors") is None:
+        why = "moto is installed without its server's packages (pip install 'moto[server]')"
+    if why is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and the storage-URI tests cannot run: {why}")
+        pytest.skip(why)
+    server = S3Server(exe, tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.stop()

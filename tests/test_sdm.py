@@ -127,7 +127,8 @@ def test_next_item_targets_by_hand():
 
 
 @pytest.mark.parametrize("name,loss", [("sdm:PSDMMAL", "full"), ("sdm:PSDMMAL", "sampled"), ("gru4rec", "sampled"), ("narm", "full"),
-                                       ("youtube_dnn", "full"), ("sasrec", "full"), ("sasrec", "sampled")])
+                                       ("youtube_dnn", "full"), ("sasrec", "full"), ("sasrec", "sampled"), ("shan", "full"),
+                                       ("binn", "full"), ("binn", "sampled")])
 def test_learns_next_item_given_previous(name, loss):
     """Toy data: the next item is (previous + 1) mod cycle; every model should learn it."""
     n_items = 40

@@ -303,7 +303,8 @@ def test_serve_run_of_the_repository_config_serves_an_experiments_runs(tiny_prep
         while time.time() < end and proc.poll() is None:
             try:
                 r = post(app, body_of(req, k=10), **{"x-request-id": "cli-1"})
-                if r.status_code == 200:
+                # a replica's first calls can miss a stage deadline (a degraded answer): wait for a whole one
+                if r.status_code == 200 and r.json().get("degraded") is None:
                     answer = r.json()
                     assert answer["request_id"] == "cli-1" and r.headers["x-request-id"] == "cli-1"
                     bad = post(app, {**body_of(req), "k": 1000})

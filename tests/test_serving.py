@@ -45,26 +45,30 @@ def test_a_request_without_events_has_no_row(tiny_prepared):
 
 
 def test_the_pipeline_top_k_equals_the_offline_two_stage_top_k(tiny_prepared, tiny_artifacts):
-    """Served (raw events → RowBuilder → SDM → FAISS → BST) and offline (prepared rows → evaluate's two-stage) agree."""
+    """Served (raw events → RowBuilder → SDM → FAISS → BST) and offline (prepared rows → evaluate's two-stage) agree,
+    with the ranker in fp32 and in int8 (serving's default on a CPU; offline through the same with_precision)."""
     from seqrec.checkpoint import load_checkpoint
     from seqrec.data.prepare import read_split
     from seqrec.evaluate import encode_table, rerank, retrieve, score_table
+    from seqrec.inference import with_precision
     from seqrec.serving import Pipeline
 
-    pipe = Pipeline(tiny_prepared, tiny_artifacts["sdm"], tiny_artifacts["bst"], candidates=50)
     table = read_split(tiny_prepared, "test").slice(0, 25)
     ev = raw_events(tiny_prepared.parent)
-    served = pipe.recommend([request_for(r, ev, pipe.rows) for r in table.to_pylist()], k=10)
     matcher, _ = load_checkpoint(tiny_artifacts["sdm"] / "export" / "model")
     ranker, _ = load_checkpoint(tiny_artifacts["bst"] / "export" / "model")
-    spec = pipe.rows.spec
-    top = retrieve(encode_table(matcher, table, spec), matcher.item_embeddings().detach().numpy(), 50, index="flat")
-    offline = rerank(score_table(ranker, table, spec, top), top, 10)
     item_ids = np.load(tiny_artifacts["sdm"] / "export" / "item_ids.npy")
-    for got, want in zip(served, offline):
-        assert [i["item_id"] for i in got["items"]] == item_ids[want].tolist()
-        scores = [i["score"] for i in got["items"]]
-        assert scores == sorted(scores, reverse=True) and not got["cold_start"]
+    for precision in ("fp32", "int8"):
+        pipe = Pipeline(tiny_prepared, tiny_artifacts["sdm"], tiny_artifacts["bst"], candidates=50, ranker_precision=precision)
+        served = pipe.recommend([request_for(r, ev, pipe.rows) for r in table.to_pylist()], k=10)
+        spec = pipe.rows.spec
+        top = retrieve(encode_table(matcher, table, spec), matcher.item_embeddings().detach().numpy(), 50, index="flat")
+        offline = rerank(score_table(with_precision(ranker, precision), table, spec, top), top, 10)
+        for got, want in zip(served, offline):
+            assert [i["item_id"] for i in got["items"]] == item_ids[want].tolist(), precision
+            scores = [i["score"] for i in got["items"]]
+            assert scores == sorted(scores, reverse=True) and not got["cold_start"]
+        assert pipe.versions()["ranker"]["precision"] == precision
     assert pipe.versions()["matcher"]["model"] == "sdm" and pipe.versions()["index"]["kind"] == "flat"
 
 

@@ -198,13 +198,14 @@ def test_sessions_focus_on_one_interest(data):
     s = _sessions(df)
     s = s[s["len"] >= 3]
     share = s["dom_share"].mean()
-    assert share > 0.8, share
+    # sessions mix a few categories (Taobao: a third of next items have a category new to the session), but one leads
+    assert share > 0.5, share
     # versus the same events shuffled across sessions (no focus)
     rng = np.random.default_rng(0)
     shuffled = df.copy()
     shuffled[F.CATEGORY] = rng.permutation(shuffled[F.CATEGORY].to_numpy())
     s0 = _sessions(shuffled)
-    assert share > s0[s0["len"] >= 3]["dom_share"].mean() + 0.3
+    assert share > s0[s0["len"] >= 3]["dom_share"].mean() + 0.25
 
 
 def _seen_before(df: pd.DataFrame, user, cat, t, window: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Search spaces for the baselines, keyed by model: the matching ones (GRU4Rec, NARM, SASRec, YouTube DNN)
+"""Search spaces for the baselines, keyed by model: the matching ones (GRU4Rec, NARM, SASRec, SHAN, BINN, YouTube DNN)
 and the ranking ones (DIN, WDL, WDL(+Seq))."""
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ SPACES = {
     "gru4rec": {"default": _matcher},
     "narm": {"default": _matcher},
     "sasrec": {"default": _sasrec},
+    "shan": {"default": _matcher},
+    "binn": {"default": _matcher},
     "youtube_dnn": {"default": _matcher},
     "din": {"default": _ranker},
     "wdl": {"default": _ranker},

@@ -100,6 +100,14 @@ def pad_lists(column: pa.ChunkedArray | pa.Array, dtype=np.int64, width: int | N
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     n = len(column)
+    if n == 1:  # one row (a served request): its list as it is, cut or padded to ``width``
+        lo, hi = column.offsets.to_numpy(zero_copy_only=False).tolist()
+        w = hi - lo if width is None else width
+        out = np.zeros((1, w), dtype=dtype)  # (1, T)
+        keep = min(hi - lo, w)
+        if keep > 0:
+            out[0, :keep] = column.values.slice(lo, keep).to_numpy(zero_copy_only=False)
+        return out
     offsets = column.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
     lengths = np.diff(offsets)
     values = column.values.to_numpy(zero_copy_only=False)
@@ -155,17 +163,22 @@ def collate(table: pa.Table | pa.RecordBatch, spec: FeatureSpec) -> Batch:
         + [F.long_term_col(f) for f in item_names]
         + [F.hist_col(F.ITEM_ID), F.hist_col(F.TIMESTAMP), F.hist_col(F.BEHAVIOR)]
     )
-    missing = [c for c in needed if c not in table.column_names]
+    have = set(table.schema.names)  # (a few times cheaper than table.column_names)
+    missing = [c for c in needed if c not in have]
     if missing:
         raise ValueError(
             f"not a session-row table for this feature spec: missing columns {missing}; "
             "read rows written by `seqrec data prepare` for the same dataset"
         )
+    if table.num_rows == 1 and F.CAND_ITEM not in have:  # a served request: see _collate_one
+        one = _collate_one(table.select(needed).to_pylist()[0], item_names, user_names)
+        if one is not None:
+            return one
     t = torch.from_numpy
     seq_len = _scalar(table[F.SEQ_LEN])
     width = int(seq_len.max()) if len(seq_len) else 0
     cascade = {}
-    if F.CAND_ITEM in table.column_names:  # a cascade row (seqrec.train.cascade)
+    if F.CAND_ITEM in have:  # a cascade row (seqrec.train.cascade)
         cascade = {
             "cand_item": t(pad_nested(table[F.CAND_ITEM], width)),
             "cand_score": t(pad_nested(table[F.CAND_SCORE], width, dtype=np.float32)),
@@ -174,7 +187,7 @@ def collate(table: pa.Table | pa.RecordBatch, spec: FeatureSpec) -> Batch:
             "target_rank": t(pad_lists(table[F.TARGET_RANK], width=width)),
             "top_score": t(pad_lists(table[F.TOP_SCORE], dtype=np.float32, width=width)),
         }
-        if F.CAND_COVISIT in table.column_names:
+        if F.CAND_COVISIT in have:
             cascade["cand_covisit"] = t(pad_nested(table[F.CAND_COVISIT], width, dtype=np.float32))
             cascade["target_covisit"] = t(pad_lists(table[F.TARGET_COVISIT], dtype=np.float32, width=width))
     return Batch(
@@ -190,4 +203,33 @@ def collate(table: pa.Table | pa.RecordBatch, spec: FeatureSpec) -> Batch:
         targets=t(pad_lists(table[F.TARGETS])),
         session_start=t(_scalar(table[F.SESSION_START])),
         **cascade,
+    )
+
+
+def _collate_one(row: dict, item_names: list[str], user_names: list[str]) -> Batch | None:
+    """:func:`collate` of one session row from its Python values (``Table.to_pylist``): one Arrow conversion for the
+    row, not a few per column, which is most of the time of a one-row batch. The same tensors as the general path;
+    None when a value is null or ``seq_len`` negative (the general path's conversion decides what they give)."""
+    if any(v is None or (type(v) is list and None in v) for v in row.values()) or row[F.SEQ_LEN] < 0:
+        return None
+    width = row[F.SEQ_LEN]
+
+    def lists(values: list, w: int | None = None) -> torch.Tensor:  # (1, w): cut or 0-padded to w (default: as long)
+        return torch.from_numpy(np.array([values if w is None else values[:w] + [0] * (w - len(values))], np.int64))
+
+    def scalar(name: str) -> torch.Tensor:  # (1,); numpy, then torch: half the time of torch.tensor
+        return torch.from_numpy(np.array([row[name]], np.int64))
+
+    return Batch(
+        user={u: scalar(u) for u in user_names},
+        seq={f: lists(row[F.seq_col(f)], width) for f in item_names},
+        seq_len=scalar(F.SEQ_LEN),
+        seq_time=lists(row[F.seq_col(F.TIMESTAMP)], width),
+        seq_behavior=lists(row[F.seq_col(F.BEHAVIOR)], width),
+        long_term={f: lists(row[F.long_term_col(f)]) for f in item_names},
+        hist_item=lists(row[F.hist_col(F.ITEM_ID)]),
+        hist_time=lists(row[F.hist_col(F.TIMESTAMP)]),
+        hist_behavior=lists(row[F.hist_col(F.BEHAVIOR)]),
+        targets=lists(row[F.TARGETS]),
+        session_start=scalar(F.SESSION_START),
     )

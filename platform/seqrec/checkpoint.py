@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from seqrec import storage
+
 FORMAT = "seqrec-checkpoint"
 FORMAT_VERSION = 1
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.pt", "optimizer.pt", "meta.json"
@@ -40,7 +42,7 @@ def dataset_identity(manifest: dict, data_dir: str | os.PathLike | None = None) 
         "content_hash": manifest.get("content_hash"),
         "vocab_hash": manifest.get("vocab_hash"),
         "source": source.get("name") if isinstance(source, dict) else source,
-        "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
+        "data_dir": None if data_dir is None else storage.absolute(data_dir),
         "feature_spec": manifest.get("feature_spec"),
     }
 
@@ -95,7 +97,7 @@ def save_checkpoint(
 
 
 def read_meta(path: str | os.PathLike) -> dict:
-    path = Path(path)
+    path = storage.local_copy(path, only=(MODEL_FILE, META_FILE))  # a URI: read from a local copy
     f = path / META_FILE
     if not f.exists() or not (path / MODEL_FILE).exists():
         raise FileNotFoundError(f"{path} is not a seqrec checkpoint: it needs {MODEL_FILE} and {META_FILE}")
@@ -109,12 +111,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", vocab_hash: str
     """(model in eval mode, meta). With ``vocab_hash``, refuse a checkpoint trained on another vocabulary."""
     from seqrec.models import model_from_dict
 
-    path = Path(path)
+    given, path = path, storage.local_copy(path, only=(MODEL_FILE, META_FILE))  # a URI: torch.load reads a local copy
     meta = read_meta(path)
     have = meta.get("dataset", {}).get("vocab_hash")
     if vocab_hash is not None and have != vocab_hash:
         raise ValueError(
-            f"checkpoint {path} was trained on vocabulary {have}, the dataset has {vocab_hash}: item and user codes "
+            f"checkpoint {given} was trained on vocabulary {have}, the dataset has {vocab_hash}: item and user codes "
             "would not mean the same items; retrain on this dataset or use the dataset the checkpoint names"
         )
     payload = torch.load(path / MODEL_FILE, map_location=map_location, weights_only=True)

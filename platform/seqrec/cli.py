@@ -8,7 +8,8 @@
     seqrec train MODEL --data DIR --workers N  distributed training on Ray Train (checkpoints, resume, exports)
     seqrec index build --run DIR               FAISS index over a trained matcher's exported item vectors
 
-Run ``seqrec <command> --help`` for every option.
+Run ``seqrec <command> --help`` for every option. Every DIR may also be a storage URI (s3://bucket/key; the
+S3 endpoint and keys from AWS_ENDPOINT_URL and the other AWS_* variables, see docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ examples:
   seqrec data prepare events.parquet --format parquet --mapping mapping.yaml --out data/mine
   seqrec data prepare logs.csv --format csv --column user_id=uid --column item_id=sku \\
       --column timestamp=ts --column item_features.category_id=cat --out data/mine
+  seqrec data prepare ml-100k --split loo --input last-n --input-events 50 --out data/ml-100k-recbole
 
 On a running cluster (RAY_ADDRESS set, or `ray job submit -- seqrec data prepare ...`) the
 pipeline runs there; otherwise a local Ray instance is started. --out must be a path every
-node can write (local disk on one machine, a shared file system on a cluster).
+node can write (local disk on one machine, a shared file system on a cluster) or a storage URI
+(s3://bucket/data/NAME: the dataset is written to a local temporary directory, then uploaded).
 """
 
 EPILOG_EVALUATE = """\
@@ -253,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--long-term-max", type=int, help="max distinct values per long-term feature (default 20)")
     g.add_argument("--hist-len", type=int, help="events of history kept before each session for BST (default 20)")
     g.add_argument("--test-fraction", type=float, help="share of the test window's events used as input (default 0.25)")
+    g.add_argument("--input", choices=["session", "last-n"],
+                   help="what a row's input holds: the session plus 7 days of long-term behaviours (session, the "
+                   "paper's protocol, default), or the last --input-events events whatever their age (last-n, the "
+                   "history RecBole's peers see: the session's part of them is the short-term input, the rest the "
+                   "long-term input and history)")
+    g.add_argument("--input-events", type=int, help="N of --input last-n (default 50, as RecBole)")
     g.add_argument("--tz-offset-hours", type=float, help="UTC offset that defines calendar days (default 0; Taobao: 8)")
     f = prep.add_argument_group("filters (every count goes to the manifest)")
     f.add_argument("--min-item-count", type=_positive_int, help="drop items seen fewer times (default 5; 1 keeps all)")
@@ -274,9 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     stats = sub.add_parser("stats", help="print a prepared dataset's statistics",
-                           description="Print the statistics of a prepared dataset (from its manifest).")
+                           description="Print the statistics of a prepared dataset: the manifest's filter funnel, splits "
+                           "and vocabularies, then session lengths and where next items' categories come from (the "
+                           "session prefix, only the 7-day long-term subset, neither) beside the Taobao figures: "
+                           "whether long-term behaviour can matter on this data.")
     stats.add_argument("data_dir", help="a directory written by `seqrec data prepare`")
-    stats.add_argument("--json", action="store_true", help="print the raw manifest counts as JSON")
+    stats.add_argument("--json", action="store_true",
+                       help="print the raw manifest counts as JSON, with the session and next-item figures under \"behaviour\"")
 
     ca = sub.add_parser("candidates", help="cascade data: every training position's candidates from a cross-fitted matcher",
                         description="Train one matcher per fold of users (each on the other folds' users), retrieve every "
@@ -386,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--index", choices=["auto", "flat", "hnsw", "ivf"], default="auto",
                     help="the FAISS index to build when the matcher export has none (auto: flat up to 100k items, else hnsw)")
     sv.add_argument("--candidates", type=_positive_int, default=300, help="items retrieved for the ranker (default 300)")
+    sv.add_argument("--ranker-precision", choices=["auto", "fp32", "int8"], default="auto",
+                    help="the ranker's arithmetic: int8 (dynamic quantization of its MLP, CPU only), fp32, or auto "
+                    "(default: int8 on a CPU, fp32 with --gpu)")
     sv.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     sv.add_argument("--gpu", action="store_true", help="models and the FAISS index on a GPU that UserEncoder, Retriever and Ranker share")
@@ -441,11 +457,14 @@ def _mapping(args):
 
 
 def cmd_prepare(args) -> int:
+    from seqrec import storage
     from seqrec.data.loaders import open_source
     from seqrec.data.prepare import prepare, resolve_config
     from seqrec.data.stats import format_stats
 
-    source = open_source(args.source, fmt=args.fmt, mapping=_mapping(args))
+    # a URI source is read from a local copy (the loaders read local files)
+    source = open_source(str(storage.local_copy(args.source)) if storage.is_uri(args.source) else args.source,
+                         fmt=args.fmt, mapping=_mapping(args))
     cfg = resolve_config(
         source,
         split=args.split,
@@ -456,6 +475,8 @@ def cmd_prepare(args) -> int:
         long_term_max=args.long_term_max,
         hist_len=args.hist_len,
         test_fraction=args.test_fraction,
+        input=args.input,
+        input_events=args.input_events,
         tz_offset_hours=args.tz_offset_hours,
         min_item_count=args.min_item_count,
         max_user_events=args.max_user_events,
@@ -468,24 +489,30 @@ def cmd_prepare(args) -> int:
     manifest = prepare(source, args.out, cfg, engine=args.engine, progress=not args.no_progress,
                        overwrite=args.overwrite, keep_tmp=args.keep_tmp)
     print(format_stats(manifest))
-    print(f"\nwrote {Path(args.out).resolve()}")
+    print(f"\nwrote {storage.absolute(args.out)}")
     return 0
 
 
 def cmd_stats(args) -> int:
     import json
 
+    from seqrec import storage
     from seqrec.data.prepare import load_manifest
-    from seqrec.data.stats import format_stats
+    from seqrec.data.stats import behaviour_stats, format_behaviour_stats, format_stats
 
-    m = load_manifest(args.data_dir)
-    print(json.dumps(m["counts"], indent=2) if args.json else format_stats(m))
+    m = load_manifest(storage.local_copy(args.data_dir, only=["manifest.json"]))
+    # the session and next-item figures read the training and test rows (for a URI, a local copy of them)
+    local = storage.local_copy(args.data_dir, only=["manifest.json", "items.parquet", "train", "test"])
+    b = behaviour_stats(local, m)
+    print(json.dumps({**m["counts"], "behaviour": b}, indent=2) if args.json
+          else format_stats(m) + "\n\n" + format_behaviour_stats(b))
     return 0
 
 
 def cmd_candidates(args) -> int:
     from dataclasses import replace
 
+    from seqrec import storage
     from seqrec.config import CascadeConfig, TrainConfig
     from seqrec.experiment import parse_model
     from seqrec.train.cascade import generate
@@ -496,7 +523,10 @@ def cmd_candidates(args) -> int:
     for kv in args.option:
         options.update(parse_model(f"{given.get('matcher', base.matcher)}@{kv}").options)
     cfg = replace(base, **given, matcher_options=options, train=replace(base.train, **config_values(args, TrainConfig)))
-    info = generate(args.data, args.out, cfg, engine=args.engine)
+    if storage.is_uri(args.out) and not storage.is_empty(args.out):
+        raise FileExistsError(f"{args.out} is not empty; remove it or choose another --out")
+    with storage.local_output(args.out) as out:  # a URI: written to a local directory, then uploaded
+        info = generate(storage.local_copy(args.data), out, cfg, engine=args.engine)
     print(f"wrote {info['positions']:,} positions' candidates ({info['positions_per_s']:,.0f} positions/s) to {args.out}")
     return 0
 
@@ -510,11 +540,13 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_synth(args) -> int:
+    from seqrec import storage
     from seqrec.data.synth import generate
 
-    meta = generate(args.out, args.rows, seed=args.seed, users=args.users, items=args.items, days=args.days,
-                    fmt=args.layout, progress=not args.no_progress)
-    print(f"wrote {meta['rows']:,} events of {meta['users']:,} users over {meta['items']:,} items to {Path(args.out).resolve()}")
+    with storage.local_output(args.out, replace=True) as out:  # a URI: written to a local directory, then uploaded
+        meta = generate(out, args.rows, seed=args.seed, users=args.users, items=args.items, days=args.days,
+                        fmt=args.layout, progress=not args.no_progress)
+    print(f"wrote {meta['rows']:,} events of {meta['users']:,} users over {meta['items']:,} items to {storage.absolute(args.out)}")
     return 0
 
 
@@ -523,6 +555,7 @@ def cmd_evaluate(args) -> int:
 
     import torch
 
+    from seqrec import storage
     from seqrec.config import CascadeConfig, ExperimentSpec, ScalingConfig, TrainConfig
     from seqrec.experiment import expand_models, run_experiment
 
@@ -542,7 +575,7 @@ def cmd_evaluate(args) -> int:
     report = run_experiment(spec, log=None if args.quiet else print)
     print(f"\n{report['dataset']}: {report['split']} split, test split, % mean ± std over {args.seeds} seed(s)\n")
     print(report["table"])
-    print(f"\nwrote {Path(args.out).resolve()}/results.{{md,csv,json}}")
+    print(f"\nwrote {storage.join(storage.absolute(args.out), 'results.{md,csv,json}')}")
     return 0
 
 
@@ -568,13 +601,14 @@ def _job(args, command: str, **fixed):
 
 
 def cmd_train(args) -> int:
+    from seqrec import storage
     from seqrec.cluster import start_ray
     from seqrec.train.distributed import run_training
 
     job = _job(args, "train")
     start_ray(job.scaling.workers)
     summary = run_training(job)
-    print(f"export: {summary['export']['files']} in {summary['run_dir']}/export")
+    print(f"export: {summary['export']['files']} in {storage.join(summary['run_dir'], 'export')}")
     return 0
 
 
@@ -583,6 +617,7 @@ def cmd_tune(args) -> int:
 
     import yaml
 
+    from seqrec import storage
     from seqrec.config import TrainJob
     from seqrec.tuning.run import run_search, write_results
     from seqrec.tuning.space import override
@@ -593,18 +628,18 @@ def cmd_tune(args) -> int:
     if args.resume:
         if not name:
             raise ValueError("--resume needs the --name of the search to continue")
-        exp = Path(args.storage).resolve() / name
-        saved = exp / "seqrec_search.json"
-        if not saved.exists():
+        exp = storage.join(storage.absolute(args.storage), name)
+        saved = storage.join(exp, "seqrec_search.json")
+        if not storage.exists(saved):
             raise FileNotFoundError(f"no search to resume at {exp} (no seqrec_search.json)")
-        state = json.loads(saved.read_text())
+        state = json.loads(storage.read_text(saved))
         job, space_name = TrainJob.from_dict(state["job"]), state["space"]
         space = {}
     else:
         workers = args.workers_per_trial
         cpus = args.cpus_per_worker if args.cpus_per_worker is not None else (1.0 if workers == 0 else 0.5)
         job = _job(args, "tune", workers=workers, cpus_per_worker=cpus)
-        job = job.replace(data=str(Path(job.data).resolve()))
+        job = job.replace(data=storage.absolute(job.data))
         space_name = args.space
         space = load_space(job.model, space_name, **({"seeds": args.seeds} if args.seeds is not None else {}))
         for kv in args.set:
@@ -615,18 +650,18 @@ def cmd_tune(args) -> int:
             parsed = [tuple(yaml.safe_load(x) for x in v.split(":")) if "," in key else yaml.safe_load(v)
                       for v in values.split(",") if v.strip()]
             space = override(space, key, parsed)
-        name = name or f"{job.model.replace(':', '-')}-{space_name}-{Path(job.data).name}"
+        name = name or f"{job.model.replace(':', '-')}-{space_name}-{storage.basename(job.data)}"
     grid = run_search(job, space, samples=args.samples, scheduler=args.scheduler, search=args.search, name=name,
                       storage=args.storage, seed=args.seed, max_concurrent=args.max_concurrent, resume=args.resume,
                       space_name=space_name)
     from seqrec.data.prepare import load_manifest
     from seqrec.train.validation import select_metric
 
-    exp = Path(args.storage).resolve() / name
-    select = select_metric(job.model, load_manifest(job.data))
+    exp = storage.join(storage.absolute(args.storage), name)
+    select = select_metric(job.model, load_manifest(storage.local_copy(job.data, only=["manifest.json"])))
     summary = write_results(grid, job, space_name, exp, select,
                             search={"scheduler": args.scheduler, "search": args.search, "samples": args.samples})
-    print((exp / "trials.md").read_text())
+    print(storage.read_text(storage.join(exp, "trials.md")))
     print(f"{summary['trials']} trials ({summary['stopped_early']} stopped early, {summary['errors']} failed) in {exp}")
     if summary["unfinished"]:
         print(f"the search was interrupted with {summary['unfinished']} trial(s) unfinished; continue it with: "
@@ -640,18 +675,25 @@ def cmd_tune(args) -> int:
 
 
 def default_store(data: str | Path) -> str:
-    """The store `seqrec serve` and `seqrec store load` use without --store: SQLite beside the prepared dataset."""
-    return f"sqlite:///{Path(data).resolve() / 'events.sqlite'}"
+    """The store `seqrec serve` and `seqrec store load` use without --store: SQLite beside the prepared dataset (for a
+    dataset at a storage URI, in this machine's local directory for it: SQLite needs a local file)."""
+    from seqrec import storage
+
+    where = storage.work_dir(data) if storage.is_uri(data) else Path(data).resolve()
+    return f"sqlite:///{where / 'events.sqlite'}"
 
 
 def cmd_store_load(args) -> int:
+    from seqrec import storage
     from seqrec.serving import RowBuilder
     from seqrec.store import Retention, load_dataset, open_store, resolve_url
 
     url = resolve_url(args.store or default_store(args.data))
-    retention = Retention.for_protocol(RowBuilder(args.data).protocol)
+    data = storage.local_copy(args.data)  # a URI: read from a local copy, as the source
+    source = str(storage.local_copy(args.source)) if storage.is_uri(args.source) else args.source
+    retention = Retention.for_protocol(RowBuilder(data).protocol)
     with open_store(url, retention) as store:
-        got = load_dataset(store, args.data, args.source, args.fmt, _mapping(args), batch_events=args.batch_events)
+        got = load_dataset(store, data, source, args.fmt, _mapping(args), batch_events=args.batch_events)
     print(f"stored {got['events_written']:,} of {got['events_read']:,} events ({got['users']:,} users; each user's "
           f"last {retention.window_s // 86_400} days, at least {retention.keep_last} and at most {retention.max_events} "
           f"events) in {url}")
@@ -661,23 +703,27 @@ def cmd_store_load(args) -> int:
 def cmd_serve(args) -> int:
     import tempfile
 
+    from seqrec import storage
     from seqrec.serving import ensure_index, export_dir, find_runs, ranker_verdict
     from seqrec.store import resolve_url
 
     if not (args.run or args.matcher):
         raise ValueError("seqrec serve needs --run (a training run or experiment directory) or --matcher")
-    matcher, ranker = find_runs(args.run) if args.run else (None, None)
-    matcher = export_dir(args.matcher) if args.matcher else matcher
+    # the Serve app reads local files: a storage URI's exports (and results.json) are served from a local copy
+    run = storage.local_copy(args.run, only=SERVED_FILES) if args.run else None
+    matcher, ranker = find_runs(run) if run else (None, None)
+    matcher = export_dir(storage.local_copy(args.matcher, only=SERVED_FILES)) if args.matcher else matcher
     if ranker is not None and not args.ranker and not args.no_ranker:  # the run's own ranker: did it help?
-        verdict = ranker_verdict(args.run, ranker)
+        verdict = ranker_verdict(run, _as_recorded(args.run, run, ranker))
         if not verdict["use"] and not args.keep_ranker:
             print(f"serving the matcher's order, not the ranker: {verdict['why']} (--keep-ranker serves it anyway)")
             ranker = None
         else:
             print(f"ranker: {verdict['why']}")
-    ranker = None if args.no_ranker else (export_dir(args.ranker) if args.ranker else ranker)
+    ranker = None if args.no_ranker else (export_dir(storage.local_copy(args.ranker, only=SERVED_FILES)) if args.ranker
+                                          else ranker)
     index = ensure_index(matcher, args.index)
-    data = str(Path(args.data).resolve())
+    data = str(storage.local_copy(args.data).resolve())
     scratch = None
     if args.store:
         store = resolve_url(args.store)
@@ -685,9 +731,10 @@ def cmd_serve(args) -> int:
         scratch = tempfile.TemporaryDirectory(prefix="seqrec-once-")
         store = f"sqlite:///{Path(scratch.name) / 'events.sqlite'}"
     else:
-        store = default_store(data)
+        store = default_store(args.data)
     app_args = {"data": data, "matcher": str(matcher.resolve()), "ranker": str(ranker.resolve()) if ranker else None,
-                "candidates": args.candidates, "gpu": args.gpu, "store": store, "store_ttl_s": args.store_ttl_s}
+                "candidates": args.candidates, "gpu": args.gpu, "store": store, "store_ttl_s": args.store_ttl_s,
+                "ranker_precision": args.ranker_precision}
     print(f"matcher: {matcher} ({index['kind']} index over {index['items']:,} item codes)\nranker: {ranker or 'none'}\n"
           f"store: {store}{' (temporary)' if scratch else ''}")
     if args.write_config:
@@ -695,6 +742,9 @@ def cmd_serve(args) -> int:
 
         path = write_config(args.write_config, app_args, host=args.host, port=args.port)
         print(f"wrote {path}: serve run {path}  (or serve deploy {path} on a cluster with the dashboard)")
+        if any(storage.is_uri(p) for p in (args.data, args.run, args.matcher, args.ranker) if p):
+            print(f"note: it names this machine's local copies of the storage URIs (under {storage.cache_root()}): "
+                  "serve it here, or copy them to the same paths on every node")
         return 0
     import ray
     from ray import serve
@@ -742,6 +792,24 @@ def cmd_serve(args) -> int:
             scratch.cleanup()
 
 
+# what `seqrec serve` copies of a storage URI's run or experiment: the exports and the experiment's results.json
+SERVED_FILES = ("results.json", "export.json", "model", "index", "item_embeddings.npy", "item_ids.npy", "export", "*/export/*")
+
+
+def _as_recorded(run_arg, run: Path, export: Path) -> Path:
+    """``export`` as the experiment's results.json names it, for :func:`seqrec.serving.ranker_verdict` (which finds the
+    ranker's row by its run directory): a URI experiment names its runs by URI; a local one, by ``export``'s own path."""
+    import json
+
+    from seqrec import storage
+
+    if not storage.is_uri(run_arg) or not (run / "results.json").exists():
+        return export
+    runs = json.loads((run / "results.json").read_text()).get("runs", [])
+    named = [r["run_dir"] for r in runs if r.get("run_dir") and storage.basename(r["run_dir"]) == export.parent.name]
+    return Path(named[0]) / "export" if named else export
+
+
 def _one_request(url: str, data: str) -> dict:
     """POST the recent events of the first test user (raw ids) to /events, then ask /recommend by the user's id alone;
     return the answer."""
@@ -768,10 +836,10 @@ def _one_request(url: str, data: str) -> dict:
 
 
 def cmd_index_build(args) -> int:
+    from seqrec import storage
     from seqrec.export import build_index
 
-    run = Path(args.run)
-    export = run if (run / "export.json").exists() else run / "export"
+    export = args.run if storage.exists(storage.join(args.run, "export.json")) else storage.join(args.run, "export")
     info = build_index(export, kind=args.kind, use_gpu=args.gpu)
     print(f"built a {info['kind']} index over {info['items']:,} items of {info['model']} (epoch {info['epoch']}) in {info['path']}")
     return 0

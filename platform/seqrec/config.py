@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from pathlib import Path
 
 AMP = ("auto", "off", "bf16", "fp16")
 CACHE = ("auto", "on", "off")
@@ -111,7 +110,8 @@ class RunConfig:
     """Where a run lives (``<storage>/<name>``) and how it survives failures."""
 
     name: str | None = option(None, "run name (default MODEL-DATASET); re-running the same name resumes")
-    storage: str = option("runs", "where runs live (a shared path on a cluster)")
+    storage: str = option("runs", "where runs live: a path, or a URI such as s3://bucket/runs (on a cluster: shared "
+                          "storage or a URI)")
     keep_checkpoints: int = option(2, "best N checkpoints kept by the validation metric (the latest is kept too)")
     max_failures: int = option(1, "worker-group restarts from the last checkpoint")
     status_every: int = option(10, "write <run>/status/worker-<rank>.json every N steps (0 = never)")
@@ -187,7 +187,9 @@ class TrainJob:
         """The job in a YAML file, with ``overrides`` (flat keys; None = not given) and model ``options`` on top."""
         import yaml
 
-        d = yaml.safe_load(Path(path).read_text()) or {}
+        from seqrec import storage
+
+        d = yaml.safe_load(storage.read_text(path)) or {}
         if not isinstance(d, dict):
             raise ValueError(f"{path}: a training config is a YAML mapping of options, got {type(d).__name__}")
         job = cls.from_dict(d)
@@ -208,7 +210,9 @@ class TrainJob:
         return TrainJob.from_dict(d)
 
     def run_name(self) -> str:
-        return self.run.name or f"{self.model.replace(':', '-')}-{Path(self.data).name}"
+        from seqrec import storage
+
+        return self.run.name or f"{self.model.replace(':', '-')}-{storage.basename(self.data)}"
 
 # a cascade ranker's options unless set otherwise: the matcher's rank and score gap, and the cross-fitted
 # co-visitation score, as features; a softmax over each position's list; the matcher's candidates as the only

@@ -20,6 +20,11 @@ test window), its positives are its ground-truth items and its negatives ``negat
 positive drawn from the training popularity (never a ground-truth item of the row), with a fixed
 seed so every model sees the same samples. The recommendation moment is the row's last input event.
 
+``discovery@K`` (SDM §4.2.2's discovery, offline; :func:`seqrec.metrics.discovery`) is added to a
+matcher's metrics when :func:`discovery_inputs` is given (``run_experiment`` gives it on the test split
+of the window protocol): the share of the categories a user goes on to click that the user had not
+clicked in the 15 days before and that the top K found.
+
 The two-stage pipeline (``two_stage``): the matcher retrieves the top ``candidates`` (300, SDM's
 online setting) per row, the ranker re-scores them, and the matching metrics are computed on the
 ranker's top K, next to the matcher's own top K.
@@ -30,6 +35,10 @@ which serving calls too; its functions stay importable from here.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 
@@ -38,7 +47,7 @@ from seqrec.batch import pad_lists
 from seqrec.config import INDEXES
 from seqrec.features import FeatureSpec
 from seqrec.inference import chunk_candidates, encode_table, score_table, seen_items  # noqa: F401 - re-exported
-from seqrec.metrics import loo_metrics, matching_metrics
+from seqrec.metrics import discovery, loo_metrics, matching_metrics
 
 WINDOW_KS = (20, 50, 100)
 LOO_KS = (10, 20, 50)
@@ -81,12 +90,117 @@ def retrieve_scored(user_vecs: np.ndarray, item_vecs: np.ndarray, k: int, index:
     return idx.search(user_vecs, k, exclude=exclude)
 
 
-def metrics_from_topk(topk: np.ndarray, table: pa.Table, protocol: str, ks=None) -> dict:
+DISCOVERY_DAYS = 15  # SDM §4.2.2: a category is new to a user who has not clicked it in the past 15 days
+
+
+@dataclass
+class DiscoveryInputs:
+    """What ``discovery@K`` needs beside the top K, for one table of evaluation rows.
+
+    ``item_category`` (N,): the category code of every item code; ``history`` (U, H): per evaluation row, the
+    category codes its user clicked in the 15 days before the recommendation moment, 0-padded; ``feature``: the
+    category feature used (the item id when the dataset has no ``category_id``: discovery of new items).
+    """
+
+    item_category: np.ndarray
+    history: np.ndarray
+    feature: str
+
+
+def _flat(col) -> tuple[np.ndarray, np.ndarray]:
+    """(values, row) of a list column, each (n,)."""
+    import pyarrow.compute as pc
+
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return (pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.int64),
+            pc.list_parent_indices(arr).to_numpy(zero_copy_only=False).astype(np.int64))
+
+
+def discovery_inputs(data_dir: str | os.PathLike, table: pa.Table, earlier: Sequence[pa.Table] = (),
+                     days: float = DISCOVERY_DAYS) -> DiscoveryInputs:
+    """The item categories and each evaluation row's 15-day category history, from the prepared dataset.
+
+    A prepared dataset keeps no raw event log, so the history is rebuilt from its rows. The recommendation
+    moment t of a row is its last input event; the history holds the categories of the events with a timestamp
+    in [t - ``days``, t] among (1) the row's own input and BST history (``hist_*``: the events before its
+    session), (2) the inputs and histories of the same user's rows in ``earlier`` splits (pass the splits whose
+    events all precede ``table``'s: train, and val for test; training rows hold every session of >= 2 events,
+    their histories the single-event sessions before them), (3) the ground truth of earlier evaluation rows
+    (validation) whose last input event lies in the window (their items follow it and precede ``table``'s
+    window), and (4) under the session input protocol, the row's own long-term subset L (the 7 days before its
+    session, inside the window). An event none of these holds is missed (a single-event session more than
+    ``hist_len`` events before the user's next row, events the filters removed), so the history can only be
+    smaller than the true one.
+    """
+    import pyarrow.compute as pc
+
+    from seqrec.data.items import read_items
+    from seqrec.data.prepare import load_manifest
+
+    manifest = load_manifest(data_dir)
+    spec = FeatureSpec.from_dict(manifest["feature_spec"])
+    p = manifest["config"]["protocol"]
+    names = [f.name for f in spec.item_features]
+    feature = F.CATEGORY if F.CATEGORY in names else F.ITEM_ID
+    item_cat = (np.arange(spec.n_items, dtype=np.int64) if feature == F.ITEM_ID
+                else read_items(data_dir, spec).side[:, names.index(feature) - 1])
+    U = table.num_rows
+    ts, row = _flat(table[F.seq_col(F.TIMESTAMP)])
+    t_ref = np.full(U, np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(t_ref, row, ts)  # (U,) the last input event of every row
+    window = int(round(days * 86400))
+    rows, cats = [], []
+
+    def add(r: np.ndarray, c: np.ndarray, t: np.ndarray) -> None:
+        """Keep the events (evaluation row ``r``, category ``c``) whose time ``t`` is in the row's window."""
+        keep = (r >= 0) & (t >= t_ref[np.maximum(r, 0)] - window) & (t <= t_ref[np.maximum(r, 0)])
+        rows.append(r[keep])
+        cats.append(c[keep])
+
+    def add_rows(t: pa.Table, to_row: np.ndarray) -> None:
+        c, r = _flat(t[F.seq_col(feature)])
+        add(to_row[r], c, _flat(t[F.seq_col(F.TIMESTAMP)])[0])
+        items, r = _flat(t[F.hist_col(F.ITEM_ID)])
+        add(to_row[r], item_cat[items], _flat(t[F.hist_col(F.TIMESTAMP)])[0])
+
+    add_rows(table, np.arange(U, dtype=np.int64))
+    if p.get("input", "session") == "session" and p.get("long_term_s", 0) <= window:
+        c, r = _flat(table[F.long_term_col(feature)])
+        add(r, c, t_ref[r])
+    for t in earlier:
+        if t is None or t.num_rows == 0:
+            continue
+        # the evaluation row of each row's user (one per user in every protocol; -1: user not evaluated)
+        to_row = pc.index_in(t[F.USER_RAW], value_set=table[F.USER_RAW]).to_numpy(zero_copy_only=False)
+        to_row = np.nan_to_num(to_row.astype(np.float64), nan=-1).astype(np.int64)
+        add_rows(t, to_row)
+        items, r = _flat(t[F.TARGETS])  # training rows have none
+        if len(items):
+            last = np.full(t.num_rows, np.iinfo(np.int64).min, np.int64)
+            its, ir = _flat(t[F.seq_col(F.TIMESTAMP)])
+            np.maximum.at(last, ir, its)
+            add(to_row[r], item_cat[items], last[r])
+    r, c = np.concatenate(rows), np.concatenate(cats)
+    keep = c >= F.FIRST_CODE
+    width = int(c.max(initial=0)) + 1
+    keys = np.unique(r[keep] * width + c[keep])  # distinct (row, category), grouped by row
+    r, c = keys // width, keys % width
+    n = np.bincount(r, minlength=U)
+    history = np.zeros((U, int(n.max(initial=0))), np.int64)
+    history[r, np.arange(len(r)) - (np.cumsum(n) - n)[r]] = c
+    return DiscoveryInputs(item_cat, history, feature)
+
+
+def metrics_from_topk(topk: np.ndarray, table: pa.Table, protocol: str, ks=None,
+                      discovery_in: DiscoveryInputs | None = None) -> dict:
+    """The protocol's retrieval metrics of ``topk`` (U, K) on ``table``'s ground truth, plus ``discovery@K`` when
+    ``discovery_in`` (:func:`discovery_inputs` of ``table``) is given."""
     ks = tuple(ks or default_ks(protocol))
     truth = truth_of(table)
-    if protocol == "loo":
-        return loo_metrics(topk, truth[:, 0], ks=ks)
-    return matching_metrics(topk, truth, ks=ks)
+    out = loo_metrics(topk, truth[:, 0], ks=ks) if protocol == "loo" else matching_metrics(topk, truth, ks=ks)
+    if discovery_in is not None:
+        out |= discovery(topk, truth, discovery_in.item_category, discovery_in.history, ks=ks)
+    return out
 
 
 def evaluate_matcher(
@@ -98,15 +212,17 @@ def evaluate_matcher(
     index: str = "exact",
     exclude_seen: bool = False,
     device: str = "cpu",
+    discovery_in: DiscoveryInputs | None = None,
 ) -> dict:
-    """Metrics of a neural matcher on evaluation rows (``val`` or ``test`` split)."""
+    """Metrics of a neural matcher on evaluation rows (``val`` or ``test`` split); with ``discovery_in``
+    (:func:`discovery_inputs` of ``table``) also ``discovery@K``."""
     if table.num_rows == 0:
         raise ValueError("no evaluation rows: the split is empty (prepare with validation on, or evaluate on test)")
     ks = tuple(ks or default_ks(protocol))
     users = encode_table(model, table, spec, device=device)
     items = model.item_embeddings().detach().float().cpu().numpy()
     exclude = seen_items(table) if exclude_seen else None
-    return metrics_from_topk(retrieve(users, items, max(ks), index, exclude), table, protocol, ks)
+    return metrics_from_topk(retrieve(users, items, max(ks), index, exclude), table, protocol, ks, discovery_in)
 
 
 def rank_eval_samples(table: pa.Table, counts: np.ndarray, negatives: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -252,8 +368,9 @@ def fit_item_cf(train: pa.Table, spec: FeatureSpec, **options):
     return ItemCF(ItemCFConfig(**options)).fit(seqs, train[F.SEQ_LEN].to_numpy().astype(np.int64), spec.n_items)
 
 
-def evaluate_item_cf(cf, table: pa.Table, protocol: str, ks=None, exclude_seen: bool = False) -> dict:
+def evaluate_item_cf(cf, table: pa.Table, protocol: str, ks=None, exclude_seen: bool = False,
+                     discovery_in: DiscoveryInputs | None = None) -> dict:
     ks = tuple(ks or default_ks(protocol))
     trig, lengths = item_cf_inputs(table)
     topk = cf.topk(trig, lengths, max(ks), exclude=seen_items(table) if exclude_seen else None)
-    return metrics_from_topk(topk, table, protocol, ks)
+    return metrics_from_topk(topk, table, protocol, ks, discovery_in)

@@ -10,6 +10,10 @@ attention and gate (``plots/``).
 
 A model entry is ``NAME[@OPTION=VALUE,...][#LABEL]``: ``sdm:PSDMMAL``, ``gru4rec``, ``item_cf``,
 ``sdm:PSDMMAL@heads=2`` (a paper variant with one option changed).
+
+The dataset and ``out`` may be storage URIs (:mod:`seqrec.storage`): this process reads a local copy of the
+dataset while Ray Train runs read the URI and keep their runs under ``<out>/train``; the results, plots and
+cascade data are written locally and uploaded to ``out``.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from seqrec import storage
 from seqrec.config import CASCADE_RANKER_OPTIONS, ExperimentSpec, TrainConfig
 from seqrec.data.prepare import load_manifest, read_split
 from seqrec.evaluate import (
     cascade_metrics,
     default_ks,
+    discovery_inputs,
     evaluate_item_cf,
     evaluate_matcher,
     evaluate_ranker,
@@ -155,7 +161,8 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
     popularity negatives per positive. With ``spec.pipeline`` the first neural matcher's top
     ``spec.candidates`` are re-ranked by every ranker of the same seed (the two-stage table).
     """
-    data_dir = Path(spec.data)
+    data_dir = storage.local_copy(spec.data)  # a URI: read here from a local copy (Ray Train runs read the URI)
+    out_dir = None if spec.out is None else storage.scratch(spec.out)  # a URI: written here, uploaded at the end
     manifest = load_manifest(data_dir)
     fspec = FeatureSpec.from_dict(manifest["feature_spec"])
     entries = [e if isinstance(e, ModelEntry) else parse_model(e) for e in spec.models] or expand_models(None)
@@ -166,6 +173,9 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
     val = read_split(data_dir, "val") if manifest["config"]["protocol"]["val"] else None
     if val is not None and val.num_rows == 0:
         val = None
+    # the matchers' discovery@K on test (window protocols: a day of clicks, as the paper's) needs each test
+    # user's 15-day category history: rebuilt from these rows
+    disc = discovery_inputs(data_dir, test, [train, val]) if protocol == "window" else None
     common = dict(spec.model_options)
     rank_common = {"tz_offset_s": manifest["config"]["protocol"].get("tz_offset_s", 0),
                    **(CASCADE_RANKER_OPTIONS if spec.cascade is not None else {}), **spec.rank_options}
@@ -202,12 +212,17 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
             m = matcher_entries[0]
             cfg = replace(spec.cascade, matcher=m.name, matcher_options=options_of(m), train=replace(spec.match, seed=seed),
                           depth=spec.candidates)
-            where = Path(spec.out or tempfile.mkdtemp(prefix="seqrec-cascade-")) / "cascade" / f"seed-{seed}"
+            where = Path(out_dir or tempfile.mkdtemp(prefix="seqrec-cascade-")) / "cascade" / f"seed-{seed}"
             shutil.rmtree(where, ignore_errors=True)  # an experiment makes its data anew
             info = generate(data_dir, where, cfg, engine="ray" if trainer == "ray" else "local", log=say)
             rows_val = read_split(where, "val") if "val" in info["splits"] else None
             test_cands = matcher_candidates(first_matcher[seed], test, fspec, spec.candidates, "exact", exclude_seen, device)
             cascades[seed] = (read_split(where, "train"), rows_val, test_cands, info)
+            if storage.is_uri(spec.out):  # the rankers' Ray Train runs read it from the experiment's storage
+                info["out"] = storage.join(spec.out, "cascade", f"seed-{seed}")
+                storage.rmtree(info["out"])
+                storage.upload(where, info["out"])
+                shutil.rmtree(where)
         return cascades[seed]
     device = spec.device
     say = log or (lambda _s: None)
@@ -222,7 +237,7 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
             if e.name == ITEM_CF:
                 cf = fit_item_cf(train, fspec, **{**spec.item_cf_options, **e.options})
                 fit_s = time.perf_counter() - t0
-                test_m = evaluate_item_cf(cf, test, protocol, exclude_seen=exclude_seen)
+                test_m = evaluate_item_cf(cf, test, protocol, exclude_seen=exclude_seen, discovery_in=disc)
                 run = {"label": e.label, "model": e.name, "kind": "matcher", "seed": None, "options": e.options, "fit_s": fit_s,
                        "test": test_m}
             else:
@@ -247,7 +262,8 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
                 else:
                     metric = select
                     evaluate = lambda m, table, final=False: evaluate_matcher(  # noqa: E731
-                        m, table, fspec, protocol, index=index if final else "exact", exclude_seen=exclude_seen, device=device
+                        m, table, fspec, protocol, index=index if final else "exact", exclude_seen=exclude_seen, device=device,
+                        discovery_in=disc if final else None,
                     )
                 say(f"== {e.label} seed {seed}")
                 if trainer == "ray":  # the workers build and fill their own model
@@ -294,7 +310,7 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
         tables.append(markdown_table(summary, RANK_COLUMNS, rank_labels, percent=False))
     report = {
         "dataset": manifest["source"]["name"] if isinstance(manifest.get("source"), dict) else str(data_dir),
-        "data_dir": str(data_dir),
+        "data_dir": spec.data if storage.is_uri(spec.data) else str(data_dir),
         "protocol": protocol,
         "split": manifest["config"]["protocol"]["split"],
         "content_hash": manifest.get("content_hash"),
@@ -324,7 +340,7 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
                                          spec.candidates, index, exclude_seen, device, say)
         report["table"] += "\n\n" + report["two_stage"]["table"]
     if spec.out is not None:
-        out = Path(spec.out)
+        out = out_dir
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
         with open(out / "results.csv", "w", newline="") as f:
@@ -337,8 +353,12 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
                 w.writerow([label, n] + [f"{s[m][x]:.6f}" if m in s else "" for m in metrics for x in ("mean", "std")])
         (out / "results.md").write_text(_markdown_report(report))
         if spec.plots:
-            report["plots"] = _plots(first_models, fspec, test, out / "plots", say)
+            report["plots"] = [storage.join(spec.out, Path(p).relative_to(out).as_posix()) if storage.is_uri(spec.out) else p
+                               for p in _plots(first_models, fspec, test, out / "plots", say)]
             (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
+        if storage.is_uri(spec.out):
+            storage.upload(out, spec.out)
+            shutil.rmtree(out)
     return report
 
 
@@ -346,17 +366,16 @@ def _train_on_ray(e: ModelEntry, cfg: TrainConfig, options: dict, spec: Experime
                   candidates: str | None = None) -> tuple[torch.nn.Module, dict]:
     """Train one model × seed on Ray Train (a fresh run under ``<out>/train``); (best model, training summary)."""
     import re
-    import shutil
 
     from seqrec.checkpoint import load_checkpoint
     from seqrec.config import RunConfig, TrainJob
     from seqrec.train.distributed import run_training
 
     name = re.sub(r"[^A-Za-z0-9_.=-]+", "-", f"{e.label}-seed{cfg.seed}")
-    storage = Path(spec.out) / "train"
-    shutil.rmtree(storage / name, ignore_errors=True)  # an experiment trains from scratch; `seqrec train` resumes
+    runs = storage.join(spec.out, "train")
+    storage.rmtree(storage.join(runs, name))  # an experiment trains from scratch; `seqrec train` resumes
     job = TrainJob(model=e.name, data=str(spec.data), options=options, train=cfg, scaling=spec.scaling,
-                   run=RunConfig(name=name, storage=str(storage)), rank_negatives=spec.rank_negatives, candidates=candidates)
+                   run=RunConfig(name=name, storage=runs), rank_negatives=spec.rank_negatives, candidates=candidates)
     summary = run_training(job, log=log)
     model, meta = load_checkpoint(summary["best_checkpoint"])
     model.eval()

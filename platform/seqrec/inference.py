@@ -7,6 +7,9 @@ data and models, below evaluation and serving (it imports neither, nor Ray).
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -27,13 +30,16 @@ def session_items(table: pa.Table) -> np.ndarray:
     return pad_lists(table[F.seq_col(F.ITEM_ID)])
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no_grad, and no autograd bookkeeping per operator (~10% of a one-row SDM encode)
 def encode_table(model, table: pa.Table, spec: FeatureSpec, batch_size: int = 1024, device: str = "cpu") -> np.ndarray:
     """(U, D) user vectors (last position) for every row of ``table``, in row order."""
-    model.eval()
+    if model.training:  # eval() walks every module (~0.2 ms on SDM): once, not on every served request
+        model.eval()
+    on_cpu = torch.device(device).type == "cpu"  # collate's tensors are there already
     out = []
     for start in range(0, table.num_rows, batch_size):
-        batch = collate(table.slice(start, batch_size), spec).to(device)
+        batch = collate(table.slice(start, batch_size), spec)
+        batch = batch if on_cpu else batch.to(device)
         out.append(model.encode_users(batch).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.hidden), np.float32)
 
@@ -77,4 +83,71 @@ def chunk_candidates(candidates: np.ndarray, width: int = 64) -> tuple[np.ndarra
     return row, chunks, flat
 
 
-__all__ = ["chunk_candidates", "encode_table", "score_table", "seen_items", "session_items"]
+PRECISIONS = ("fp32", "int8")
+RANKER_PRECISIONS = ("auto", *PRECISIONS)  # serving's choice: auto = int8 on a CPU, fp32 on a GPU
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """``auto`` → ``int8`` on a CPU, ``fp32`` on a GPU; ``fp32`` / ``int8`` as given."""
+    if precision not in RANKER_PRECISIONS:
+        raise ValueError(f"precision={precision!r}; choose one of {RANKER_PRECISIONS}")
+    if precision == "auto":
+        return "int8" if str(device) == "cpu" else "fp32"
+    return precision
+
+
+def with_precision(model, precision: str = "fp32", device: str = "cpu"):
+    """The model to run for inference at ``precision``: the model itself for ``fp32``, a copy for ``int8``.
+
+    ``int8`` (rankers on a CPU): dynamic int8 quantization (weights int8, activations quantized per call,
+    outputs float) of the MLP's first hidden layer, the widest matrix of scoring a candidate (1024 → 512
+    in the paper's MLP: 64% of its multiply-adds). The layers around it stay fp32, chosen on validation
+    rows (``benchmarks/bench_rank.py --quality-split val``): on README command 1's ml-100k BST, this
+    left validation HitRate@20 unchanged, where quantizing the 512 → 256 layer too moved one user's hit.
+    The first layer's candidate half (160 inputs) also ran slower in int8 than in fp32 here.
+    ``benchmarks/bench_rank.py --quality`` checks AUC and two-stage HitRate@20 against fp32.
+
+    PyTorch's eager dynamic quantization (``torch.ao.quantization.quantize_dynamic``) is used because it
+    runs fbgemm's int8 GEMM with no compile step; its deprecation notice (pointing at torchao) is
+    silenced here. It is CPU-only, so a model on a GPU refuses ``int8`` (use fp32 and AMP there).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; choose one of {PRECISIONS}")
+    if precision == "fp32":
+        return model
+    head = getattr(model, "head", None)
+    rest = getattr(head, "rest", None)
+    if not isinstance(rest, torch.nn.Sequential):
+        raise ValueError(f"precision=int8 applies to rankers (an MLP head); {type(model).__name__} has none: use fp32")
+    if str(device) != "cpu" or any(p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("precision=int8 is CPU-only (dynamic quantization); on a GPU use fp32 (with AMP)")
+    out = copy.deepcopy(model).eval()
+    rest = out.head.rest
+    i = next(j for j, m in enumerate(rest) if isinstance(m, torch.nn.Linear))  # the first hidden layer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices, once per call
+        rest[i] = PerContext(torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(rest[i]), {torch.nn.Linear},
+                                                                    dtype=torch.qint8))
+    return out
+
+
+class PerContext(torch.nn.Module):
+    """Runs ``inner`` on each context's (C, H) slice of an (R, C, H) input.
+
+    Dynamic quantization picks one activation scale per call from the input's range, so over a batch
+    a user's scores would depend on the other users in it (what the Serve Ranker's batching puts
+    together). One call per context makes them depend on the user's own candidates only: the same in
+    a batch of one, a Serve batch and offline evaluation."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3:
+            return self.inner(x)
+        return torch.stack([self.inner(x[i]) for i in range(x.shape[0])])
+
+
+__all__ = ["PRECISIONS", "RANKER_PRECISIONS", "chunk_candidates", "encode_table", "resolve_precision", "score_table",
+           "seen_items", "session_items", "with_precision"]

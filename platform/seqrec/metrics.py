@@ -33,6 +33,23 @@ the target in ``topk`` (none if absent):
 
 A target of 1 (unknown) is a miss but counts in the denominator.
 
+Discovery (the offline form of SDM §4.2.2's online metric, "new categories / all
+categories a user clicks per day", new = not clicked in the past 15 days), for
+every cut-off K, with ``item_category`` (N,) the category code of every item code
+and ``history`` (U, H) the category codes each user clicked in the 15 days before
+the recommendation moment (0-padded):
+
+* C = the distinct categories (codes >= 2) of the user's ground-truth items
+  (unknown items, code 1, have no known category and are left out);
+* ``discovery@K`` = mean over the users with C non-empty of
+  |{c in C : c is not in the user's history and a ground-truth item of
+  category c is in P}| / |C|.
+
+It is the share of the categories the user goes on to click that are new to the
+user *and* that the recommender found (an item of it in the top K): 0 for a
+recommender that only repeats known categories, at most the share of new
+categories among C.
+
 Ranking metrics (CTR-style, one score per (user, item) sample), n samples with
 ``labels`` in {0, 1} (bool, int or float), real-valued ``scores`` / ``logits``
 and integer user ``groups``:
@@ -161,6 +178,44 @@ def loo_metrics(topk, target, ks: Sequence[int] = (10, 20, 50)) -> dict[str, flo
     for k in ks:
         inside = rank < k
         out |= {f"Hit@{k}": float(inside.mean()), f"NDCG@{k}": float(np.where(inside, gain, 0.0).mean())}
+    return out
+
+
+def discovery(topk, truth, item_category, history, ks: Sequence[int] = (20, 50, 100)) -> dict[str, float]:
+    """``discovery@K`` for every K in ``ks``: per user, the distinct categories of its ground-truth items that
+    have an item in the top K and are absent from the user's 15-day ``history``, over its distinct ground-truth
+    categories; averaged over the users with at least one known ground-truth category (see the module docstring).
+
+    ``item_category`` (N,) maps item codes to category codes (0/1: unknown); ``history`` (U, H) holds each user's
+    recent category codes, 0-padded (H may be 0). nan when no user has a known ground-truth category.
+    """
+    topk, truth = _pair(topk, truth)
+    ks = _ks(ks, topk.shape[1])
+    cat = _ids(item_category, "item_category", 1)
+    hist = np.asarray(history.detach().cpu().numpy() if hasattr(history, "detach") else history)
+    if hist.ndim != 2 or hist.shape[0] != truth.shape[0] or (hist.size and not np.issubdtype(hist.dtype, np.integer)):
+        raise ValueError(f"history must be an integer (U, H) array with U = {truth.shape[0]} users, got shape {hist.shape} "
+                         f"and dtype {hist.dtype}; pad rows with 0")
+    top = max(int(topk.max()), int(truth.max()))
+    if top >= len(cat):
+        raise ValueError(f"item code {top} is out of item_category's range ({len(cat)} items); pass the category of "
+                         "every item code of the dataset")
+    U = truth.shape[0]
+    rows = np.arange(U, dtype=np.int64)[:, None]
+    t_cat = np.where(truth >= F.FIRST_CODE, cat[np.maximum(truth, 0)], 0)  # (U, M) category of every truth item
+    width = int(max(t_cat.max(initial=0), hist.max(initial=0), 1)) + 1
+    keys = np.unique((rows * width + t_cat)[t_cat >= F.FIRST_CODE])  # distinct (user, truth category)
+    n_cat = np.bincount(keys // width, minlength=U)  # (U,) |C|
+    new = keys[~np.isin(keys, (rows * width + hist)[hist >= F.FIRST_CODE])]  # (user, category) new to the user
+    kmax = max(ks)
+    hits = _hit_matrix(topk[:, :kmax], truth)  # (U, Kmax')
+    h_cat = np.where(hits, cat[np.maximum(topk[:, :kmax], 0)], 0)  # (U, Kmax') category of every hit
+    ok = n_cat > 0
+    out = {}
+    for k in ks:
+        found = np.unique((rows * width + h_cat[:, :k])[h_cat[:, :k] >= F.FIRST_CODE])
+        n_new = np.bincount(found[np.isin(found, new)] // width, minlength=U)
+        out[f"discovery@{k}"] = float((n_new[ok] / n_cat[ok]).mean()) if ok.any() else float("nan")
     return out
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from seqrec import features as F
-from seqrec import metrics
+from seqrec import metrics, storage
 
 KINDS = ("flat", "hnsw", "ivf")
 _EXACT_BUDGET = 1 << 26  # max elements of one (chunk, N) score block in exact_topk (256 MiB float32)
@@ -257,8 +257,14 @@ class ItemIndex:
         order = np.lexsort((ids, -sc), axis=1)[:, :k]  # descending score, then ascending code; dropped ones (-inf) last
         return np.take_along_axis(sc, order, 1), np.take_along_axis(ids, order, 1).astype(np.int64)
 
-    def save(self, path) -> Path:
-        """Write ``items.faiss`` (faiss.write_index, CPU copy) and ``index.json`` into directory ``path``."""
+    def save(self, path) -> Path | str:
+        """Write ``items.faiss`` (faiss.write_index, CPU copy) and ``index.json`` into directory ``path``; a storage
+        URI (:mod:`seqrec.storage`) is written locally and uploaded in place of the index there (FAISS writes local
+        files only)."""
+        if storage.is_uri(path):
+            with storage.local_output(path, replace=True) as local:
+                self.save(local)
+            return path
         d = Path(path)
         d.mkdir(parents=True, exist_ok=True)
         faiss.write_index(faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index, str(d / self.INDEX_FILE))
@@ -268,8 +274,8 @@ class ItemIndex:
 
     @classmethod
     def load(cls, path, *, use_gpu: bool = False, threads: int | None = None) -> ItemIndex:
-        """Read an index written by :meth:`save`."""
-        d = Path(path)
+        """Read an index written by :meth:`save` (from a local copy of a storage URI: FAISS reads local files only)."""
+        d = storage.local_copy(path)
         if not (d / cls.META_FILE).is_file() or not (d / cls.INDEX_FILE).is_file():
             raise ValueError(f"{d} is not a saved ItemIndex (needs {cls.INDEX_FILE} and {cls.META_FILE}); write one with ItemIndex.save")
         _threads(threads)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -227,7 +227,9 @@ class RowBuilder:
         # raw values in code order (code = position + FIRST_CODE), as prepare's _encode takes them
         self.vocab = {name: self._vocab(name) for name in [*self.item_names, *self.user_names, F.BEHAVIOR]}
         items = pq.read_table(self.data_dir / "items.parquet")
-        self.item_side = {f: items[f].to_numpy().astype(np.int32) for f in self.item_names[1:]}  # by item code
+        side = [items[f].to_numpy().astype(np.int32) for f in self.item_names[1:]]
+        self.item_side_codes = np.stack(side) if side else np.zeros((0, items.num_rows), np.int32)  # (Fs, N) by item code
+        self.item_side = {f: self.item_side_codes[k] for k, f in enumerate(self.item_names[1:])}  # its rows, by name
         self.item_counts = items["count"].to_numpy().astype(np.int64)
         users = pq.read_table(self.data_dir / "users.parquet")
         self.user_codes = {str(u): i for i, u in enumerate(users[F.USER_RAW].to_pylist())}
@@ -246,12 +248,16 @@ class RowBuilder:
         grows with the catalogue, not with the request; a request has a few dozen values, so the
         vocabulary is sorted once here and looked up with ``np.searchsorted`` (integer ids) or a
         dict (strings). ``tests/test_serving.py`` checks the rows against prepare's.
+        Values that need no parsing skip Arrow (:meth:`_encode_plain`; ``tests/test_encode_fast.py``).
         """
+        table = self._lookup(name)
+        plain = self._encode_plain(name, table, values)
+        if plain is not None:
+            return plain
         vocab = self.vocab[name]
         arr = pa.array([None if v is None else str(v) for v in values], type=pa.string())  # ids may come as 5 or "5"
         if arr.type != vocab.type:
             arr = _cast(arr, vocab.type)
-        table = self._lookup(name)
         out = np.full(len(arr), F.UNKNOWN, np.int32)
         if isinstance(table, dict):
             for i, v in enumerate(arr.to_pylist()):
@@ -259,11 +265,44 @@ class RowBuilder:
             return out
         keys, codes = table
         valid = arr.is_valid().to_numpy(zero_copy_only=False)
-        x = arr.fill_null(0).to_numpy(zero_copy_only=False)
-        pos = np.clip(np.searchsorted(keys, x), 0, max(len(keys) - 1, 0))
-        hit = valid & (keys[pos] == x) if len(keys) else np.zeros(len(x), bool)
-        out[hit] = codes[pos[hit]]
-        return out
+        return _search(keys, codes, arr.fill_null(0).to_numpy(zero_copy_only=False), valid)
+
+    def _encode_plain(self, name: str, table, values: list) -> np.ndarray | None:
+        """:meth:`encode` without Arrow (~10x faster on a request's few dozen values), or None when a value needs
+        Arrow's cast: for an integer vocabulary every value is None, an int or a string of at most 18 ASCII digits
+        (what the cast reads as that int; it also takes signs, hex, ...), and an int outside the vocabulary's keys is
+        unknown either way (out of the type's range the cast gives null); for a string vocabulary every
+        ``str(value)`` is ASCII (the cast refuses some other text: lone surrogates)."""
+        if isinstance(table, dict):
+            vtype = self.vocab[name].type
+            if not (pa.types.is_string(vtype) or pa.types.is_large_string(vtype)):
+                return None
+            keys = [None if v is None else str(v) for v in values]
+            if not all(k is None or k.isascii() for k in keys):
+                return None
+            get = table.get
+            return np.array([get(k, F.UNKNOWN) for k in keys], np.int32)
+        keys, codes = table
+        if keys.dtype.kind != "i":
+            return None
+        if not len(keys) or all(v is None for v in values):
+            return np.full(len(values), F.UNKNOWN, np.int32)
+        if keys.dtype == np.int64 and all(type(v) is int for v in values):  # the usual request: JSON integers
+            try:
+                return _search(keys, codes, np.array(values, np.int64), np.ones(len(values), bool))
+            except OverflowError:  # beyond int64: the loop below reads it as unknown (the cast's null)
+                pass
+        lo, hi = int(keys[0]), int(keys[-1])
+        x, valid = [], []
+        for v in values:
+            if type(v) is str and 0 < len(v) <= 18 and v.isascii() and v.isdigit():
+                v = int(v)
+            elif not (v is None or type(v) is int):
+                return None
+            ok = v is not None and lo <= v <= hi  # outside: not in the vocabulary (nor maybe in its type: a null)
+            x.append(v if ok else 0)
+            valid.append(ok)
+        return _search(keys, codes, np.array(x, keys.dtype), np.array(valid, bool))
 
     def _lookup(self, name: str):
         """The vocabulary of ``name`` as (sorted keys, their codes) for numbers, or a dict for other values."""
@@ -279,8 +318,71 @@ class RowBuilder:
         return cache[name]
 
     def rows(self, requests: list[Request]) -> tuple[pa.Table, list[RowReport]]:
-        """One session row per request (in order; every request needs at least one event)."""
-        from seqrec.data.sessions import Block, rows_table, serving_cuts, sessionize
+        """One session row per request (in order; every request needs at least one event).
+
+        The events become a :class:`~seqrec.data.sessions.Block`, cut by training's ``sessionize`` and
+        ``serving_cuts``; ``rows_table`` builds the rows, or for one request :meth:`_one_row` builds the same row with
+        fewer Arrow calls (``tests/test_encode_fast.py`` checks the two agree)."""
+        from seqrec.data.sessions import rows_table, serving_cuts, sessionize
+
+        block, reports, item_raw = self._block(requests)
+        if len(requests) == 1:
+            table = self._one_row(block, str(requests[0].user_id))
+        else:
+            block.item_key = _identity(item_raw)
+            starts = sessionize(block, self.protocol)
+            cuts = serving_cuts(block, starts)
+            sizes = np.array([f.vocab_size for f in self.spec.item_features], np.int64)
+            table = rows_table(block, cuts, self.protocol, self.item_names, self.user_names, sizes,
+                               pa.array([str(r.user_id) for r in requests]))
+        for rep, n in zip(reports, table[F.SEQ_LEN].to_numpy()):
+            rep.events_used = int(n)
+        return table, reports
+
+    def _one_row(self, block, user_raw: str) -> pa.Table:
+        """``rows_table``'s row of a block of one user's events, from Python lists in one Arrow conversion (a struct
+        array of the row schema), not a few Arrow calls per column.
+
+        The cuts are training's (``sessionize``, ``serving_cuts``, ``input_ranges``), and so are the long-term
+        subsets (``long_term``), over large codes (item ids) relabelled 0..V-1 first: the subsets keep the most
+        recent distinct values, so only equality counts, and its per-value table then has V entries, not the
+        catalogue's."""
+        from dataclasses import replace
+
+        from seqrec.data.sessions import input_ranges, long_term, row_schema, serving_cuts, sessionize
+
+        cuts = serving_cuts(block, sessionize(block, self.protocol))
+        (start,), (h_lo,) = input_ranges(block, cuts, self.protocol)
+        start, h_lo, end = int(start), int(h_lo), int(cuts.end[0])
+        feats, ts, beh = block.item_feats, block.ts, block.behavior
+        local, values = feats, {}  # values[f][label] is feature f's code of a label
+        for f in np.flatnonzero(feats.max(axis=1) >= _RELABEL_FROM).tolist():  # item ids, in a large catalogue
+            labels: dict = {}  # code -> label, in first-seen order
+            local = local.copy() if local is feats else local
+            local[f] = [labels.setdefault(v, len(labels)) for v in feats[f].tolist()]
+            values[f] = np.array(list(labels), np.int32)
+        subsets = long_term(replace(block, item_feats=local), cuts, np.zeros(len(self.item_names), np.int64), self.protocol)
+        row = {F.USER_RAW: user_raw}
+        row.update((name, int(block.user_feats[k, end - 1])) for k, name in enumerate(self.user_names))
+        row[F.SESSION_START] = int(ts[start])
+        row[F.SEQ_LEN] = end - start
+        row.update((F.seq_col(name), feats[k, start:end].tolist()) for k, name in enumerate(self.item_names))
+        row[F.seq_col(F.TIMESTAMP)] = ts[start:end].tolist()
+        row[F.seq_col(F.BEHAVIOR)] = beh[start:end].tolist()
+        row.update((F.long_term_col(name), (values[f][v] if f in values else v).tolist())
+                   for f, (name, (v, _)) in enumerate(zip(self.item_names, subsets)))
+        row[F.hist_col(F.ITEM_ID)] = feats[0, h_lo:start].tolist()
+        row[F.hist_col(F.TIMESTAMP)] = ts[h_lo:start].tolist()
+        row[F.hist_col(F.BEHAVIOR)] = beh[h_lo:start].tolist()
+        row[F.TARGETS] = []  # a serving cut has no ground truth
+        if "_row_type" not in self.__dict__:
+            self._row_type = pa.struct(list(row_schema(self.item_names, self.user_names, pa.string())))
+        return pa.Table.from_struct_array(pa.array([row], type=self._row_type))
+
+    def _block(self, requests: list[Request]) -> tuple:
+        """(:class:`~seqrec.data.sessions.Block` of the requests' encoded events, one :class:`RowReport` each,
+        the raw item ids in block order)."""
+        from seqrec.data.sessions import Block
 
         reports = [RowReport() for _ in requests]
         lengths = np.array([len(r.events) for r in requests], np.int64)
@@ -295,14 +397,13 @@ class RowBuilder:
         owner = np.repeat(np.arange(len(requests)), lengths)
         item_raw = [e.item_id for e in events]
         items = self.encode(F.ITEM_ID, item_raw)
-        feats = [items]
-        for name in self.item_names[1:]:
-            given = [e.side.get(name) for e in events]
-            codes = self.encode(name, given)
-            from_catalogue = np.where(items >= F.FIRST_CODE, self.item_side[name][items], F.UNKNOWN)
-            codes = np.where(np.array([g is None for g in given]), from_catalogue, codes).astype(np.int32)
-            feats.append(codes)
-            self._note_unknown(reports, owner, name, given, codes)
+        # (Fs, n) side values: the catalogue's (unknown for an unknown item), or the event's where it gives one
+        side = np.where(items >= F.FIRST_CODE, self.item_side_codes[:, items], F.UNKNOWN).astype(np.int32)
+        if any(v is not None for e in events for v in e.side.values()):
+            for k, name in enumerate(self.item_names[1:]):
+                given = [e.side.get(name) for e in events]
+                side[k] = np.where(np.array([g is None for g in given]), side[k], self.encode(name, given))
+                self._note_unknown(reports, owner, name, given, side[k])
         behavior_raw = [self.default_behavior if e.behavior is None else e.behavior for e in events]
         behavior = self.encode(F.BEHAVIOR, behavior_raw)
         self._note_unknown(reports, owner, F.BEHAVIOR, behavior_raw, behavior)
@@ -312,16 +413,9 @@ class RowBuilder:
         for u, req in enumerate(requests):
             codes = self._profile(req, reports[u])
             user_feats[:, ustart[u]:uend[u]] = codes[:, None]
-        block = Block(ts=ts, item_feats=np.stack(feats).astype(np.int32), behavior=behavior.astype(np.int32),
-                      user_feats=user_feats, ustart=ustart, uend=uend, item_key=_identity(item_raw))
-        starts = sessionize(block, self.protocol)
-        cuts = serving_cuts(block, starts)
-        sizes = np.array([f.vocab_size for f in self.spec.item_features], np.int64)
-        table = rows_table(block, cuts, self.protocol, self.item_names, self.user_names, sizes,
-                           pa.array([str(r.user_id) for r in requests]))
-        for rep, n in zip(reports, table[F.SEQ_LEN].to_numpy()):
-            rep.events_used = int(n)
-        return table, reports
+        block = Block(ts=ts, item_feats=np.concatenate([items[None, :], side]).astype(np.int32),
+                      behavior=behavior.astype(np.int32), user_feats=user_feats, ustart=ustart, uend=uend)
+        return block, reports, item_raw
 
     def _profile(self, req: Request, report: RowReport) -> np.ndarray:
         """(Fu,) user codes: the user id, then the profile (the request's, else the stored one)."""
@@ -496,16 +590,21 @@ class LoadedModel:
     device: str = "cpu"
 
 
-def load_model(run: str | Path, kind: str, device: str = "cpu", vocab_hash: str | None = None) -> LoadedModel:
+def load_model(run: str | Path, kind: str, device: str = "cpu", vocab_hash: str | None = None,
+               precision: str = "fp32") -> LoadedModel:
     """The ``kind`` (``matcher`` | ``ranker``) model of a training run or its export directory.
 
-    ``vocab_hash`` (the prepared dataset's) refuses a model trained on another vocabulary."""
+    ``vocab_hash`` (the prepared dataset's) refuses a model trained on another vocabulary. ``precision``
+    (:data:`seqrec.inference.RANKER_PRECISIONS`; ``auto``: int8 on a CPU) is what the model runs at
+    (:func:`seqrec.inference.with_precision`); the version records it."""
     from seqrec.checkpoint import load_checkpoint
+    from seqrec.inference import resolve_precision, with_precision
 
     export = export_dir(run)
     _export_info(export, kind)
+    precision = resolve_precision(precision, device)
     model, _ = load_checkpoint(export / "model", map_location=device, vocab_hash=vocab_hash)
-    return LoadedModel(model, model_version(export), device)
+    return LoadedModel(with_precision(model, precision, device), {**model_version(export), "precision": precision}, device)
 
 
 @dataclass
@@ -602,6 +701,28 @@ class Ranked:
     ms: float = 0.0  # time in the ranker (for the whole call, when it was a batch)
 
 
+#: What a degraded answer lists in place of a stage that failed: the matcher's order without the ranker,
+#: the popular items without the encoder or the retriever (docs/serving.md, "Degraded answers").
+FALLBACKS = {"encode": "popular", "retrieve": "popular", "rank": "matcher_order"}
+
+
+@dataclass(frozen=True)
+class Degraded:
+    """Why an answer comes from the stage before: ``stage`` (``encode`` | ``retrieve`` | ``rank``) failed or
+    missed its deadline, ``reason`` says which (the error's type and message, or the deadline), and ``fallback``
+    what was answered instead (:data:`FALLBACKS`: ``matcher_order`` or ``popular``)."""
+
+    stage: str
+    reason: str
+    fallback: str = ""
+
+    def __post_init__(self) -> None:
+        if self.stage not in FALLBACKS:
+            raise ValueError(f"Degraded.stage={self.stage!r}: one of {sorted(FALLBACKS)}")
+        if not self.fallback:
+            object.__setattr__(self, "fallback", FALLBACKS[self.stage])
+
+
 @dataclass
 class Answer:
     """One request's answer: the fields of the HTTP response (``serve_apps.recommend.RecommendOut``)."""
@@ -611,13 +732,15 @@ class Answer:
     report: RowReport
     model_versions: dict  # model_versions(), or {"cold_start": ...}
     timings_ms: dict  # stage times, as measured by the caller
+    degraded: Degraded | None = None  # a stage failed: the answer is the stage before's (None: every stage answered)
 
     def response(self, request_id: str | None = None) -> dict:
         """The response body: what ``POST /recommend`` answers and :meth:`Pipeline.recommend` returns."""
         return {"request_id": request_id, "items": self.items, "cold_start": self.cold_start,
                 "unknown_items": self.report.unknown_items, "unknown_user": self.report.unknown_user,
                 "unknown_values": self.report.unknown_values, "model_versions": self.model_versions,
-                "timings_ms": self.timings_ms}
+                "timings_ms": self.timings_ms,
+                "degraded": None if self.degraded is None else asdict(self.degraded)}
 
 
 def encode(builder: RowBuilder, matcher: LoadedModel, requests: list[Request]) -> Encoded:
@@ -661,12 +784,14 @@ def top_items(codes: np.ndarray, raw_ids: np.ndarray, match: np.ndarray, logits:
     return [{"item_id": _plain(raw_ids[o]), "score": float(logits[o]), "match_score": float(match[o])} for o in order]
 
 
-def answer(encoded: Encoded, candidates: Candidates, ranked: Ranked | None, k: int, timings_ms: dict) -> list[Answer]:
-    """Each request's top ``k``: its candidates by ranker logit (by match score without a ranker)."""
+def answer(encoded: Encoded, candidates: Candidates, ranked: Ranked | None, k: int, timings_ms: dict,
+           degraded: Degraded | None = None) -> list[Answer]:
+    """Each request's top ``k``: its candidates by ranker logit (by match score without a ranker). ``degraded``:
+    the ranker failed (``Degraded("rank", why)``), so the matcher's order is the answer, marked so."""
     logits = candidates.scores if ranked is None else ranked.logits
     versions = model_versions(encoded.matcher, candidates.index, None if ranked is None else ranked.ranker)
     return [Answer(top_items(candidates.codes[j], candidates.raw_ids[j], candidates.scores[j], logits[j], k), False,
-                   report, versions, timings_ms) for j, report in enumerate(encoded.reports)]
+                   report, versions, timings_ms, degraded) for j, report in enumerate(encoded.reports)]
 
 
 def cold_start(popular_ids: list, k: int, timings_ms: dict) -> Answer:
@@ -676,23 +801,35 @@ def cold_start(popular_ids: list, k: int, timings_ms: dict) -> Answer:
     return Answer(items, True, RowReport(), {"cold_start": "popular items of the training window"}, timings_ms)
 
 
+def popular_fallback(popular_ids: list, k: int, timings_ms: dict, degraded: Degraded,
+                     report: RowReport | None = None) -> Answer:
+    """The answer when the encode or retrieve stage failed: :func:`cold_start`'s popular items, marked ``degraded``
+    (``cold_start`` stays false: the user has events); ``report``: the row builder's, when the encoder answered."""
+    if degraded.fallback != "popular":
+        raise ValueError(f"popular_fallback answers for a failed encode or retrieve stage, not {degraded.stage!r}")
+    items = cold_start(popular_ids, k, timings_ms).items
+    return Answer(items, False, report or RowReport(), {"popular": "popular items of the training window"}, timings_ms,
+                  degraded)
+
+
 class Pipeline:
     """SDM user network → FAISS top ``candidates`` → BST scores → top k, in this process.
 
     ``matcher`` and ranker are training runs (or their ``export/`` directories); the index is
     ``<matcher export>/index`` (``seqrec index build``), or an exact flat index over the exported
-    item vectors when there is none. Without a ranker, the matcher's order is the answer. The
+    item vectors when there is none. Without a ranker, the matcher's order is the answer. The ranker
+    runs at ``ranker_precision`` (``auto``: int8 on a CPU, as the Serve app). The
     Serve app's deployments call the same stage functions (:func:`encode`, :func:`retrieve`,
     :func:`rank`, :func:`answer`, :func:`cold_start`).
     """
 
     def __init__(self, data_dir: str | Path, matcher: str | Path, ranker: str | Path | None = None,
-                 candidates: int = 300, device: str = "cpu", use_gpu_index: bool = False):
+                 candidates: int = 300, device: str = "cpu", use_gpu_index: bool = False, ranker_precision: str = "auto"):
         self.rows = RowBuilder(data_dir)
         vocab_hash = self.rows.manifest.get("vocab_hash")
         self.matcher = load_model(matcher, "matcher", device, vocab_hash)
         self.catalogue = load_catalogue(matcher, use_gpu=use_gpu_index)
-        self.ranker = None if ranker is None else load_model(ranker, "ranker", device, vocab_hash)
+        self.ranker = None if ranker is None else load_model(ranker, "ranker", device, vocab_hash, ranker_precision)
         self.candidates = int(candidates)
 
     @property
@@ -742,13 +879,29 @@ def _cast(arr: pa.Array, to: pa.DataType) -> pa.Array:
         return pc.cast(pa.array(out, type=to), to)
 
 
+#: RowBuilder._one_row relabels a feature's codes 0..V-1 for the long-term subsets from this code on: their per-value
+#: table (``seqrec.data.sessions.long_term``) is as long as the largest code, 8 MB a request for a 1M-item catalogue.
+_RELABEL_FROM = 1 << 12
+
+
+def _search(keys: np.ndarray, codes: np.ndarray, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(n,) int32 code of each value of ``x`` in a vocabulary's sorted ``keys`` (their ``codes``); 1 (unknown) where
+    it is missing or not ``valid``."""
+    out = np.full(len(x), F.UNKNOWN, np.int32)
+    pos = np.minimum(np.searchsorted(keys, x), max(len(keys) - 1, 0))  # (n,) >= 0 already
+    hit = valid & (keys[pos] == x) if len(keys) else np.zeros(len(x), bool)
+    out[hit] = codes[pos[hit]]
+    return out
+
+
 def _identity(raw: list) -> np.ndarray:
     """(n,) int64 identity of each raw item id (for deduplication in rows_table)."""
     seen: dict = {}
     return np.array([seen.setdefault(str(v), len(seen)) for v in raw], np.int64)
 
 
-__all__ = ["Answer", "Candidates", "Catalogue", "Encoded", "Event", "LoadedModel", "Pipeline", "Ranked", "Request", "ranker_verdict",
+__all__ = ["Answer", "Candidates", "Catalogue", "Degraded", "Encoded", "FALLBACKS", "popular_fallback",
+           "Event", "LoadedModel", "Pipeline", "Ranked", "Request", "ranker_verdict",
            "RequestLimits", "RowBuilder", "RowReport", "answer", "check_request", "clip", "cold_start", "encode",
            "ensure_index", "export_dir", "find_runs", "index_version", "load_catalogue", "load_index", "load_model",
            "model_version", "model_versions", "rank", "retrieve", "rows_from_bytes", "rows_to_bytes", "shorten",

@@ -14,7 +14,9 @@ The pipeline (SDM §3.1, §4.1):
    1 = unknown);
 4. **build** — per bucket: encode, sort by (user, timestamp, input order),
    sessionize, long-term behaviours, train / val / test rows
-   (:mod:`seqrec.data.sessions`), written as Parquet shards.
+   (:mod:`seqrec.data.sessions`), written as Parquet shards. The protocol's
+   ``input`` chooses what a row's input holds: the paper's session + 7 days
+   (``session``, the default) or RecBole's last N events (``last-n``).
 
 With ``engine="ray"`` every stage is a Ray Data ``map`` over chunks or buckets,
 so a 100M-row log is processed in parallel with memory bounded by one chunk or
@@ -54,7 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from seqrec import __version__
+from seqrec import __version__, storage
 from seqrec import features as F
 from seqrec.data import sessions as S
 from seqrec.data.events import BadRows, EventSource, MalformedRowError, check_events
@@ -102,12 +104,24 @@ def resolve_config(source: EventSource, **overrides: Any) -> PrepareConfig:
     """A config from the source's suggested defaults (e.g. Taobao's UTC+8 days) and explicit overrides.
 
     Protocol fields (split, session_gap_s, ...) and config fields may be mixed; ``None`` values are ignored.
-    ``tz_offset_hours`` is accepted for ``tz_offset_s``.
+    ``tz_offset_hours`` is accepted for ``tz_offset_s``. With ``input="last-n"``, ``long_term_max`` and
+    ``hist_len`` are raised to at least ``input_events`` (N) unless given, so the long-term input and the
+    history can hold N events (given values below N are refused).
     """
     defaults = dict(source.protocol_defaults())
     merged = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
     if "tz_offset_hours" in merged:
         merged["tz_offset_s"] = int(round(float(merged.pop("tz_offset_hours")) * 3600))
+    if overrides.get("input_events") is not None and merged.get("input", "session") != "last-n":
+        raise ValueError(f"input_events={overrides['input_events']} (--input-events) needs input='last-n' (--input last-n)")
+    if merged.get("input") == "last-n":  # the long-term input and the history hold up to N events
+        if overrides.get("long_term_s") is not None:
+            raise ValueError("long_term_s (--long-term-days) has no effect with input='last-n': the long-term input is "
+                             "the rest of the last N events, however old; drop it or use input='session'")
+        n = merged.get("input_events", S.Protocol.input_events)
+        for name in ("long_term_max", "hist_len"):
+            if overrides.get(name) is None:
+                merged[name] = max(merged.get(name, getattr(S.Protocol, name)), n)
     proto_fields = set(S.Protocol.__dataclass_fields__)
     cfg_fields = set(PrepareConfig.__dataclass_fields__) - {"protocol"}
     unknown = set(merged) - proto_fields - cfg_fields
@@ -567,10 +581,19 @@ def prepare(
     ``auto``: ``local`` when the input fits in one bucket (``rows_per_bucket`` events, estimated from
     its size) — there the Ray pipeline would run every stage as one task and only add its start-up
     cost — and ``ray`` otherwise, or whenever this process is already connected to a Ray cluster.
+
+    ``out_dir`` may be a storage URI (:mod:`seqrec.storage`, ``s3://bucket/data/NAME``): the dataset is written to
+    a local temporary directory (the Ray engine's tasks write their shards there: one machine, or ``TMPDIR`` on
+    shared storage), then uploaded in place of what was there.
     """
     cfg = cfg or resolve_config(source)
     if engine not in ("auto", "ray", "local"):
         raise ValueError(f"engine={engine!r} must be 'auto', 'ray' or 'local'")
+    if storage.is_uri(out_dir):
+        if not overwrite and not storage.is_empty(out_dir):
+            raise FileExistsError(f"{out_dir} is not empty; choose another --out or pass --overwrite")
+        with storage.local_output(out_dir, replace=True) as local:
+            return prepare(source, local, cfg, engine=engine, progress=progress, overwrite=True, keep_tmp=keep_tmp)
     out = Path(out_dir).resolve()
     if out.exists() and any(out.iterdir()):
         if not overwrite:

@@ -1,7 +1,9 @@
 """A slow, obviously correct reference of ``seqrec data prepare`` (pandas ``groupby().apply()``).
 
 It restates SDM §3.1 / §4.1 one user at a time with plain Python loops, written
-from the protocol text rather than from the vectorised code. Tests compare the
+from the protocol text rather than from the vectorised code; with ``input="last-n"``
+every row's input is built per target from the last N events before it
+(:func:`last_n_input`). Tests compare the
 vectorised pipeline with it on randomised inputs, and ``benchmarks/bench_prepare.py``
 uses it as the naive baseline. Do not use it for real data.
 """
@@ -93,6 +95,28 @@ def long_term_of(ev: list[dict], start: int, feature: str, cfg: PrepareConfig, c
     return values
 
 
+def last_n_input(ev: list[dict], target: int, session_of_event: dict, cfg: PrepareConfig) -> tuple[list[int], list[int]]:
+    """Last-n input of the event at index ``target``: (the rest, the short-term part), event indices oldest first.
+
+    The input is the last N events before the target; its short-term part is those of them in the
+    session of the last input event (event ``target - 1``), the rest is the long-term part.
+    """
+    window = list(range(max(0, target - cfg.protocol.input_events), target))
+    current = session_of_event[target - 1]
+    short = [i for i in window if session_of_event[i] == current]
+    return [i for i in window if i not in short], short
+
+
+def distinct_recent(ev: list[dict], idx: list[int], feature: str, cfg: PrepareConfig, code) -> list[int]:
+    """The distinct codes of events ``idx`` (oldest first), most recent first, at most long_term_max."""
+    values: list[int] = []
+    for i in reversed(idx):
+        v = code(feature, ev[i][feature])
+        if v not in values and len(values) < cfg.protocol.long_term_max:
+            values.append(v)
+    return values
+
+
 def build_vocab(df: pd.DataFrame, names: list[str], cfg: PrepareConfig, test_day: int | None) -> dict[str, dict]:
     train_parts = []
     for _, g in df.groupby(F.USER_ID, sort=False):
@@ -150,7 +174,10 @@ def user_rows(g: pd.DataFrame, cfg, test_day, item_names, user_names, has_sessio
         for i in s:
             session_of_event[i] = s[0]
 
-    def row(start: int, end: int, truth: list[int]) -> dict:
+    last_n = p.input == "last-n"
+
+    def row(start: int, end: int, truth: list[int], rest: list[int] | None = None) -> dict:
+        """The row of input events [start, end); ``rest``: the last-n long-term events (else session input)."""
         last = ev[end - 1]
         r = {F.USER_RAW: ev[0][F.USER_ID]}
         for name in user_names:
@@ -162,8 +189,9 @@ def user_rows(g: pd.DataFrame, cfg, test_day, item_names, user_names, has_sessio
         r[F.seq_col(F.TIMESTAMP)] = [ev[i][F.TIMESTAMP] for i in range(start, end)]
         r[F.seq_col(F.BEHAVIOR)] = [code(F.BEHAVIOR, ev[i][F.BEHAVIOR]) for i in range(start, end)]
         for name in item_names:
-            r[F.long_term_col(name)] = long_term_of(ev, start, name, cfg, code)
-        h = list(range(max(0, start - p.hist_len), start))
+            r[F.long_term_col(name)] = (distinct_recent(ev, rest, name, cfg, code) if last_n
+                                        else long_term_of(ev, start, name, cfg, code))
+        h = rest if last_n else list(range(max(0, start - p.hist_len), start))
         r[F.hist_col(F.ITEM_ID)] = [code(F.ITEM_ID, ev[i][F.ITEM_ID]) for i in h]
         r[F.hist_col(F.TIMESTAMP)] = [ev[i][F.TIMESTAMP] for i in h]
         r[F.hist_col(F.BEHAVIOR)] = [code(F.BEHAVIOR, ev[i][F.BEHAVIOR]) for i in h]
@@ -180,7 +208,11 @@ def user_rows(g: pd.DataFrame, cfg, test_day, item_names, user_names, has_sessio
     for s in sess:
         train_part = [i for i in s if i < a_val]
         if len(train_part) >= p.min_train_len:
-            out.append(("train", row(train_part[0], train_part[-1] + 1, [])))
+            rest = None
+            if last_n:  # the window of the row's first target (its second event); the row is the whole session
+                rest, short = last_n_input(ev, train_part[1], session_of_event, cfg)
+                assert short == [train_part[0]], short
+            out.append(("train", row(train_part[0], train_part[-1] + 1, [], rest)))
     for split, lo, hi in (("val", a_val, a_test), ("test", a_test, len(ev))):
         m = hi - lo
         if p.split == "loo":
@@ -191,5 +223,9 @@ def user_rows(g: pd.DataFrame, cfg, test_day, item_names, user_names, has_sessio
             if m < 2:
                 continue
             j = lo + max(1, math.floor(p.test_fraction * m)) - 1
-        out.append((split, row(session_of_event[j], j + 1, list(range(j + 1, hi)))))
+        if last_n:  # the target is the event after the input
+            rest, short = last_n_input(ev, j + 1, session_of_event, cfg)
+            out.append((split, row(short[0], j + 1, list(range(j + 1, hi)), rest)))
+        else:
+            out.append((split, row(session_of_event[j], j + 1, list(range(j + 1, hi)))))
     return out

@@ -48,6 +48,24 @@ behaviours and history are those of that session. Under ``loo`` the input is
 everything before the held-out event and the ground truth is that one event.
 Ground-truth items unseen in training are kept as the unknown code 1, one entry
 per distinct raw item, so they count in |truth| and can never be hit.
+
+Input modes (``input``). ``session`` (the default) is the paper's protocol above.
+``last-n`` gives every model the same history RecBole's peers see: the last
+``input_events`` (N, 50) events before the target, whatever their age or
+session. The short-term input (``seq_*``) is the part of those N events that
+lies in the session of the last input event (sessions split as above); the rest
+of the N events is the long-term input: ``lt_*`` holds all their distinct values
+(most recent first; no 7-day window, ``long_term_max`` must allow N) and
+``hist_*`` the events themselves (oldest first, ``hist_len`` must allow N), so
+``hist ⊕ seq`` is the whole last-N sequence in order, for the matchers that
+read one sequence. An evaluation or serving row predicts the event after its
+input: its ``seq`` is at most N events and ``hist`` the N - len(seq) before them.
+A training row trains every position of its session: its ``hist`` / ``lt_*``
+are the N - 1 events before the session, the exact window of its first target
+(position 0), and later positions see their session prefix on top of them. The
+short-term is the session of the last *input* event, not of the target: a
+target that opens a new session has no "session so far", and serving cannot
+know whether the next event will open one.
 """
 
 from __future__ import annotations
@@ -64,6 +82,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 SPLITS = ("dataset-day", "user-day", "loo")
+INPUTS = ("session", "last-n")  # the paper's session protocol; RecBole's last-N history (see the module docstring)
 DAY_S = 86_400
 
 
@@ -81,6 +100,8 @@ class Protocol:
     val: bool = True
     min_train_len: int = 2
     tz_offset_s: int = 0
+    input: str = "session"  # session | last-n: what a row's input holds (see the module docstring)
+    input_events: int = 50  # N of the last-n input
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -92,6 +113,18 @@ class Protocol:
             raise ValueError(f"long_term_s={self.long_term_s} must be >= 0")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction={self.test_fraction} must be in (0, 1), e.g. 0.25 as in SDM §4.1")
+        if self.input not in INPUTS:
+            raise ValueError(f"input={self.input!r} is not one of {INPUTS}")
+        if isinstance(self.input_events, bool) or not isinstance(self.input_events, int) or self.input_events < 1:
+            raise ValueError(f"input_events={self.input_events!r} must be an integer >= 1 (RecBole's peers use 50)")
+        if self.input == "last-n":
+            for name in ("long_term_max", "hist_len"):
+                if getattr(self, name) < self.input_events:
+                    raise ValueError(
+                        f"input='last-n' with input_events={self.input_events} needs {name} >= {self.input_events} "
+                        f"(got {getattr(self, name)}): the long-term input holds up to N events; raise --{name.replace('_', '-')} "
+                        "or leave it unset (prepare sets it to at least N)"
+                    )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -189,6 +222,8 @@ class Cuts:
     end: np.ndarray  # (R,) int64 exclusive
     truth_lo: np.ndarray  # (R,) int64
     truth_hi: np.ndarray  # (R,) int64
+    # last-n input: the N input events end here (exclusive), the row's first target; None: at ``end``
+    input_end: np.ndarray | None = None
 
 
 def training_cuts(block: Block, starts: np.ndarray, a_val: np.ndarray, protocol: Protocol) -> tuple[Cuts, dict]:
@@ -205,7 +240,8 @@ def training_cuts(block: Block, starts: np.ndarray, a_val: np.ndarray, protocol:
         "train_sessions_cut_at_window": int(((length >= 1) & (clipped < ends)).sum()),
     }
     z = np.zeros(int(keep.sum()), np.int64)
-    return Cuts(g[keep], starts[keep], clipped[keep], z, z.copy()), counts
+    # a training row's first target is its second event: the last-n window ends there
+    return Cuts(g[keep], starts[keep], clipped[keep], z, z.copy(), input_end=starts[keep] + 1), counts
 
 
 def eval_cuts(
@@ -267,17 +303,69 @@ def _long_term(ts, ustart, start, values, vocab_sizes, window_s, max_len):  # pr
     return out, lens
 
 
+@numba.njit(cache=True)
+def _distinct_recent(lo, hi, values, vocab_sizes, max_len, offsets):  # pragma: no cover - numba
+    # the distinct values of events [lo[r], hi[r]), most recent first, at most max_len; row r's go to
+    # out[f, offsets[r]:offsets[r + 1]] (room for min(hi - lo, max_len) values), the first lens[f, r] of them used
+    n_f = values.shape[0]
+    n_r = lo.shape[0]
+    out = np.zeros((n_f, offsets[n_r]), np.int32)
+    lens = np.zeros((n_f, n_r), np.int32)
+    for f in range(n_f):
+        stamp = np.full(vocab_sizes[f], -1, np.int64)  # stamp[v] == r: v already taken for row r
+        for r in range(n_r):
+            cnt = 0
+            i = hi[r] - 1
+            while i >= lo[r] and cnt < max_len:
+                v = values[f, i]
+                if stamp[v] != r:
+                    stamp[v] = r
+                    out[f, offsets[r] + cnt] = v
+                    cnt += 1
+                i -= 1
+            lens[f, r] = cnt
+    return out, lens
+
+
+def input_ranges(block: Block, cuts: Cuts, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
+    """(short-term start, history start), each (R,): a row's ``seq`` is events [start, end), ``hist`` [hist_lo, start).
+
+    ``session`` input: the cut's session and the ``hist_len`` events before it. ``last-n``: the N events
+    that end at the row's first target (``cuts.input_end``, else ``end``) — the session's part of them is
+    ``seq``, the rest ``hist`` (and the long-term subsets).
+    """
+    ustart = block.ustart[cuts.user]
+    if protocol.input == "session":
+        return cuts.start, np.maximum(ustart, cuts.start - protocol.hist_len)
+    w_end = cuts.end if cuts.input_end is None else cuts.input_end
+    lo = np.maximum(ustart, w_end - protocol.input_events)
+    return np.maximum(cuts.start, lo), lo
+
+
 def long_term(block: Block, cuts: Cuts, vocab_sizes: np.ndarray, protocol: Protocol) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per item feature: (flat values, lengths) of the long-term subsets of every row."""
+    """Per item feature: (flat values, lengths) of the long-term subsets of every row.
+
+    ``session`` input: the 7-day window before the session; ``last-n``: the events of the last-N window
+    before the short-term part (:func:`input_ranges`), however old.
+    """
     n_f = block.item_feats.shape[0]
     if len(cuts.start) == 0:
         return [(np.zeros(0, np.int32), np.zeros(0, np.int32)) for _ in range(n_f)]
     sizes = np.maximum(np.asarray(vocab_sizes, np.int64), block.item_feats.max(axis=1).astype(np.int64) + 1)
+    values = np.ascontiguousarray(block.item_feats)
+    if protocol.input == "last-n":  # flat output: room for min(events, cap) values per row, not R x cap
+        start, lo = input_ranges(block, cuts, protocol)
+        room = np.minimum(start - lo, protocol.long_term_max).astype(np.int64)
+        offsets = np.zeros(len(room) + 1, np.int64)
+        np.cumsum(room, out=offsets[1:])
+        out, lens = _distinct_recent(lo.astype(np.int64), start.astype(np.int64), values, sizes, protocol.long_term_max, offsets)
+        pos = np.arange(offsets[-1]) - np.repeat(offsets[:-1], room)  # position of every slot inside its row
+        return [(out[f][pos < np.repeat(lens[f], room)], lens[f]) for f in range(n_f)]
     out, lens = _long_term(
         block.ts,
         block.ustart[cuts.user],
         cuts.start,
-        np.ascontiguousarray(block.item_feats),
+        values,
         sizes,
         np.int64(protocol.long_term_s),
         protocol.long_term_max,
@@ -357,19 +445,19 @@ def rows_table(
     last = cuts.end - 1
     for k, name in enumerate(user_names):
         cols[name] = pa.array(block.user_feats[k, last], i32) if len(last) else pa.array([], i32)
-    cols[F.SESSION_START] = pa.array(block.ts[cuts.start], i64)
-    seq_len = (cuts.end - cuts.start).astype(np.int32)
+    start, h_lo = input_ranges(block, cuts, protocol)  # the session's cut, or its part of the last N events
+    cols[F.SESSION_START] = pa.array(block.ts[start], i64)
+    seq_len = (cuts.end - start).astype(np.int32)
     cols[F.SEQ_LEN] = pa.array(seq_len, i32)
-    idx = ranges_index(cuts.start, cuts.end)
+    idx = ranges_index(start, cuts.end)
     for k, name in enumerate(item_names):
         cols[F.seq_col(name)] = _list(block.item_feats[k, idx], seq_len, i32)
     cols[F.seq_col(F.TIMESTAMP)] = _list(block.ts[idx], seq_len, i64)
     cols[F.seq_col(F.BEHAVIOR)] = _list(block.behavior[idx], seq_len, i32)
     for name, (vals, lens) in zip(item_names, long_term(block, cuts, item_vocab_sizes, protocol)):
         cols[F.long_term_col(name)] = _list(vals, lens, i32)
-    h_lo = np.maximum(block.ustart[cuts.user], cuts.start - protocol.hist_len)
-    h_len = (cuts.start - h_lo).astype(np.int32)
-    h_idx = ranges_index(h_lo, cuts.start)
+    h_len = (start - h_lo).astype(np.int32)
+    h_idx = ranges_index(h_lo, start)
     cols[F.hist_col(F.ITEM_ID)] = _list(block.item_feats[0, h_idx], h_len, i32)
     cols[F.hist_col(F.TIMESTAMP)] = _list(block.ts[h_idx], h_len, i64)
     cols[F.hist_col(F.BEHAVIOR)] = _list(block.behavior[h_idx], h_len, i32)

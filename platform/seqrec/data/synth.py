@@ -5,12 +5,23 @@
 SDM and BST papers use and the public log lacks: first-level category, brand,
 shop, and a user profile (age bucket, gender, purchase power). The data is made
 so that a sequential recommender has something to learn, with the same rough
-shape as the real log (about 100 events per user, 89% page views).
+shape as the real log (about 100 events per user, 89% page views), and its
+defaults are calibrated to the Taobao statistics that ``seqrec data stats``
+reports (:data:`seqrec.data.stats.TAOBAO`): after ``seqrec data prepare``'s
+10-minute sessions, session length mean 4.8 and median 2, and of the
+within-session next-item targets about 66% have a category in the session
+prefix, 15% only in the 7-day long-term subset and 19% in neither (measured
+with the default ``prepare`` at 60k-5M rows, seeds 0-3: mean 4.67-4.96, median
+2, 64-68% / 14-16% / 17-20%; ``tests/test_synth_calibration.py`` keeps them
+within 25%). Below about 2,400 items (60k rows by default) the catalogue has
+fewer categories, so fewer of them are new to a user.
 
 **Catalogue.** Items fall into leaf categories (about one per 200 items, at
-least 20), and leaf categories into 20-100 first-level categories. Leaf
-categories have Zipf popularity (exponent ``cat_zipf``) and sizes that grow
-with their popularity; inside a category, items have Zipf popularity too
+least 200 so that a small catalogue still has many more categories than a
+user browses in a week - but at least 20 items per leaf, and at least 20
+leaves, in a catalogue under 4,000 items), and leaf categories into 20-100
+first-level categories. Leaf categories have Zipf popularity (exponent
+``cat_zipf``) and sizes that grow with their popularity; inside a category, items have Zipf popularity too
 (``item_zipf``), so item popularity is a power law overall. A brand sells in
 its home category and sometimes one or two sibling leaves of the same
 first-level category; inside a category a few brands hold most items. A shop
@@ -20,23 +31,32 @@ gender, an age centre and a price level, so users with different profiles like
 different categories.
 
 **Users.** Every user has a profile (age bucket 1..7, gender 1..2, purchase
-power 1..3) and 2-5 interests: leaf categories drawn from category popularity
+power 1..3) and 3-8 interests: leaf categories drawn from category popularity
 reweighted by the profile's affinity, with Dirichlet weights, and a preferred
 brand per interest (the brand of a popularity-drawn item of that category).
+The first interest is there from the start; each other one is, with
+probability ``interest_new``, a *new interest* that starts at a random point
+of the user's sessions (the user has it from then on).
 Activity is log-normal (mean ``rows / users`` events; every user has at least
 one event) and the total is exactly ``rows``.
 
 **Sessions.** A user's events are cut into sessions with heavy-tailed lengths
-(Lomax; mean about 6, about 1% longer than 50). A session picks one interest by
-its weight, or, with probability ``explore``, a random category by popularity.
-Each event in it is off-topic noise with probability ``noise`` (a random
-popular category); otherwise it comes from the preferred brand of the interest
-with probability ``brand_affinity``, else from the whole category, by item
-popularity. Behaviours are pv/fav/cart/buy with shares of about
-89/3/5.5/2.5%. Because interests persist, the category of a user's next
-session is usually one the user touched in the days before: long-term
-behaviour predicts the short-term session, which is what SDM's gated fusion
-exploits.
+(Lomax with shape 1.5; mean about 5, median 2, under 1% longer than 50). A
+session starts on one interest held, by weight, or, with probability
+``explore``, on a random category by popularity (its *anchor*). Sessions mix
+interests: every later event switches category with probability ``switch``,
+and a switch returns to a category of an earlier part of the session
+(``switch_revisit``), moves to an interest the user holds (``switch_interest``;
+the user's long-term interests come back this way), or explores: a leaf of the
+anchor's first-level category (``switch_related``) or a popular category. An
+event is a one-off popular category with probability ``noise``; an event on an
+interest comes from the interest's preferred brand with probability
+``brand_affinity``, else from the whole category, by item popularity.
+Behaviours are pv/fav/cart/buy with shares of about 89/3/5.5/2.5%. Because
+interests persist, the categories of a user's next session are mostly ones the
+user touched in the days before, and a switch to a category that is not in the
+session yet is often to one of them: long-term behaviour predicts what the
+short-term session does not, which is what SDM's gated fusion exploits.
 
 **Time.** Sessions spread over ``days`` days from ``start_ts`` with a daily
 rhythm (quiet nights, busy evenings; ``start_ts`` is taken as local midnight,
@@ -104,7 +124,8 @@ CSV_COLUMNS = (F.USER_ID, F.ITEM_ID, F.CATEGORY, F.BEHAVIOR, F.TIMESTAMP)
 KNOBS: dict = {
     "chunk_rows": 1_000_000,  # events per user chunk (the unit of RNG streams and of memory)
     "items_per_leaf": 200,  # leaf categories ~ items / items_per_leaf ...
-    "min_leaves": 20,  # ... but at least this many
+    "min_leaves": 200,  # ... but at least this many (users browse a few dozen a week: keep most of them new)
+    "min_items_per_leaf": 20,  # ... unless the catalogue is small (at least 20 leaves all the same)
     "cate1_range": [20, 100],  # first-level categories
     "items_per_brand": 40,
     "items_per_shop": 25,
@@ -119,14 +140,19 @@ KNOBS: dict = {
     "age_probs": [0.04, 0.2, 0.3, 0.2, 0.12, 0.09, 0.05],
     "gender_probs": [0.45, 0.55],
     "power_probs": [0.3, 0.5, 0.2],
-    "interests": [2, 5],  # interests per user (uniform, inclusive)
-    "dirichlet_alpha": 1.0,
+    "interests": [3, 8],  # interests per user (uniform, inclusive)
+    "dirichlet_alpha": 2.0,
     "activity_sigma": 0.9,  # log-normal sigma of events per user
-    "explore": 0.1,  # share of sessions on a random (popular) category
-    "noise": 0.1,  # share of events in a session that are off its interest
+    "interest_new": 0.3,  # share of a user's interests (but the first) that start inside the window
+    "explore": 0.1,  # share of sessions anchored on a random (popular) category instead of an interest
+    "switch": 0.6,  # P(an event after a session's first switches to another category)
+    "switch_revisit": 0.2,  # P(a switch returns to a category visited earlier in the session)
+    "switch_interest": 0.5,  # P(a switch goes to another (or the same) interest the user holds)
+    "switch_related": 0.5,  # P(an exploring switch picks a leaf of the anchor's first-level category)
+    "noise": 0.1,  # share of events that are one-off popular categories
     "brand_affinity": 0.5,  # P(an on-interest event is from the interest's preferred brand)
-    "session_shape": 2.0,  # Lomax shape of session length - 1
-    "session_scale": 7.0,  # Lomax scale (mean ~ 0.5 + scale / (shape - 1) before the cut at a user's last event)
+    "session_shape": 1.5,  # Lomax shape of session length - 1
+    "session_scale": 3.0,  # Lomax scale (mean ~ 0.5 + scale / (shape - 1) before the cut at a user's last event)
     "session_max": 300,
     "gap_median_s": 30.0,  # log-normal gaps inside a session ...
     "gap_sigma": 1.0,
@@ -217,7 +243,9 @@ class _Catalogue:
     """Items (internal index grouped by leaf category, by popularity rank inside it) and their side info."""
 
     def __init__(self, rng: np.random.Generator, n_items: int, k: dict):
-        n_leaf = int(min(n_items, max(k["min_leaves"], round(n_items / k["items_per_leaf"]))))
+        # at least min_leaves, but a small catalogue keeps >= min_items_per_leaf items per leaf (and >= 20 leaves)
+        floor = max(20, min(k["min_leaves"], n_items // k["min_items_per_leaf"]))
+        n_leaf = int(min(n_items, max(floor, round(n_items / k["items_per_leaf"]))))
         lo, hi = k["cate1_range"]
         n_cate1 = int(np.clip(n_leaf // 10, min(lo, max(1, n_leaf // 2)), hi))
         n_cate1 = min(n_cate1, n_leaf)
@@ -298,6 +326,10 @@ class _Catalogue:
             np.arange(42, dtype=np.float64), n_leaf
         )
         self.global_cdf = _cdf(self.cat_pop)
+        # leaves grouped by first-level category, with cumulative popularity, for related-category draws
+        self.c1_leaves = np.argsort(self.leaf_cate1, kind="stable")
+        self.c1_off = _offsets(np.bincount(self.leaf_cate1, minlength=n_cate1))
+        self.c1_cum = np.cumsum(self.cat_pop[self.c1_leaves])
 
         # raw ids
         self.item_raw = _sparse_ids(rng, n_items, 1_000)
@@ -327,6 +359,15 @@ class _Catalogue:
 
     def sample_global_category(self, u: np.ndarray) -> np.ndarray:
         return np.minimum(np.searchsorted(self.global_cdf, u, side="right"), self.n_leaf - 1)
+
+    def sample_related_category(self, cat: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """A leaf of the same first-level category as ``cat``, by popularity (may be ``cat`` itself)."""
+        c1 = self.leaf_cate1[cat]
+        lo, hi = self.c1_off[c1], self.c1_off[c1 + 1]  # leaves [lo, hi) of c1_leaves
+        base = np.where(lo > 0, self.c1_cum[np.maximum(lo - 1, 0)], 0.0)
+        m = base + u * (self.c1_cum[hi - 1] - base)
+        j = np.clip(np.searchsorted(self.c1_cum, m, side="right"), lo, hi - 1)
+        return self.c1_leaves[j]
 
 
 # --- users and events ---------------------------------------------------------------
@@ -418,8 +459,6 @@ def _chunk_table(
     int_pair = cat.item_pair[pref_item]  # preferred brand in the interest's category
     wts = rng.gamma(k["dirichlet_alpha"], 1.0, (n_users, kmax))
     wts[np.arange(kmax)[None, :] >= n_int[:, None]] = 0.0
-    int_cw = np.cumsum(wts, axis=1)
-    int_cw /= int_cw[:, -1:]
 
     # sessions: heavy-tailed lengths drawn per user until its events are used up
     user_off = _offsets(counts)
@@ -431,23 +470,71 @@ def _chunk_table(
     sess_of = np.cumsum(is_start) - 1  # (E,)
     user_of = np.repeat(np.arange(n_users), counts)  # (E,)
 
-    # what each session is about
-    explore = rng.random(S) < k["explore"]
-    slot = (rng.random(S)[:, None] > int_cw[s_user]).sum(axis=1)
-    slot = np.minimum(slot, kmax - 1)
-    s_cat = np.where(explore, cat.sample_global_category(rng.random(S)), int_cat[s_user, slot])
-    s_pair = int_pair[s_user, slot]
+    # interests the user has at each session: new ones start at a random point of the user's sessions
+    s_rank = _within_cumsum(np.ones(S, np.int64), s_user, exclusive=True)  # (S,) session index inside the user
+    phase = (s_rank + 0.5) / np.bincount(s_user, minlength=n_users)[s_user]  # (S,) in (0, 1), increasing in time
+    born = np.where(rng.random((n_users, kmax)) < k["interest_new"], rng.random((n_users, kmax)), 0.0)
+    born[:, 0] = 0.0  # a user's first interest is there from the start
+    s_w = np.where(born[s_user] < phase[:, None], wts[s_user], 0.0)  # (S, kmax) weights of the interests held
+    s_cw = np.cumsum(s_w, axis=1)
+    s_cw /= s_cw[:, -1:]
 
-    # events
-    e_cat = s_cat[sess_of]
+    def interest_slot(sess: np.ndarray) -> np.ndarray:
+        return np.minimum((rng.random(len(sess))[:, None] > s_cw[sess]).sum(axis=1), kmax - 1)
+
+    # segments: runs of events on one category; the first of a session is its anchor (an interest, or with
+    # probability ``explore`` a popular category); later ones start at a switch (probability ``switch`` per event)
+    seg_start = is_start | (rng.random(E) < k["switch"])
+    g_pos = np.flatnonzero(seg_start)  # (G,) first event of each segment
+    G = len(g_pos)
+    seg_of = np.cumsum(seg_start) - 1  # (E,)
+    g_sess = sess_of[g_pos]  # (G,)
+    g_first = np.flatnonzero(is_start[g_pos])  # (S,) first segment of each session
+    g_j = np.arange(G) - g_first[g_sess]  # (G,) segment index inside its session
+    g_slot = np.full(G, -1, np.int64)  # the interest a segment is on, -1 when exploring
+    g_cat = np.zeros(G, np.int64)
+    anchor = g_first
+    s_explore = rng.random(S) < k["explore"]
+    g_slot[anchor[~s_explore]] = interest_slot(np.flatnonzero(~s_explore))
+    g_cat[anchor[s_explore]] = cat.sample_global_category(rng.random(int(s_explore.sum())))
+    # a switch returns to an earlier segment (not the one just left), moves to another interest held, or explores:
+    # a category related to the session's anchor (same first-level category) or a popular one
+    r = rng.random(G)
+    later = g_j >= 1
+    revisit = later & (g_j >= 2) & (r < k["switch_revisit"])
+    to_interest = later & ~revisit & (r < k["switch_revisit"] + k["switch_interest"])
+    explore = later & ~revisit & ~to_interest
+    g_slot[to_interest] = interest_slot(g_sess[to_interest])
+    held = g_slot >= 0
+    g_cat[held] = int_cat[s_user[g_sess[held]], g_slot[held]]
+    ex = np.flatnonzero(explore)
+    related = rng.random(len(ex)) < k["switch_related"]
+    ex_anchor = g_cat[anchor[g_sess[ex[related]]]]  # anchors are resolved: interests and popular categories
+    g_cat[ex[related]] = cat.sample_related_category(ex_anchor, rng.random(len(ex_anchor)))
+    g_cat[ex[~related]] = cat.sample_global_category(rng.random(int((~related).sum())))
+    # revisits copy an earlier segment of the session, following copies of copies back to their source
+    rv = np.flatnonzero(revisit)
+    src = np.arange(G)
+    src[rv] = g_first[g_sess[rv]] + (rng.random(len(rv)) * (g_j[rv] - 1)).astype(np.int64)
+    while True:  # pointer jumping: sources point strictly backwards, so this ends in log2(max segments) rounds
+        nxt = src[src]
+        if np.array_equal(nxt, src):
+            break
+        src = nxt
+    g_cat, g_slot = g_cat[src], g_slot[src]
+
+    # events: a segment's category, or with probability ``noise`` a one-off popular category; events on an
+    # interest come from its preferred brand with probability ``brand_affinity``
+    e_cat = g_cat[seg_of]
+    e_slot = g_slot[seg_of]
     noise = rng.random(E) < k["noise"]
-    n_noise = int(noise.sum())
-    e_cat[noise] = cat.sample_global_category(rng.random(n_noise))
-    use_brand = (~noise) & (~explore[sess_of]) & (rng.random(E) < k["brand_affinity"])
+    e_cat[noise] = cat.sample_global_category(rng.random(int(noise.sum())))
+    use_brand = (~noise) & (e_slot >= 0) & (rng.random(E) < k["brand_affinity"])
     u = rng.random(E)
     item = cat.sample_in_category(e_cat, u, k["item_zipf"])
     if use_brand.any():
-        item[use_brand] = cat.sample_in_pair(s_pair[sess_of[use_brand]], u[use_brand], k["item_zipf"])
+        pair = int_pair[user_of[use_brand], e_slot[use_brand]]
+        item[use_brand] = cat.sample_in_pair(pair, u[use_brand], k["item_zipf"])
     behavior = np.searchsorted(_cdf(np.asarray(k["behavior_probs"])), rng.random(E), side="right")
     behavior = np.minimum(behavior, len(BEHAVIORS) - 1).astype(np.int8)
 

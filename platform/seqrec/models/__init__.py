@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from seqrec.features import FeatureSpec
 from seqrec.models.baselines import NARM, GRU4Rec, GRU4RecConfig, NARMConfig, YouTubeDNN, YouTubeDNNConfig
+from seqrec.models.binn import BINN, BINNConfig
 from seqrec.models.bst import BST, BSTConfig
 from seqrec.models.common import MatchConfig, MatchingModel
 from seqrec.models.rank_baselines import DIN, WDL, DINConfig, WDLConfig, WDLSeq, WDLSeqConfig
 from seqrec.models.ranking import RankConfig, Ranker
 from seqrec.models.sasrec import SASRec, SASRecConfig
 from seqrec.models.sdm import SDM, VARIANTS, SDMConfig
+from seqrec.models.shan import SHAN, SHANConfig
 
 MATCHERS: dict[str, tuple[type[MatchingModel], type[MatchConfig]]] = {
     "sdm": (SDM, SDMConfig),
@@ -28,6 +30,8 @@ MATCHERS: dict[str, tuple[type[MatchingModel], type[MatchConfig]]] = {
     "gru4rec": (GRU4Rec, GRU4RecConfig),
     "narm": (NARM, NARMConfig),
     "sasrec": (SASRec, SASRecConfig),
+    "shan": (SHAN, SHANConfig),
+    "binn": (BINN, BINNConfig),
 }
 RANKERS: dict[str, tuple[type[Ranker], type[RankConfig]]] = {
     "bst": (BST, BSTConfig),
@@ -74,6 +78,8 @@ def model_from_dict(d: dict) -> MatchingModel | Ranker:
 
 
 __all__ = [
+    "BINN",
+    "BINNConfig",
     "BST",
     "BSTConfig",
     "MATCHERS",
@@ -84,6 +90,8 @@ __all__ = [
     "SASRecConfig",
     "SDM",
     "SDMConfig",
+    "SHAN",
+    "SHANConfig",
     "VARIANTS",
     "build_model",
     "is_ranker",

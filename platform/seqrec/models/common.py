@@ -279,15 +279,20 @@ class MatchingModel(nn.Module):
 
     def encode_users(self, batch: Batch) -> torch.Tensor:
         """(B, D) user vector after the last event of each session."""
+        self.check_sessions(batch)
+        states = self.user_states(batch)  # (B, T, D)
+        last = (batch.seq_len - 1).clamp_max(states.shape[1] - 1)
+        return states[torch.arange(states.shape[0], device=states.device), last]  # (B, D)
+
+    @staticmethod
+    def check_sessions(batch: Batch) -> None:
+        """ValueError naming the first row with an empty session: a user vector needs >= 1 event."""
         if bool((batch.seq_len < 1).any()):
             bad = int((batch.seq_len < 1).nonzero()[0, 0])
             raise ValueError(
                 f"row {bad} has an empty session (seq_len=0): a user vector needs >= 1 event; "
                 "serve such users from the cold-start list instead"
             )
-        states = self.user_states(batch)  # (B, T, D)
-        last = (batch.seq_len - 1).clamp_max(states.shape[1] - 1)
-        return states[torch.arange(states.shape[0], device=states.device), last]  # (B, D)
 
     def item_embeddings(self) -> torch.Tensor:
         """(N, D) item vectors; rows 0 (padding) and 1 (unknown) are never recommended."""

@@ -158,6 +158,35 @@ class LongTermEncoder(nn.Module):
             weights[n] = alpha
         return torch.tanh(self.dense(torch.cat(zs, dim=-1))), weights  # (B, D)
 
+    def fused(self, long_term: dict[str, torch.Tensor], e_u: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`'s p (B, D) with every feature's attention in one: under half the operators (what a
+        one-row batch spends its time on), equal up to float rounding; for inference (no weights returned).
+
+        Feature f's entries g (B, L_f, d_f) fill its own column block of one (B, ΣL, E) tensor, zeros elsewhere,
+        so one product scores every entry against its feature's query q_f, a softmax over (B, F, ΣL) that masks
+        the other features' entries normalises per feature, and one product gives concat_f z_f."""
+        names, e = self.items.names, self.items.dim
+        blocks, codes, owner = [], [], []
+        lo = 0
+        for f, n in enumerate(names):
+            c = long_term[n]  # (B, L_f)
+            g = self.items.tables[n](c)  # (B, L_f, d_f)
+            blocks.append(nnf.pad(g, (lo, e - lo - g.shape[-1])))  # (B, L_f, E), g in columns [lo, lo + d_f)
+            codes.append(c)
+            owner += [f] * c.shape[1]
+            lo += g.shape[-1]
+        g = torch.cat(blocks, dim=1)  # (B, ΣL, E)
+        c = torch.cat(codes, dim=1)  # (B, ΣL)
+        q = nnf.linear(e_u, torch.cat([self.query[n].weight for n in names]))  # (B, E) = concat_f q_f
+        scores = torch.bmm(g, q.unsqueeze(-1)).squeeze(-1)  # (B, ΣL): g_k · q_f, f the feature of entry k
+        feature = torch.arange(len(names), device=c.device).unsqueeze(1)  # (F, 1)
+        own = torch.tensor(owner, dtype=torch.long, device=c.device) == feature  # (F, ΣL)
+        mask = own & (c != F.PAD).unsqueeze(1)  # (B, F, ΣL)
+        # masked_softmax over each feature's own entries: exp(-inf) = 0 elsewhere, a feature without entries → 0
+        alpha = torch.softmax(torch.where(mask, scores.unsqueeze(1), float("-inf")), dim=-1).nan_to_num(0.0)  # (B, F, ΣL)
+        z = torch.bmm(alpha, g).sum(1)  # (B, E): row f of alpha @ g is z_f in f's columns, zeros elsewhere
+        return torch.tanh(self.dense(z))  # (B, D)
+
 
 class Fusion(nn.Module):
     """Combine s_t (B, T, D) and p (B, D): gated (eq. 13-14) or the Table 4 alternatives."""
@@ -173,12 +202,15 @@ class Fusion(nn.Module):
             self.proj = nn.Linear(2 * dim, dim)
 
     def forward(self, s: torch.Tensor, p: torch.Tensor, e_u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        p = p[:, None, :].expand_as(s)  # (B, T, D)
+        """s (B, T, D), or (B, D) at one position (``SDM.encode_users``) → (o shaped as s, the gate or None)."""
+        per_position = s.dim() == 3
+        p = p[:, None, :].expand_as(s) if per_position else p  # (B, T, D) | (B, D)
         if self.kind == "gated":
             z = self.w_s(s) + self.w_p(p)
             if self.w_u is not None:
-                z = z + self.w_u(e_u)[:, None, :]
-            g = torch.sigmoid(z)  # (B, T, D)
+                u = self.w_u(e_u)  # (B, D)
+                z = z + (u[:, None, :] if per_position else u)
+            g = torch.sigmoid(z)  # (B, T, D) | (B, D)
             return (1 - g) * p + g * s, g
         if self.kind == "add":
             return s + p, None
@@ -243,6 +275,32 @@ class SDM(MatchingModel):
 
     def user_states(self, batch: Batch) -> torch.Tensor:
         return self._forward(batch)
+
+    def encode_users(self, batch: Batch) -> torch.Tensor:
+        """(B, D) user vector after each session's last event: :meth:`user_states` at that position alone.
+
+        The LSTM and self-attention run over every position (the user attention of the last position reads
+        every ĥ_k, k <= t), but the user attention (eq. 10), the long-term encoder (eq. 11-12, all features in
+        one: :meth:`LongTermEncoder.fused`) and the fusion (eq. 13-14) run once per row, not once per position:
+        fewer operators for a served request, a short row whose time is operator overhead. Equal up to float
+        rounding (``tests/test_encode_fast.py``); training mode (dropout) takes the generic path."""
+        if self.training:
+            return super().encode_users(batch)
+        self.check_sessions(batch)
+        xh, _ = self.attention(self.lstm(self.items(batch.seq)))  # (B, T, D); input dropout: identity in eval
+        b, t, _ = xh.shape
+        last = (batch.seq_len - 1).clamp_max(t - 1)  # (B,)
+        if self.profile is None:  # SDMMA: s_t = ĥ_t (and no long-term: it needs e_u)
+            return xh[torch.arange(b, device=xh.device), last]  # (B, D)
+        e_u = self.profile(batch.user)  # (B, D)
+        scores = torch.bmm(xh, e_u.unsqueeze(-1)).squeeze(-1)  # (B, T)
+        later = torch.arange(t, device=xh.device) > last.unsqueeze(1)  # (B, T): keys the last position can't see
+        alpha = torch.softmax(scores.masked_fill(later, float("-inf")), dim=-1)  # (B, T); key 0 is always seen
+        s = torch.bmm(alpha.unsqueeze(1), xh).squeeze(1)  # (B, D): s_t of eq. 10 at t = last
+        if self.long_term is None:
+            return s
+        o, _ = self.fusion(s, self.long_term.fused(batch.long_term, e_u), e_u)  # (B, D)
+        return o
 
     @torch.no_grad()
     def explain(self, batch: Batch) -> SDMDetails:

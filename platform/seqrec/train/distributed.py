@@ -13,6 +13,11 @@
   from (``ray.train.get_checkpoint()``), and broadcast rank 0's decision to stop.
 
 Checkpoints are the engine's (:meth:`Trainer.save`), written by rank 0.
+
+The dataset and the run's storage may be storage URIs (:mod:`seqrec.storage`): Ray Data reads the splits and
+Ray Train keeps the run there (``storage_filesystem``); what reads local files only (the model build's tables,
+the export) reads a local copy, and for a URI run the staged checkpoints and status files stay in a local
+directory of the node (:func:`seqrec.storage.work_dir`) while TensorBoard's files are uploaded every epoch.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
+from seqrec import storage
 from seqrec.config import ScalingConfig, TrainJob
 
 # cache="auto" keeps a training split of at most this much Parquet in Ray's object store after the
@@ -96,12 +102,13 @@ def train_fn_per_worker(config: dict) -> None:
     from seqrec.train.validation import select_metric, validator
 
     job = TrainJob.from_dict(config["job"])
-    run_dir = Path(config["run_dir"])
+    run_dir = config["run_dir"]
+    work = storage.work_dir(run_dir)  # the run directory, or for a URI this node's local directory of the run
     _quiet_data()
     _quiet_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    model, spec, manifest = build(job.model, job.data, job.options, seed=job.train.seed)  # same weights on every rank
+    model, spec, manifest = build(job.model, storage.local_copy(job.data), job.options, seed=job.train.seed)  # same weights on every rank
     device = ray.train.torch.get_device()
     validate = select = None
     if rank == 0:
@@ -124,8 +131,8 @@ def train_fn_per_worker(config: dict) -> None:
             raise ValueError(f"run {run_dir} was trained on another vocabulary than {job.data}; use a new --name")
     trainer.wrap(ray.train.torch.prepare_model)
     shard = ray.train.get_dataset_shard("train")
-    writer = SummaryWriter(str(run_dir / "tensorboard")) if rank == 0 else None
-    status = run_dir / "status"
+    writer = SummaryWriter(str(work / "tensorboard")) if rank == 0 else None
+    status = work / "status"
     status.mkdir(parents=True, exist_ok=True)
 
     def on_step(t: Trainer) -> None:
@@ -143,8 +150,10 @@ def train_fn_per_worker(config: dict) -> None:
             if isinstance(v, (int, float)) and k not in ("epoch", "workers"):
                 writer.add_scalar(k if k in ("loss", "targets_per_s") else f"val/{k}", v, res.epoch)
         writer.flush()
+        if storage.is_uri(run_dir):
+            storage.upload(work / "tensorboard", storage.join(run_dir, "tensorboard"))
         # staged under the run directory; Ray copies it to <run>/checkpoint_epoch-N (SYNC upload)
-        ck_dir = t.save(run_dir / "staging" / f"epoch-{res.epoch:04d}", dataset=dataset_identity(manifest, job.data),
+        ck_dir = t.save(work / "staging" / f"epoch-{res.epoch:04d}", dataset=dataset_identity(manifest, job.data),
                         job=job.to_dict())
         ray.train.report(report, checkpoint=Checkpoint.from_directory(str(ck_dir)),
                          checkpoint_dir_name=f"checkpoint_epoch-{res.epoch:04d}")
@@ -191,12 +200,12 @@ def run_training(job: TrainJob, log=print, callbacks: list | None = None) -> dic
     from seqrec.train.validation import select_metric
 
     _quiet_data()
-    manifest = load_manifest(job.data)  # fails early, with a clear message, on a wrong --data
-    build(job.model, job.data, job.options)  # and so does a bad model option, before any worker starts
-    storage = Path(job.run.storage).resolve()
+    local_data = storage.local_copy(job.data)  # a URI: what reads local files here reads a copy
+    manifest = load_manifest(local_data)  # fails early, with a clear message, on a wrong --data
+    build(job.model, local_data, job.options)  # and so does a bad model option, before any worker starts
     name = job.run_name()
-    run_dir = storage / name
-    data = Path(job.data).resolve()
+    run_dir = storage.join(storage.absolute(job.run.storage), name)
+    data = storage.absolute(job.data)
     sc = job.scaling
     resources = {"CPU": sc.cpus_per_worker} | ({"GPU": 1} if sc.gpu else {})
     check_resources(job, resources)
@@ -208,23 +217,23 @@ def run_training(job: TrainJob, log=print, callbacks: list | None = None) -> dic
 
         if not is_ranker(job.model):
             raise ValueError(f"--candidates trains a ranker on a matcher's candidates; {job.model} is a matcher")
-        load_cascade(job.candidates, manifest)  # made from this dataset, or a clear error
-        source = Path(job.candidates).resolve()
-    datasets = {"train": ray.data.read_parquet(str(source / "train"))}
-    cached = use_cache(job, source / "train")
+        load_cascade(storage.local_copy(job.candidates, only=["cascade.json"]), manifest)  # from this dataset, or an error
+        source = storage.absolute(job.candidates)
+    datasets = {"train": _read_parquet(storage.join(source, "train"))}
+    cached = use_cache(job, storage.join(source, "train"))
     if cached:
         datasets["train"] = datasets["train"].materialize()
-    has_val = manifest["config"]["protocol"].get("val") and any((source / "val").glob("*.parquet"))
+    has_val = manifest["config"]["protocol"].get("val") and storage.files(storage.join(source, "val"), ".parquet")
     if has_val:
-        datasets["val"] = ray.data.read_parquet(str(source / "val"))
+        datasets["val"] = _read_parquet(storage.join(source, "val"))
     select = select_metric(job.model, manifest, cascade=job.candidates is not None) if has_val else None
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"job": job.to_dict() | {"data": str(data)}, "run_dir": str(run_dir)},
+        train_loop_config={"job": job.to_dict() | {"data": data}, "run_dir": run_dir},
         scaling_config=RayScaling(num_workers=sc.workers, use_gpu=sc.gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage),
+            **storage.ray_storage(job.run.storage),  # a URI: Ray Train keeps the run there (storage_filesystem)
             checkpoint_config=CheckpointConfig(num_to_keep=job.run.keep_checkpoints, checkpoint_score_attribute=select,
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=job.run.max_failures),
@@ -244,30 +253,41 @@ def run_training(job: TrainJob, log=print, callbacks: list | None = None) -> dic
         raise RuntimeError(f"run {run_dir} reported no checkpoint; see the worker logs")
     with result.checkpoint.as_directory() as last:
         history = json.loads((Path(last) / "meta.json").read_text())["history"]
-    with best_ck.as_directory() as d:
-        exported = export_checkpoint(d, run_dir / "export", job.data)
+    best_path = storage.uri_of(best_ck.path, job.run.storage)
+    with best_ck.as_directory() as d:  # a URI run: a local copy of the checkpoint
+        exported = export_checkpoint(d, storage.join(run_dir, "export"), local_data, source=best_path)
     summary = {
-        "run_dir": str(run_dir),
-        "job": job.to_dict() | {"data": str(data)},
+        "run_dir": run_dir,
+        "job": job.to_dict() | {"data": data},
         "select": select,
-        "best_checkpoint": best_ck.path,
+        "best_checkpoint": best_path,
         "best_metrics": best_metrics,
-        "last_checkpoint": result.checkpoint.path,
+        "last_checkpoint": storage.uri_of(result.checkpoint.path, job.run.storage),
         "history": history,
         "export": exported,
         "wall_s": wall,
         "cached": cached,
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    summary["training_curve"] = str(plot_history(history, run_dir / "training_curve.png", title=name, select=select))
-    (run_dir / "run.json").write_text(json.dumps(summary, indent=1, default=str))
+    storage.makedirs(run_dir)
+    with storage.local_file(storage.join(run_dir, "training_curve.png")) as png:
+        plot_history(history, png, title=name, select=select)
+    summary["training_curve"] = storage.join(run_dir, "training_curve.png")
+    storage.write_text(storage.join(run_dir, "run.json"), json.dumps(summary, indent=1, default=str))
     if log:
         extra = f", best {select} {best_metrics.get(select, float('nan')):.4f}" if select else ""
         log(f"trained {job.model} on {sc.workers} worker(s) in {wall:.0f}s{extra}; run: {run_dir}")
     return summary
 
 
-def use_cache(job: TrainJob, train_dir: Path) -> bool:
+def _read_parquet(path: str):
+    """A split's Parquet shards as a Ray Dataset, from a local directory or a storage URI."""
+    import ray.data
+
+    where, fs = storage.for_ray(path)
+    return ray.data.read_parquet(where, filesystem=fs)
+
+
+def use_cache(job: TrainJob, train_dir: str | Path) -> bool:
     """Whether to keep the training split in Ray's object store instead of streaming it every epoch.
 
     Ray Data re-reads a streamed split each epoch. For a small split that start-up dominates the
@@ -277,7 +297,7 @@ def use_cache(job: TrainJob, train_dir: Path) -> bool:
     """
     if job.scaling.cache != "auto":
         return job.scaling.cache == "on"
-    return sum(f.stat().st_size for f in train_dir.glob("*.parquet")) <= CACHE_AUTO_MAX_BYTES
+    return sum(size for _, size in storage.files(train_dir, ".parquet")) <= CACHE_AUTO_MAX_BYTES
 
 
 def check_resources(job: TrainJob, per_worker: dict) -> None:

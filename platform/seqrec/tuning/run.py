@@ -22,6 +22,10 @@ After the search, :func:`write_results` writes ``trials.csv`` / ``trials.md`` (e
 sorted by the validation metric), ``best.yaml`` (a ``seqrec train --config`` file),
 ``search.json`` (the best checkpoint path among others) and ``search.png`` into the
 experiment directory ``<storage>/<name>``.
+
+``storage`` and the dataset may be storage URIs (:mod:`seqrec.storage`): Tune keeps the experiment there
+(``storage_filesystem``), in-process trials read a local copy of the dataset, and the result files are
+written locally and uploaded into the experiment directory.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from seqrec import storage as paths
 from seqrec.cluster import free_port, start_ray
 from seqrec.tuning.space import check_space, expand, split
 
@@ -70,9 +75,10 @@ def inprocess_trial(config: dict) -> None:
     torch.set_num_threads(max(1, int(config.get("__cpus", 1))))  # the trial's CPUs, not the machine's
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one "Checkpoint created" line per epoch
     job = trial_job(config)
-    model, spec, manifest = build(job.model, job.data, job.options, seed=job.train.seed)
-    train = read_split(job.data, "train")
-    val = read_split(job.data, "val") if manifest["config"]["protocol"].get("val") else None
+    data = paths.local_copy(job.data)  # a URI: a local copy (one per machine, shared by its trials)
+    model, spec, manifest = build(job.model, data, job.options, seed=job.train.seed)
+    train = read_split(data, "train")
+    val = read_split(data, "val") if manifest["config"]["protocol"].get("val") else None
     if val is None or val.num_rows == 0:
         raise ValueError(f"{job.data} has no validation split: a search needs one to compare trials")
     if job.scaling.gpu and not torch.cuda.is_available():  # the trial holds one GPU (trial_resources)
@@ -216,13 +222,14 @@ def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", sear
         raise ValueError(f"search={search!r}; choose one of {SEARCHES}")
     if samples < 1:
         raise ValueError(f"samples={samples} must be >= 1")
-    exp = Path(storage).resolve() / name
+    exp = paths.join(paths.absolute(storage), name)
+    where, fs = paths.for_ray(exp)  # a URI: its path on its filesystem, and the filesystem
     if resume:
-        if not tune.Tuner.can_restore(str(exp)):
+        if not tune.Tuner.can_restore(where, storage_filesystem=fs):
             raise FileNotFoundError(f"no search to resume at {exp} (it has no tuner.pkl)")
-    elif exp.exists() and any(exp.iterdir()):
+    elif not paths.is_empty(exp):
         raise FileExistsError(f"{exp} already holds a search: pass --resume to continue it, or choose another --name")
-    manifest = load_manifest(job.data)
+    manifest = load_manifest(paths.local_copy(job.data, only=["manifest.json"]))
     check_space(job.model, space, FeatureSpec.from_dict(manifest["feature_spec"]), base_options=job.options)
     select = select_metric(job.model, manifest)
     start_ray(job.scaling.workers)
@@ -237,11 +244,11 @@ def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", sear
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = tune.with_resources(inprocess_trial if job.scaling.workers == 0 else train_trial, trial_resources(job))
     if resume:
-        tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(where, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
     else:
-        data = str(Path(job.data).resolve())
+        data = paths.absolute(job.data)
         fixed = {"__job": job.to_dict() | {"data": data}, "__cpus": job.scaling.cpus_per_worker,
-                 "__train_storage": str(exp / "train")}
+                 "__train_storage": paths.join(exp, "train")}
         sched = (ASHAScheduler(time_attr="epoch", max_t=job.train.epochs, grace_period=1, reduction_factor=2)
                  if scheduler == "asha" else FIFOScheduler())
         keep = (tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=select, checkpoint_score_order="max")
@@ -253,13 +260,13 @@ def run_search(job, space: dict, samples: int = 1, scheduler: str = "asha", sear
             tune_config=tune.TuneConfig(metric=select, mode="max", scheduler=sched, num_samples=samples,
                                         search_alg=_search_alg(search, select, seed, max_concurrent),
                                         reuse_actors=job.scaling.workers == 0),
-            run_config=tune.RunConfig(name=name, storage_path=str(exp.parent), checkpoint_config=keep,
+            run_config=tune.RunConfig(name=name, **paths.ray_storage(storage), checkpoint_config=keep,
                                       verbose=1 if log else 0, progress_reporter=_reporter(space, select)),
         )
     if not resume:
-        exp.mkdir(parents=True, exist_ok=True)
-        (exp / "seqrec_search.json").write_text(json.dumps(
-            {"job": job.to_dict() | {"data": str(Path(job.data).resolve())}, "space": space_name}, indent=1))
+        paths.makedirs(exp)
+        paths.write_text(paths.join(exp, "seqrec_search.json"), json.dumps(
+            {"job": job.to_dict() | {"data": paths.absolute(job.data)}, "space": space_name}, indent=1))
     if log:
         kind = ("in-process" if job.scaling.workers == 0
                 else f"Ray Train ({job.scaling.workers} worker(s) × {job.scaling.cpus_per_worker:g} CPU)")
@@ -316,7 +323,7 @@ def _statuses(grid) -> dict:
     level = log.level
     log.setLevel(logging.ERROR)  # "Failed to fetch metrics" for trials that never reported: expected here
     try:
-        return {t.trial_id: t.status for t in ExperimentAnalysis(grid.experiment_path).trials}
+        return {t.trial_id: t.status for t in ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials}
     finally:
         log.setLevel(level)
 
@@ -326,14 +333,19 @@ def unfinished(grid) -> int:
     return sum(st not in ("TERMINATED", "ERROR") for st in _statuses(grid).values())
 
 
-def write_results(grid, job, space_name: str, out: Path, select: str, search: dict | None = None) -> dict:
-    """trials.csv, trials.md, best.yaml, search.json and search.png in ``out``; returns search.json's content."""
+def write_results(grid, job, space_name: str, out: str | Path, select: str, search: dict | None = None) -> dict:
+    """trials.csv, trials.md, best.yaml, search.json and search.png in ``out``; returns search.json's content.
+    ``out`` may be a storage URI: the files are written to a local directory, then uploaded there."""
+    import shutil
+
     import pandas as pd
     import yaml
 
+    shown, out = str(out), paths.scratch(out)  # where the files go, and where they are written first
+
     rows = trial_rows(grid, select)
     if not rows:
-        raise RuntimeError(f"the search {out} has no trials")
+        raise RuntimeError(f"the search {shown} has no trials")
     status = _statuses(grid)
     summary_unfinished = sum(st not in ("TERMINATED", "ERROR") for st in status.values())
     for row in rows:
@@ -341,6 +353,7 @@ def write_results(grid, job, space_name: str, out: Path, select: str, search: di
         if row["status"] != "error":
             row["status"] = ("unfinished" if st not in ("TERMINATED", "ERROR")
                              else "stopped early" if row["epochs"] < job.train.epochs else "done")  # by ASHA or patience
+        row["checkpoint"] = paths.uri_of(row["checkpoint"], shown)  # a URI search: Tune names it on its filesystem
     df = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "trials.csv", index=False)
@@ -356,16 +369,20 @@ def write_results(grid, job, space_name: str, out: Path, select: str, search: di
         values = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("config/")}
         best_job = trial_job({"__job": job.to_dict(), **values})
         best_job = best_job.replace(name=None, storage="runs")
-        header = (f"# best trial {best['trial_id']} of the search {out.name}: validation {select} {best[select]:.4f} "
-                  f"at epoch {best['best_epoch']}\n# train it: seqrec train --config {out / 'best.yaml'}\n")
+        header = (f"# best trial {best['trial_id']} of the search {paths.basename(shown)}: validation {select} "
+                  f"{best[select]:.4f} at epoch {best['best_epoch']}\n# train it: seqrec train --config "
+                  f"{paths.join(shown, 'best.yaml')}\n")
         (out / "best.yaml").write_text(header + yaml.safe_dump(_plain(best_job.to_dict()), sort_keys=False))
         summary.update({"best": {select: best[select], "epoch": best["best_epoch"], "trial_id": best["trial_id"],
                                  "config": values, "checkpoint": best["checkpoint"]},
-                        "best_yaml": str(out / "best.yaml")})
+                        "best_yaml": paths.join(shown, "best.yaml")})
         plot = plot_search(df, select, out / "search.png", family=job.model.partition(":")[0],
-                           title=f"{job.model}: {space_name} on {Path(job.data).name}")
-        summary["plot"] = str(plot) if plot else None
+                           title=f"{job.model}: {space_name} on {paths.basename(job.data)}")
+        summary["plot"] = paths.join(shown, "search.png") if plot else None
     (out / "search.json").write_text(json.dumps(_plain(summary), indent=1, default=str))
+    if paths.is_uri(shown):
+        paths.upload(out, shown)
+        shutil.rmtree(out)
     return summary
 
 
