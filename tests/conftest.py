@@ -71,6 +71,15 @@ def tiny_artifacts(tiny_prepared, tmp_path_factory):
     return out
 
 
+def skip_or_fail(why: str | None, tests: str) -> None:
+    """A real component ``tests`` need is missing (``why``): skip with the reason, or fail under CI=true."""
+    if why is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {tests} cannot run: {why}")
+    pytest.skip(why)
+
+
 class RedisServer:
     """A real ``redis-server`` on a free localhost port, in its own directory, with the durable settings
     docs/serving.md asks for (``appendonly yes``, ``appendfsync always``); :meth:`kill` and :meth:`start`
@@ -126,10 +135,7 @@ def redis_server(tmp_path_factory):
             import redis  # noqa: F401
         except ImportError:
             why = "redis-py is not installed (pip install redis)"
-    if why is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and the Redis tests cannot run: {why}")
-        pytest.skip(why)
+    skip_or_fail(why, "the Redis tests")
     server = RedisServer(exe, tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
@@ -211,10 +217,7 @@ def s3_server(tmp_path_factory):
         why = "moto's S3 server is not installed (pip install 'moto[server]')"
     elif importlib.util.find_spec("flask") is None or importlib.util.find_spec("flask_cors") is None:
         why = "moto is installed without its server's packages (pip install 'moto[server]')"
-    if why is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and the storage-URI tests cannot run: {why}")
-        pytest.skip(why)
+    skip_or_fail(why, "the storage-URI tests")
     server = S3Server(exe, tmp_path_factory.mktemp("s3"))
     server.start()
     yield server
