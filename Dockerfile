@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # seqrec CPU image: Ray 2.60.0 (the manifests' rayVersion), CPU torch, faiss-cpu, seqrec from this repository.
 #   docker build -t seqrec:0.1.0-cpu .
-# The CUDA image is Dockerfile.cuda. Both start from python:3.11-slim rather than rayproject/ray: the pins
+# The CUDA image is platform/deploy/Dockerfile.cuda. Both start from python:3.11-slim rather than rayproject/ray: the pins
 # below (torch, ray, faiss) then decide every version, the image stays small, and the CUDA variant gets its
 # CUDA runtime from pip wheels (torch, faiss-gpu-cu12) instead of a CUDA base image. See docs/cluster.md.
 ARG PYTHON_VERSION=3.11

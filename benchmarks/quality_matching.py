@@ -37,7 +37,7 @@ from seqrec.config import ExperimentSpec, TrainConfig  # noqa: E402
 from seqrec.experiment import DEFAULT_MODELS, expand_models, run_experiment  # noqa: E402
 
 WORK = REPO / "benchmarks" / "work"
-BASELINES = ("item_cf", "youtube_dnn", "gru4rec", "narm")
+BASELINES = ("item_cf", "youtube_dnn", "gru4rec", "narm", "sasrec", "shan", "binn")
 
 
 def prepared(dataset: str, split: str, rows: int, input_events: int | None = None) -> Path:
@@ -83,6 +83,35 @@ def expectations(summary: dict, protocol: str) -> dict:
     return out
 
 
+def headline(summary: dict, protocol: str) -> dict:
+    """The issue's flat summary keys (lower case), from the measured means and seed stds.
+
+    * leave-one-out: ``best_sdm_hit@10`` / ``best_sdm_ndcg@10``, the best SDM variant's mean (``best_sdm`` names it,
+      chosen by Hit@10), next to ``best_peer_*``: the best non-SDM model of the same run;
+    * day splits: ``psdmmal_minus_psdmma_<metric>`` for HitRate@50 and Recall@50, the difference of the means, with
+      ``..._2std``: twice the larger of the two models' seed stds, and ``..._beats_by_2std`` whether the difference
+      exceeds it (the issue's "by more than 2 std").
+    """
+    out: dict = {}
+    sdm = {label: m for label, m in summary.items() if label.split("@")[0].startswith(("SDM", "PSDM"))}
+    if protocol == "loo" and sdm:
+        best = max(sdm, key=lambda label: sdm[label]["Hit@10"]["mean"])
+        out.update({"best_sdm": best, "best_sdm_hit@10": round(sdm[best]["Hit@10"]["mean"], 5),
+                    "best_sdm_ndcg@10": round(sdm[best]["NDCG@10"]["mean"], 5)})
+        peers = {label: m for label, m in summary.items() if label in BASELINES}
+        if peers:
+            peer = max(peers, key=lambda label: peers[label]["Hit@10"]["mean"])
+            out.update({"best_peer": peer, "best_peer_hit@10": round(peers[peer]["Hit@10"]["mean"], 5),
+                        "best_peer_ndcg@10": round(peers[peer]["NDCG@10"]["mean"], 5)})
+    if protocol != "loo" and "PSDMMAL" in summary and "PSDMMA" in summary:
+        for k in ("HitRate@50", "Recall@50"):
+            a, b = summary["PSDMMAL"][k], summary["PSDMMA"][k]
+            key, two_std = f"psdmmal_minus_psdmma_{k.lower()}", 2 * max(a["std"], b["std"])
+            out.update({key: round(a["mean"] - b["mean"], 5), f"{key}_2std": round(two_std, 5),
+                        f"{key}_beats_by_2std": bool(a["mean"] - b["mean"] > two_std)})
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=["ml-100k", "synth"], required=True)
@@ -123,6 +152,7 @@ def main() -> int:
                                            model_options={"hidden": args.hidden}))
     summary = {label: {k: round(v["mean"], 5) for k, v in m.items()} for label, m in report["summary"].items()}
     summary["expectations"] = expectations(report["summary"], report["protocol"])
+    summary.update(headline(report["summary"], report["protocol"]))
     params = {k: report[k] for k in ("dataset", "protocol", "split", "content_hash", "vocab_hash", "seeds", "train",
                                       "model_options", "index", "exclude_seen", "selection")}
     params["command"] = "python benchmarks/quality_matching.py " + " ".join(sys.argv[1:])

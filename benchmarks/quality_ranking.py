@@ -21,7 +21,9 @@ Writes two files:
 
 With ``--cascade`` the rankers train on SDM's cross-fitted candidates (``seqrec.train.cascade``) and are
 picked and measured on its candidates, with the cascade defaults (``seqrec.config.CASCADE_RANKER_OPTIONS``);
-``--rank-option`` sets ranker options for all of them (e.g. ``covisit=false``).
+``--rank-option`` sets ranker options for all of them (e.g. ``covisit=false``); ``--positives window`` stores each
+training position's label-window items (the rest of its session) in the list and trains the rankers with them as
+positives too (``CascadeConfig.positives``, the rankers' ``positives``).
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ def main() -> int:
     p.add_argument("--cascade", action="store_true", help="rankers train on SDM's cross-fitted candidates")
     p.add_argument("--folds", type=int, default=2, help="--cascade: cross-fitting folds (default 2)")
     p.add_argument("--cascade-candidates", type=int, default=20, help="--cascade: negatives stored per training position (default 20)")
+    p.add_argument("--positives", choices=["next", "window"], default="next",
+                   help="--cascade: a training position's positives: the next item, or also every item of its label "
+                        "window (the rest of the session) in the matcher's list (default next)")
     p.add_argument("--rank-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a ranker option for every ranker, e.g. match_features=true; repeatable")
     p.add_argument("--suffix", default="")
@@ -87,7 +92,8 @@ def main() -> int:
         rank=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience),
         model_options={"hidden": 64}, rank_options={"mlp": args.mlp, **rank_options},
         rank_negatives=args.negatives, pipeline=True, candidates=args.candidates, plots=False,
-        cascade=CascadeConfig(folds=args.folds, candidates=args.cascade_candidates) if args.cascade else None,
+        cascade=CascadeConfig(folds=args.folds, candidates=args.cascade_candidates, positives=args.positives)
+        if args.cascade else None,
     ))
     rankers = [e.label for e in entries[1:]]
     s = report["summary"]

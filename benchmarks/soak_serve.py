@@ -22,7 +22,9 @@ scheduled time from a thread pool; latency counts from that time), a share ``--e
 - The client retries as a recommender's client would (``--retries`` times): a request that got no HTTP answer at
   all (connection refused or reset: it was in flight on an Ingress replica that was killed, whose process cannot
   answer it; Serve's HAProxy replays only requests that never reached a replica), and an ``/events`` batch that got
-  a 5xx (docs/serving.md: nothing acknowledged, send it again; at least once). A ``/recommend`` 5xx is not retried.
+  a 5xx (docs/serving.md: nothing acknowledged, send it again). Every attempt of a batch carries the same
+  ``Idempotency-Key``, so a batch that was committed but whose answer was lost is not stored again (``"replayed"``).
+  A ``/recommend`` 5xx is not retried.
   Every failed attempt is recorded and counted (``attempts_failed``).
 - The kills (``--kills``, each ``Deployment@fraction`` of the duration; default the Ranker, then the UserEncoder,
   then the Ingress): ``ray.kill`` of that deployment's replica actor (one; ``no_restart``: Serve starts a new one),
@@ -34,11 +36,12 @@ At the end every user's behaviours are read back from the store (``Store.recent`
 with what the client saw acknowledged, event by event (user, timestamp, item, behaviour; a multiset).
 
 Summary keys: ``events_lost`` (acknowledged events the store does not hold), ``events_acknowledged``,
-``events_unacknowledged_stored`` (stored though no 200 said so: a batch committed whose answer was lost; a retry
-stores it again: at least once), ``requests``, ``errors_5xx`` and ``errors_5xx_share`` (requests whose final
-answer, after the client's retries, was a 5xx or no HTTP answer at all — connection refused or reset, client timeout:
-counted with the 5xx, the server did not answer), ``attempts``, ``attempts_failed`` and ``attempts_failed_share``
-(every failed attempt, before the retries; ``attempts_failed_no_answer`` of them without an HTTP answer),
+``events_unacknowledged_stored`` (stored though no 200 said so: a batch committed whose answer was lost, and no
+retry got through), ``events_stored_more_than_sent`` (0 with the idempotency keys), ``requests``, ``errors_5xx``
+and ``errors_5xx_share`` (requests whose final answer, after the client's retries, was a 5xx or no HTTP answer at
+all — connection refused or reset, client timeout: counted with the 5xx, the server did not answer), ``attempts``,
+``attempts_failed`` and ``attempts_failed_share`` (every failed attempt, before the retries;
+``attempts_failed_no_answer`` of them without an HTTP answer),
 ``errors_4xx``, ``degraded_share`` (of the ``/recommend`` 200s, the answers marked
 ``degraded``) and ``degraded_by_stage``, ``p50_ms``/``p95_ms``/``p99_ms`` (every request) and per endpoint,
 ``kills`` (each kill's time, replica, and when Serve had a new replica running), and the degraded share and
@@ -54,6 +57,7 @@ import random
 import sys
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -152,10 +156,10 @@ class Client:
             self.local.s = self.requests.Session()
         return self.local.s
 
-    def _attempt(self, path: str, body: dict) -> tuple[int | None, str | None, dict]:
+    def _attempt(self, path: str, body: dict, headers: dict) -> tuple[int | None, str | None, dict]:
         try:
             r = self.session().post(self.url + path, data=json.dumps(body), timeout=self.timeout_s,
-                                    headers={"content-type": "application/json"})
+                                    headers={"content-type": "application/json", **headers})
         except Exception as e:  # noqa: BLE001 - no HTTP answer
             self.local.s = self.requests.Session()  # a fresh connection for the next attempt
             return None, type(e).__name__, {}
@@ -164,8 +168,10 @@ class Client:
 
     def post(self, path: str, body: dict, due: float, t0: float) -> dict:
         rec: dict = {"path": path, "t": due - t0, "failed_attempts": []}
+        # one key for every attempt of a batch: one that was committed but whose answer was lost is not stored again
+        headers = {"idempotency-key": uuid.uuid4().hex} if path == "/events" else {}
         for attempt in range(self.retries + 1):
-            status, error, out = self._attempt(path, body)
+            status, error, out = self._attempt(path, body, headers)
             again = status is None or (path == "/events" and status >= 500)
             if not again or attempt == self.retries:
                 break
@@ -407,6 +413,7 @@ def main() -> None:
     lost = users.acked - stored
     unacked_stored = stored - users.acked
     never_sent = unacked_stored - users.sent
+    twice = stored - users.sent  # stored more often than sent: a retried batch written again
     serve.shutdown()
     ray.shutdown()
 
@@ -421,6 +428,7 @@ def main() -> None:
         "events_sent": sum(users.sent.values()),
         "events_unacknowledged_stored": sum(unacked_stored.values()),
         "events_stored_never_sent": sum(never_sent.values()),
+        "events_stored_more_than_sent": sum(twice.values()),
         "requests": len(recs),
         "attempts": sum(r["attempts"] for r in recs),
         "attempts_failed": sum(len(r["failed_attempts"]) for r in recs),

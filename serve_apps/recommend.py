@@ -82,10 +82,11 @@ from seqrec.serving import (
     shorten,
 )
 from seqrec.serving import Request as Req
-from seqrec.store import Retention, Store, check_batch, merge, open_store, resolve_url
+from seqrec.store import MAX_KEY_CHARS, Retention, Store, check_batch, merge, open_store, resolve_url
 from serve_apps.config import BATCH, deployment_options
 
 log = logging.getLogger("ray.serve")
+WARM_UP_CANDIDATES = 300  # the candidate list a replica's warm-up call ranks / retrieves (the app's default)
 
 Id = Union[int, str]
 
@@ -143,6 +144,8 @@ class EventsOut(BaseModel):
     request_id: Optional[str]
     users: int = Field(description="users of the batch")
     events: int = Field(description="events stored (durably: the store's commit came first)")
+    replayed: bool = Field(False, description="true: the Idempotency-Key names a batch the store had already committed; "
+                           "nothing was written again, `events` is what that batch stored")
 
 
 class ItemOut(BaseModel):
@@ -441,6 +444,8 @@ class Retriever:
                 log.warning("gpu=true, but the %s index stays on the CPU: %s", cat.index.kind, why)
             else:
                 cat.index = cat.index.to_gpu()
+        # one search before taking traffic (the index's first query pays its allocations; see Ranker.reconfigure)
+        retrieve(cat, np.ones((1, cat.index.dim), np.float32), WARM_UP_CANDIDATES)
         vid = cat.matcher["id"]
         keep = {k: v for k, v in self.catalogues.items() if k == self.current}
         self.catalogues = {**keep, vid: cat}
@@ -471,20 +476,26 @@ class Ranker:
     """The rank stage (``seqrec.serving.rank``), batched across requests (one scoring call per batch)."""
 
     def __init__(self, data: str, threads: int = 1, gpu: bool = False):
-        from seqrec.data.prepare import load_manifest
-        from seqrec.features import FeatureSpec
-
         _threads(threads)
-        manifest = load_manifest(data)
-        self.vocab_hash = manifest.get("vocab_hash")
-        self.spec = FeatureSpec.from_dict(manifest["feature_spec"])
+        self.builder = RowBuilder(data)  # for the warm-up row only: requests bring their rows from the UserEncoder
+        self.vocab_hash = self.builder.manifest.get("vocab_hash")
+        self.spec = self.builder.spec
         self.device = _device(gpu)
         self.ranker: Optional[LoadedModel] = None
 
     def reconfigure(self, config: Dict[str, Any]) -> None:
         """``{"ranker": run or export dir, "precision": auto | fp32 | int8, "max_batch_size": n,
         "batch_wait_timeout_s": s}``."""
-        self.ranker = load_model(config["ranker"], "ranker", self.device, self.vocab_hash, config.get("precision", "auto"))
+        ranker = load_model(config["ranker"], "ranker", self.device, self.vocab_hash, config.get("precision", "auto"))
+        # one row with a full candidate list through the model before taking traffic: a cold replica's first
+        # forward pass (allocator, oneDNN kernels, the int8 layer's packing) would otherwise spend the first
+        # user's rank deadline, and a replaced replica would answer its first requests degraded
+        item = self.builder.vocab[F.ITEM_ID][0].as_py()
+        rows, _ = self.builder.rows([Req("warm-up", [Event(item, 0), Event(item, 60)])])
+        n_items = len(self.builder.vocab[F.ITEM_ID])
+        codes = (np.arange(min(WARM_UP_CANDIDATES, n_items)) + F.FIRST_CODE)[None, :]
+        rank(ranker, self.spec, rows, codes, np.zeros(codes.shape, np.float32))
+        self.ranker = ranker
         self.rank.set_max_batch_size(int(config.get("max_batch_size", BATCH["max_batch_size"])))
         self.rank.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", BATCH["batch_wait_timeout_s"])))
 
@@ -636,14 +647,19 @@ class Ingress:
         "required": True, "content": {"application/json": {"schema": _inline_refs(EventsIn.model_json_schema())}}}},
         responses={413: {"description": "the body is over max_body_bytes"}, 415: {"description": "the body is not JSON"},
                    422: {"description": "an event or field that POST /recommend would refuse (named: users[i].events[j]...), "
-                         "or more than max_events events in the batch; nothing of the batch is stored"},
+                         "more than max_events events in the batch, or an Idempotency-Key over 200 characters; nothing of "
+                         "the batch is stored"},
                    501: {"description": "the app was started without a store"},
                    503: {"description": "the store could not be written; nothing of the batch is stored"}})
     async def events(self, request: Request):
         """Append one or more users' behaviours to the store: all of the batch, or (on any error) none of it. The
-        answer comes after the store's commit, so an acknowledged event is durable (docs/serving.md)."""
+        answer comes after the store's commit, so an acknowledged event is durable (docs/serving.md). With an
+        ``Idempotency-Key`` header, a batch sent again after a lost answer is stored once (``replayed``: true)."""
         rid = request.headers.get("x-request-id")
+        key = request.headers.get("idempotency-key")
         try:
+            if key is not None and not (0 < len(key) <= MAX_KEY_CHARS):
+                raise RequestError(422, f"Idempotency-Key of {len(key)} characters: give 1 to {MAX_KEY_CHARS}")
             body = parse_body(await read_body(request, self.limits.max_body_bytes), request.headers.get("content-type"),
                               schema=EventsIn)
             reqs = [u.to_request() for u in body.users]
@@ -657,13 +673,15 @@ class Ingress:
         except RequestError as e:
             return JSONResponse(status_code=e.status, content={"detail": e.detail, "request_id": rid})
         try:
-            n = await asyncio.wait_for(asyncio.to_thread(self.store.append, reqs, None), timeout=self.limits.timeout_s)
+            n, replayed = await asyncio.wait_for(asyncio.to_thread(self.store.append_once, reqs, key, None),
+                                                 timeout=self.limits.timeout_s)
         except Exception as e:  # noqa: BLE001 - the store failed (or is slow): nothing acknowledged, say so
-            # a timeout is a 503 too, and the batch may still be committed then: a client retries it (at least once)
+            # a timeout is a 503 too, and the batch may still be committed then: a client retries it (at least once;
+            # once with an Idempotency-Key)
             log.error("request %s: the store failed: %r", rid, e)
             return JSONResponse(status_code=503, content={"detail": shorten(f"the store failed: {type(e).__name__}: {e}", 300),
                                                           "request_id": rid})
-        return {"request_id": rid, "users": len(reqs), "events": n}
+        return {"request_id": rid, "users": len(reqs), "events": n, "replayed": replayed}
 
     def _check(self, body: RecommendIn, req: Req) -> None:
         """:class:`RequestError` (422) for a request out of bounds (``seqrec.serving.check_request``)."""

@@ -12,21 +12,29 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/eventgen.py
 os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
 
 
+def start_shared_ray() -> None:
+    """Start the session's local Ray cluster (the ``ray_cluster`` fixture's; tests/test_multinode.py starts it
+    again after its own multi-node cluster)."""
+    import ray
+
+    from seqrec.cluster import free_port
+
+    # the dashboard, as on a real cluster: Ray Train frees the workers of a trial that Tune stops through its
+    # State API (tests/test_tune_run.py); its address is named so that Ray finds it beside other clusters
+    port = free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    # address="local": always a new cluster, never one a `ray start` elsewhere on the machine left behind
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+             logging_level="WARNING", log_to_driver=False)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for the whole test session (2 CPUs, like CI)."""
     import ray
 
     if not ray.is_initialized():
-        from seqrec.cluster import free_port
-
-        # the dashboard, as on a real cluster: Ray Train frees the workers of a trial that Tune stops through its
-        # State API (tests/test_tune_run.py); its address is named so that Ray finds it beside other clusters
-        port = free_port()
-        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        # address="local": always a new cluster, never one a `ray start` elsewhere on the machine left behind
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                 logging_level="WARNING", log_to_driver=False)
+        start_shared_ray()
     yield ray
     ray.shutdown()
 

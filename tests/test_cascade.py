@@ -44,6 +44,17 @@ def _prefix(row: dict, t: int) -> dict:
     return out
 
 
+def _prefix_scores(model, row: dict, t: int, schema, spec, items) -> torch.Tensor:
+    """The slow reference: every item's inner product with the user vector of the row's first ``t`` events, one
+    encode per prefix (padding and unknown at -inf)."""
+    prefix = pa.Table.from_pylist([_prefix(row, t)], schema=schema)
+    with torch.no_grad():
+        u = model.encode_users(collate(prefix, spec))[0]
+    scores = (items @ u).clone()
+    scores[: F.FIRST_CODE] = float("-inf")
+    return scores
+
+
 def test_position_candidates_equal_retrieval_from_each_prefix(tiny_prepared):
     """The causal pass (one user_states call per row) gives each position what encoding the prefix before it and
     retrieving over every item would: the reference is one encode per prefix. The stored candidates are a draw
@@ -60,11 +71,7 @@ def test_position_candidates_equal_retrieval_from_each_prefix(tiny_prepared):
         assert col[F.CAND_ITEM][r][0] == [] and col[F.TARGET_RANK][r][0] == -1  # position 0: none
         session = row[F.seq_col(F.ITEM_ID)]
         for t in range(1, row[F.SEQ_LEN]):
-            prefix = pa.Table.from_pylist([_prefix(row, t)], schema=rows.schema)
-            with torch.no_grad():
-                u = model.encode_users(collate(prefix, spec))[0]
-            scores = (items @ u).clone()
-            scores[: F.FIRST_CODE] = float("-inf")
+            scores = _prefix_scores(model, row, t, rows.schema, spec, items)
             ref_s, ref_i = scores.topk(depth)
             target = session[t]
             rank = int((scores > scores[target]).sum())
@@ -333,6 +340,13 @@ def test_seqrec_data_candidates_writes_the_cascade_data(tiny_prepared, tmp_path,
     assert max(len(c) for lists in rows[F.CAND_ITEM].to_pylist() for c in lists) == 4
     assert main(["data", "candidates", "--data", str(tiny_prepared), "--out", str(out), "--engine", "local"]) == 2
     assert "already holds cascade data" in capsys.readouterr().err
+    from seqrec.config import TrainJob
+    from seqrec.train.distributed import run_training
+
+    job = TrainJob.from_dict({"model": "bst", "data": str(tiny_prepared), "candidates": str(out), "storage": str(tmp_path),
+                              "options": {"positives": "window"}})
+    with pytest.raises(ValueError, match="positives=window needs cascade data that stores the label window"):
+        run_training(job, log=None)  # data made with positives=next: refused before any worker starts
 
 
 def test_draw_orders_are_uniform_orders_without_repeats():
@@ -349,3 +363,121 @@ def test_draw_orders_are_uniform_orders_without_repeats():
     assert (first > 0).mean() > 0.99
     draw_orders.cache_clear()
     np.testing.assert_array_equal(draw_orders(300, 36).numpy(), o)
+
+
+def test_window_positives_are_stored_as_the_list_holds_them(tiny_prepared):
+    """``window=True`` (``CascadeConfig(positives="window")``): after the same draws as without it, each position's
+    list gets every item of its label window (the rest of the session) that is in the matcher's top ``depth``, once,
+    in session order, never the item at t, with its score and rank of the list. The reference: one encode per
+    prefix and a scan of the later items."""
+    model, spec, _ = build("sdm:PSDMMAL", tiny_prepared, SDM, seed=0)
+    model.eval()
+    rows = read_split(tiny_prepared, "train").slice(0, 12)
+    k, depth = 6, 200
+    plain = position_candidates(model, rows, spec, k, depth)[F.CAND_ITEM].to_pylist()
+    got = position_candidates(model, rows, spec, k, depth, window=True)
+    col = {name: got[name].to_pylist() for name in got}
+    items = model.item_embeddings().detach()
+    stored = 0
+    for r, row in enumerate(rows.to_pylist()):
+        session = row[F.seq_col(F.ITEM_ID)]
+        for t in range(1, row[F.SEQ_LEN]):
+            scores = _prefix_scores(model, row, t, rows.schema, spec, items)
+            cand = col[F.CAND_ITEM][r][t]
+            if int((scores > scores[session[t]]).sum()) >= depth:
+                assert cand == []
+                continue
+            ref, seen = [], {session[t]}
+            for item in session[t + 1:]:  # the label window, slowly
+                if item in seen or item < F.FIRST_CODE:
+                    continue
+                seen.add(item)
+                rank = int((scores > scores[item]).sum())
+                if rank < depth:
+                    ref.append((item, rank, float(scores[item])))
+            drawn = plain[r][t]
+            assert cand[: len(drawn)] == drawn  # the same draws, then the window's items
+            assert cand[len(drawn):] == [i for i, _, _ in ref]
+            assert col[F.CAND_RANK][r][t][len(drawn):] == [j for _, j, _ in ref]
+            np.testing.assert_allclose(col[F.CAND_SCORE][r][t][len(drawn):], [s for _, _, s in ref], rtol=1e-4, atol=1e-5)
+            stored += len(ref)
+    assert stored > 10
+
+
+def _samples(batch):
+    """(rows, positions) of a cascade batch's training samples, in training_input's order."""
+    t = batch.items.shape[1]
+    pos = torch.arange(t)[None, :]
+    ok = (pos < batch.seq_len[:, None]) & (batch.items >= F.FIRST_CODE) & (pos >= 1) & (batch.cand_item[:, :t, 0] >= 2)
+    return ok.nonzero(as_tuple=True)
+
+
+@pytest.mark.parametrize("loss", ["bce", "listwise"])
+def test_window_positives_are_exactly_the_later_items_of_the_list(tiny_prepared, loss):
+    """positives="window": a position's positives are the next item and every stored candidate the user interacts
+    with later in the session (a slow reference over the hand-made lists: later items first, then the target, then
+    others), labelled 1; no later item is ever a negative, nor is a popularity negative that is one."""
+    table, spec = _cascade_batch(tiny_prepared)
+    opts = {**BST, "loss": loss, "cascade_negatives": 6, "negatives": 40, "positives": "window", "window_positives": 6}
+    model, _, _ = build("bst", tiny_prepared, opts, seed=0)
+    batch = collate(table, spec)
+    torch.manual_seed(0)
+    inp = model.training_input(batch)
+    rows, p = _samples(batch)
+    assert inp.candidates.shape[0] == len(rows) > 0
+    extra = 0
+    for i, (r, q) in enumerate(zip(rows.tolist(), p.tolist())):
+        later = set(batch.items[r, q + 1: int(batch.seq_len[r])].tolist())
+        target = int(batch.items[r, q])
+        stored = [c for c in batch.cand_item[r, q].tolist() if c >= F.FIRST_CODE]
+        ref = {target} | {c for c in stored if c in later and c != target}  # the slow reference
+        cands, labels = inp.candidates[i].tolist(), inp.labels[i].tolist()
+        pos = [c for c, y in zip(cands, labels) if y == 1 and c != F.PAD]
+        negs = [c for c, y in zip(cands, labels) if y == 0 and c != F.PAD]
+        assert cands[0] == target and labels[0] == 1
+        assert sorted(pos) == sorted(ref), (r, q, pos, ref)
+        assert not set(negs) & (later | {target}), f"a later item of the session is a negative at row {r} position {q}"
+        extra += len(pos) - 1
+        # the window positives carry their stored matcher rank and co-visitation score (the hand-made 0.1 × slot)
+        for j, (c, y) in enumerate(zip(cands, labels)):
+            if y == 1 and j > 0:
+                slot = batch.cand_item[r, q].tolist().index(c)
+                assert int(inp.match_rank[i, j]) == slot
+                assert float(inp.covisit[i, j]) == pytest.approx(0.1 * slot, abs=1e-6)
+    assert extra > 0
+    # the loss: each positive's own softmax against the position's negatives (listwise), or BCE with these labels
+    model.eval()  # no dropout: the same logits twice
+    torch.manual_seed(1)
+    out = model(batch)
+    torch.manual_seed(1)
+    inp = model.training_input(batch)
+    z = model.logits(inp).float()
+    terms = []
+    for i in range(z.shape[0]):
+        real = inp.candidates[i] != F.PAD
+        ys = inp.labels[i][real].tolist()
+        zi = z[i][real]
+        negs = zi[[y == 0 for y in ys]]
+        if loss == "listwise":
+            per = [-(zi[j] - torch.logsumexp(torch.cat([zi[j:j + 1], negs]), 0)) for j, y in enumerate(ys) if y == 1]
+            terms.append(torch.stack(per).mean())
+        else:
+            terms.extend(torch.nn.functional.binary_cross_entropy_with_logits(zi, torch.tensor(ys), reduction="none"))
+    assert float(out.loss.detach()) == pytest.approx(float(torch.stack(terms).detach().mean()), rel=1e-5, abs=1e-6)
+
+
+def test_window_positives_are_capped_and_next_keeps_one_positive(tiny_prepared):
+    table, spec = _cascade_batch(tiny_prepared)
+    batch = collate(table, spec)
+    rows, p = _samples(batch)
+    capped, _, _ = build("bst", tiny_prepared, {**BST, "positives": "window", "window_positives": 1}, seed=0)
+    nxt, _, _ = build("bst", tiny_prepared, {**BST, "positives": "next"}, seed=0)
+    a, b = capped.training_input(batch), nxt.training_input(batch)
+    assert int(a.labels.sum(1).max()) == 2 and torch.all(b.labels.sum(1) == 1) and torch.all(b.labels[:, 0] == 1)
+    for i, (r, q) in enumerate(zip(rows.tolist(), p.tolist())):
+        if a.labels[i, 1] == 1:
+            assert int(a.candidates[i, 1]) in set(batch.items[r, q + 1: int(batch.seq_len[r])].tolist())
+    with pytest.raises(ValueError, match="positives"):
+        build("bst", tiny_prepared, {**BST, "positives": "later"}, seed=0)
+    with pytest.raises(ValueError, match="positives"):
+        CascadeConfig(positives="all")

@@ -30,8 +30,9 @@ except ModuleNotFoundError:  # Python 3.10: pytest itself depends on tomli there
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "platform" / "deploy"
 SCHEMA = Path(__file__).parent / "data" / "kuberay_v1_schema.json"
-DOCKERFILES = ["Dockerfile", "Dockerfile.cuda"]
-IMAGE = "seqrec:0.1.0-cu128"  # what `docker build -f Dockerfile.cuda -t ...` in docs/cluster.md makes, and the manifests run
+CUDA = "platform/deploy/Dockerfile.cuda"  # beside the manifests that run its image; the build context is the root
+DOCKERFILES = ["Dockerfile", CUDA]
+IMAGE = "seqrec:0.1.0-cu128"  # what `docker build -f $CUDA -t ...` in docs/cluster.md makes, and the manifests run
 
 
 def _manifest(name: str) -> dict:
@@ -123,7 +124,7 @@ def test_manifests_run_the_image_the_docs_build():
     rc, rj = _manifest("kuberay-raycluster.yaml"), _manifest("kuberay-rayjob.yaml")
     images = {c["image"] for c in _containers(rc["spec"]) + _containers(rj["spec"]["rayClusterSpec"])}
     assert images == {IMAGE}
-    assert f"docker build -f Dockerfile.cuda -t {IMAGE} ." in (ROOT / "Dockerfile.cuda").read_text()
+    assert f"docker build -f {CUDA} -t {IMAGE} ." in (ROOT / CUDA).read_text()
     assert f"-t {IMAGE}" in (ROOT / "docs" / "cluster.md").read_text()
 
 
@@ -169,7 +170,7 @@ def _pyproject_requirements() -> dict[str, Requirement]:
 
 @pytest.mark.parametrize("name, pins", [
     ("Dockerfile", {"TORCH_VERSION": "torch", "RAY_VERSION": "ray", "FAISS_CPU_VERSION": "faiss-cpu"}),
-    ("Dockerfile.cuda", {"TORCH_VERSION": "torch", "RAY_VERSION": "ray", "FAISS_GPU_VERSION": "faiss-gpu-cu12"}),
+    (CUDA, {"TORCH_VERSION": "torch", "RAY_VERSION": "ray", "FAISS_GPU_VERSION": "faiss-gpu-cu12"}),
 ])
 def test_dockerfile_pins_agree_with_pyproject_and_the_manifests(name, pins):
     args, reqs = _args(name), _pyproject_requirements()
@@ -195,10 +196,10 @@ def test_dockerfiles_run_as_a_numeric_non_root_user():
 def test_gpu_extra_and_the_cuda_image_install_gpu_faiss():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert [Requirement(r).name for r in extras["gpu"]] == ["faiss-gpu-cu12"]
-    runs = " ".join(a for i, a in _instructions("Dockerfile.cuda") if i == "RUN")
+    runs = " ".join(a for i, a in _instructions(CUDA) if i == "RUN")
     assert '".[gpu]"' in runs and "pip uninstall -y faiss-cpu" in runs
     assert runs.index("pip uninstall -y faiss-cpu") < runs.index("--force-reinstall --no-deps \"faiss-gpu-cu12==")
-    assert "download.pytorch.org/whl/${TORCH_CUDA}" in runs and _args("Dockerfile.cuda")["TORCH_CUDA"].startswith("cu12")
+    assert "download.pytorch.org/whl/${TORCH_CUDA}" in runs and _args(CUDA)["TORCH_CUDA"].startswith("cu12")
     assert "download.pytorch.org/whl/cpu" in " ".join(a for i, a in _instructions("Dockerfile") if i == "RUN")
 
 

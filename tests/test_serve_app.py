@@ -380,7 +380,8 @@ def test_events_then_recommend_by_id_answers_as_the_same_events_inline(app, tiny
     for batch in [*batches, batch]:
         r = post_events(app, batch, **{"x-request-id": "ev-1"})
         assert r.status_code == 200, r.text
-        assert r.json() == {"request_id": "ev-1", "users": len(batch), "events": sum(len(b.events) for b in batch)}
+        assert r.json() == {"request_id": "ev-1", "users": len(batch), "events": sum(len(b.events) for b in batch),
+                            "replayed": False}
     for req, want in zip(reqs, inline):
         r = post(app, {"user_id": req.user_id, "k": 10})  # by id alone: the store's behaviours and profile
         assert r.status_code == 200, r.text
@@ -416,6 +417,27 @@ def test_a_bad_event_gets_a_422_naming_it_and_nothing_of_its_batch_is_stored(app
     r = send({"users": [good, {"user_id": "batch-b", "events": [{"item_id": 1, "timestamp": t} for t in range(999)]}]})
     assert r.status_code == 422 and "1001 events in the batch are more than max_events=1000" in r.json()["detail"]
     assert send({"users": []}).status_code == 422
+    r = requests.post(app["url"] + "/events", data=json.dumps({"users": [good]}), timeout=60,
+                      headers={"content-type": "application/json", "idempotency-key": "k" * 201})
+    assert r.status_code == 422 and "Idempotency-Key of 201 characters" in r.json()["detail"], r.text
     for user in ("batch-a", "batch-b"):  # nothing of the refused batches was stored
         out = post(app, {"user_id": user, "k": 3}).json()
         assert out["cold_start"], out
+
+
+def test_a_batch_sent_again_with_its_idempotency_key_is_acknowledged_and_stored_once(app):
+    body = json.dumps({"users": [{"user_id": "once-a", "events": [{"item_id": 1, "timestamp": 100},
+                                                                   {"item_id": 2, "timestamp": 110}]}]})
+
+    def send(key):
+        r = requests.post(app["url"] + "/events", data=body, timeout=60,
+                          headers={"content-type": "application/json", "idempotency-key": key})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    assert (send("batch-1")["replayed"], send("batch-1")["replayed"], send("batch-1")["events"]) == (False, True, 2)
+    assert send("batch-2")["replayed"] is False  # another key is another batch: stored again
+    from seqrec.store import open_store
+
+    with open_store(app["args"]["store"]) as store:  # counted back from the store, through a connection of its own
+        assert store.count("once-a") == 4

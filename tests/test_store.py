@@ -76,10 +76,28 @@ def test_a_failure_inside_the_sqlite_transaction_rolls_the_whole_batch_back(tmp_
             raise OSError("disk full")
 
     monkeypatch.setattr(store, "_trim", trim)
+    batch = [Request("a", [Event(1, 1)]), Request("b", [Event(2, 2)])]
     with pytest.raises(OSError, match="disk full"):
-        store.append([Request("a", [Event(1, 1)]), Request("b", [Event(2, 2)])])
+        store.append_once(batch, "key-1")
     monkeypatch.setattr(store, "_trim", SQLiteStore._trim.__get__(store))
     assert store.count("a") == store.count("b") == 0 and store.recent(["a"])[0].profile == {}
+    assert store.append_once(batch, "key-1") == (2, False)  # the key was rolled back with the batch: the retry writes
+
+
+def test_a_batch_sent_again_with_its_idempotency_key_is_stored_once(store_url):
+    batch = [Request("a", [Event(1, 100), Event(2, 110)], {"age": 3}), Request("b", [Event(3, 100)])]
+    with open_store(store_url) as store:
+        assert store.append_once(batch, "k-1") == (3, False)
+        assert store.append_once(batch, "k-1") == (3, True)  # a retry: nothing written again
+        assert store.append_once([Request("a", [Event(9, 120)])], "k-1") == (3, True)  # the key decides, not the content
+        assert store.append_once(batch, "k-2") == (3, False)  # another key: another batch
+        assert store.append(batch) == 3  # no key: at least once, as before
+        assert store.count("a") == 6 and store.count("b") == 3
+        with pytest.raises(ValueError, match="idempotency key of 201 characters"):
+            store.append_once(batch, "k" * 201)
+    with open_store(store_url) as store:  # the key is stored with the batch: a new connection (a restarted replica) knows it
+        assert store.append_once(batch, "k-2") == (3, True)
+        assert store.count("a") == 6 and [e.item_id for e in store.recent(["a"])[0].events] == [1, 1, 1, 2, 2, 2]
 
 
 def test_the_store_trims_to_the_window_keeps_the_last_few_and_caps_the_count(store_url):

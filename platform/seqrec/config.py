@@ -236,6 +236,9 @@ class CascadeConfig:
                           "sessions, as the final matcher knows every evaluated user) or user (it never saw the user)",
                           ("session", "user"))
     workers: int = option(1, "Ray Data actors that retrieve (each holds the fold matchers)")
+    positives: str = option("next", "a training position's positives: next (the item at t) or window (the item at t "
+                            "and every item of its label window, the rest of the session, that is in the list: "
+                            "stored with the candidates, and the rankers' `positives` option)", ("next", "window"))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=128))  # the fold matchers'
 
     def __post_init__(self) -> None:
@@ -249,6 +252,8 @@ class CascadeConfig:
             raise ValueError(f"workers={self.workers} must be >= 1")
         if self.fold_by not in ("session", "user"):
             raise ValueError(f"fold_by={self.fold_by!r}; choose session or user")
+        if self.positives not in ("next", "window"):
+            raise ValueError(f"positives={self.positives!r}; choose next or window")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -54,7 +54,8 @@ from seqrec.train.loop import fit
 from seqrec.train.validation import validator
 
 ITEM_CF = "item_cf"
-DEFAULT_MODELS = ("item_cf", "youtube_dnn", "gru4rec", "narm", "sdm:SDMMA", "sdm:PSDMMA", "sdm:PSDMMAL", "sdm:PSDMMAL-N", "sdm:PSDMMAL-NoS")
+DEFAULT_MODELS = ("item_cf", "youtube_dnn", "gru4rec", "narm", "sasrec", "shan", "binn",  # SDM Table 2's rows and SASRec
+                  "sdm:SDMMA", "sdm:PSDMMA", "sdm:PSDMMAL", "sdm:PSDMMAL-N", "sdm:PSDMMAL-NoS")
 ABLATIONS = {
     "heads": [f"sdm:PSDMMAL@heads={h}#heads={h}" for h in (1, 2, 4, 8)],  # paper Table 3
     "fusion": [f"sdm:PSDMMAL@fusion={f}#fusion={f}" for f in ("multiply", "concat", "add", "gated")],  # Table 4
@@ -178,7 +179,9 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
     disc = discovery_inputs(data_dir, test, [train, val]) if protocol == "window" else None
     common = dict(spec.model_options)
     rank_common = {"tz_offset_s": manifest["config"]["protocol"].get("tz_offset_s", 0),
-                   **(CASCADE_RANKER_OPTIONS if spec.cascade is not None else {}), **spec.rank_options}
+                   **(CASCADE_RANKER_OPTIONS if spec.cascade is not None else {}),
+                   **({"positives": spec.cascade.positives} if spec.cascade is not None else {}),  # what the data holds
+                   **spec.rank_options}
 
     def options_of(e: ModelEntry) -> dict:
         return {**(rank_common if is_ranker(e.name) else common), **e.options}

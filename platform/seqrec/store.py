@@ -31,6 +31,12 @@ Durable: :meth:`Store.append` returns (and ``POST /events`` acknowledges) only a
 as far as the backend promises it: SQLite commits with ``synchronous=FULL``; Redis as its server is set
 up (``appendonly yes`` with ``appendfsync always`` makes an acknowledged write survive a crash of the
 server; :attr:`RedisStore.durability` says what the server runs with and a warning is logged otherwise).
+
+Once, with a key: a client whose answer was lost (a killed replica, a timeout) cannot know whether its batch was
+committed, so it sends it again; without more, the events would be stored twice. :meth:`Store.append_once` takes
+an idempotency key (``POST /events``' ``Idempotency-Key`` header) and records it in the batch's own transaction
+or script: a batch sent again with the key of a committed one writes nothing and gets the first one's count.
+Keys are kept :data:`KEY_TTL_S` (a day), longer than any client retries.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DAY_S = 86_400
+KEY_TTL_S = DAY_S  # how long a committed batch's idempotency key is remembered (Store.append_once)
+MAX_KEY_CHARS = 200  # the longest idempotency key
 SCHEMES = ("sqlite", "redis", "rediss")
 
 
@@ -164,11 +172,21 @@ class Store:
         ``limits``: the batch is first checked with :func:`check_batch` (``ValueError`` before anything is
         written); None when the caller has checked it. Returns the number of events written, once they are
         durable (see the module's docstring). Trims the users it touched (:class:`Retention`)."""
+        return self.append_once(requests, None, limits)[0]
+
+    def append_once(self, requests: list[Request], key: str | None,
+                    limits: RequestLimits | None = RequestLimits()) -> tuple[int, bool]:
+        """:meth:`append` with an idempotency key: a batch sent again with the ``key`` of a batch the store already
+        committed (within :data:`KEY_TTL_S`) is not written again. Returns (events written, False), or for such a
+        repeat (the events the first one wrote, True). The key is recorded in the batch's own transaction, so a
+        client that lost the answer can send the batch again with its key, and each event is stored once."""
+        if key is not None and not (0 < len(key) <= MAX_KEY_CHARS):
+            raise ValueError(f"idempotency key of {len(key)} characters: give 1 to {MAX_KEY_CHARS}")
         if limits is not None:
             check_batch(requests, limits)
         if not requests:
-            return 0
-        return self._append(requests)
+            return 0, False
+        return self._append(requests, key)
 
     def recent(self, user_ids: Iterable) -> list[Request]:
         """Each user's stored behaviours (bounded by the retention) and profile as a request, in order; a user
@@ -186,7 +204,7 @@ class Store:
     def close(self) -> None:
         pass
 
-    def _append(self, requests: list[Request]) -> int:
+    def _append(self, requests: list[Request], key: str | None = None) -> tuple[int, bool]:
         raise NotImplementedError
 
     def _recent(self, user_id) -> Request:
@@ -248,6 +266,12 @@ CREATE TABLE IF NOT EXISTS users (
     touched REAL NOT NULL                   -- wall-clock time of the last append (idle_ttl_s)
 );
 CREATE INDEX IF NOT EXISTS users_by_touched ON users (touched);
+CREATE TABLE IF NOT EXISTS batches (
+    key TEXT PRIMARY KEY,                   -- a committed batch's idempotency key (Store.append_once)
+    events INTEGER NOT NULL,                -- the events it wrote
+    at REAL NOT NULL                        -- wall-clock time of its commit (kept KEY_TTL_S)
+);
+CREATE INDEX IF NOT EXISTS batches_by_at ON batches (at);
 """
 
 
@@ -277,7 +301,7 @@ class SQLiteStore(Store):
             self.db.executescript(_SCHEMA)
         self._purged = 0.0
 
-    def _append(self, requests: list[Request]) -> int:
+    def _append(self, requests: list[Request], key: str | None = None) -> tuple[int, bool]:
         now = time.time()
         rows = [(str(r.user_id), int(e.timestamp), _encode_event(e)) for r in requests for e in r.events]
         users: dict[str, dict] = {}
@@ -287,6 +311,13 @@ class SQLiteStore(Store):
             db = self.db
             db.execute("BEGIN IMMEDIATE")  # the write lock now: no other writer between our reads and writes
             try:
+                done = None if key is None else db.execute("SELECT events FROM batches WHERE key = ? AND at >= ?",
+                                                           (key, now - KEY_TTL_S)).fetchone()
+                if done is not None:  # this batch was committed before: nothing to write
+                    db.execute("COMMIT")
+                    return int(done[0]), True
+                if key is not None:
+                    db.execute("INSERT OR REPLACE INTO batches (key, events, at) VALUES (?, ?, ?)", (key, len(rows), now))
                 db.executemany("INSERT INTO events (user, ts, event) VALUES (?, ?, ?)", rows)
                 for user, profile in users.items():
                     old = db.execute("SELECT profile FROM users WHERE user = ?", (user,)).fetchone()
@@ -295,13 +326,13 @@ class SQLiteStore(Store):
                                "UPDATE SET profile = excluded.profile, touched = excluded.touched",
                                (user, json.dumps(merged, separators=(",", ":")), now))
                     self._trim(user)
-                if self.retention.idle_ttl_s is not None and now - self._purged >= self.PURGE_EVERY_S:
+                if now - self._purged >= self.PURGE_EVERY_S:
                     self._purge_idle(now)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        return len(rows)
+        return len(rows), False
 
     def _trim(self, user: str) -> None:
         """Apply the retention to one user (inside the append's transaction): :meth:`Retention.first_kept` in SQL."""
@@ -316,9 +347,12 @@ class SQLiteStore(Store):
                        (user, drop))
 
     def _purge_idle(self, now: float) -> None:
-        cutoff = now - self.retention.idle_ttl_s
-        self.db.execute("DELETE FROM events WHERE user IN (SELECT user FROM users WHERE touched < ?)", (cutoff,))
-        self.db.execute("DELETE FROM users WHERE touched < ?", (cutoff,))
+        """Drop idle users (``idle_ttl_s``) and idempotency keys older than :data:`KEY_TTL_S`."""
+        if self.retention.idle_ttl_s is not None:
+            cutoff = now - self.retention.idle_ttl_s
+            self.db.execute("DELETE FROM events WHERE user IN (SELECT user FROM users WHERE touched < ?)", (cutoff,))
+            self.db.execute("DELETE FROM users WHERE touched < ?", (cutoff,))
+        self.db.execute("DELETE FROM batches WHERE at < ?", (now - KEY_TTL_S,))
         self._purged = now
 
     def _recent(self, user_id) -> Request:
@@ -362,13 +396,23 @@ class SQLiteStore(Store):
 # Per user two keys, in one hash slot (the {user} hash tag): a sorted set of events, all with score 0 so that
 # members sort by their bytes: a 20-digit timestamp, a 20-digit arrival number (the user's counter), the JSON;
 # and a hash with the counter (__seq) and the profile fields (p:<name>, JSON values).
-# ARGV: window_s, keep_last, max_events, ttl_ms (0: none), then per user: n events, n profile fields,
+# With an idempotency key, the last KEY is the batch's key (in the first user's hash slot) and ARGV[5] its expiry in
+# seconds: a key already set returns {events it wrote, 1} and writes nothing; else the batch is written, the key set
+# to its count, and {written, 0} returned.
+# ARGV: window_s, keep_last, max_events, ttl_ms (0: none), key_ttl_s (0: no key), then per user: n events, n profile fields,
 # n (timestamp key, payload) pairs, n (name, value) pairs. Timestamps are compared as Lua numbers (doubles):
 # exact below 2**53 (the year 285 million).
 _APPEND_LUA = """
 local window, keep, maxn, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local a, written = 5, 0
-for u = 1, #KEYS, 2 do
+local key_ttl = tonumber(ARGV[5])
+local nkeys = #KEYS
+if key_ttl > 0 then
+  local done = redis.call('GET', KEYS[nkeys])
+  if done then return {tonumber(done), 1} end
+  nkeys = nkeys - 1
+end
+local a, written = 6, 0
+for u = 1, nkeys, 2 do
   local ev, meta = KEYS[u], KEYS[u + 1]
   local n, np = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 2
@@ -395,7 +439,8 @@ for u = 1, #KEYS, 2 do
   end
   written = written + n
 end
-return written
+if key_ttl > 0 then redis.call('SET', KEYS[#KEYS], written, 'EX', key_ttl) end
+return {written, 0}
 """
 
 
@@ -433,11 +478,11 @@ class RedisStore(Store):
     def _keys(self, user: str) -> tuple[str, str]:
         return f"{self.prefix}:{{{user}}}:ev", f"{self.prefix}:{{{user}}}:meta"
 
-    def _append(self, requests: list[Request]) -> int:
+    def _append(self, requests: list[Request], key: str | None = None) -> tuple[int, bool]:
         r = self.retention
         ttl_ms = 0 if r.idle_ttl_s is None else r.idle_ttl_s * 1000
         keys: list[str] = []
-        args: list = [r.window_s, r.keep_last, r.max_events, ttl_ms]
+        args: list = [r.window_s, r.keep_last, r.max_events, ttl_ms, 0 if key is None else KEY_TTL_S]
         for req in requests:
             keys += self._keys(str(req.user_id))
             args += [len(req.events), len(req.profile)]
@@ -445,7 +490,10 @@ class RedisStore(Store):
                 args += [f"{int(e.timestamp):020d}", _encode_event(e)]
             for name, value in req.profile.items():
                 args += [str(name), json.dumps(value)]
-        return int(self._script(keys=keys, args=args))
+        if key is not None:  # in the first user's hash slot, beside the batch's (one-slot) user keys
+            keys.append(f"{self.prefix}:{{{requests[0].user_id}}}:batch:{key}")
+        written, replayed = self._script(keys=keys, args=args)
+        return int(written), bool(replayed)
 
     def _recent(self, user_id) -> Request:
         ev, meta = self._keys(str(user_id))

@@ -50,6 +50,7 @@ TIME_BUCKETS = 40  # 0 = padding, 1 = same second, k = 2 + floor(log2(gap in s))
 HOURS, WEEKDAYS = 24, 7
 MOMENTS = ("target", "last")
 LOSSES = ("bce", "listwise")
+POSITIVES = ("next", "window")
 MATCH_BUCKETS = 17  # matcher rank r → 1 + floor(log2(r + 1)), capped; 0 = no matcher score (a popularity negative)
 COVISIT = ItemCFConfig()  # the item-CF table behind ``covisit``: the SDM paper's baseline settings (seqrec.models.itemcf)
 
@@ -87,6 +88,10 @@ class RankConfig(ModelConfig):
     match_features: bool = False  # the matcher's rank and score gap of each candidate as features, and the gap in the logit
     cascade_negatives: int = 10  # on cascade rows: negatives per positive drawn from the matcher's candidates
     covisit: bool = False  # the candidate's item-CF co-visitation score with the latest behaviours (a cross feature), and in the logit
+    # on cascade rows: next = the item at t is the position's one positive | window = also every stored candidate the
+    # user interacts with later in the label window (the rest of the session; stored by CascadeConfig(positives="window"))
+    positives: str = "next"
+    window_positives: int = 10  # positives="window": at most this many label-window candidates per position (a uniform draw)
 
     def __post_init__(self) -> None:
         if isinstance(self.features, dict):
@@ -118,6 +123,10 @@ class RankConfig(ModelConfig):
             raise ValueError(f"the feature spec has no items (item_id vocab_size={self.features.n_items})")
         if self.moment not in MOMENTS:
             raise ValueError(f"moment={self.moment!r}; choose one of {MOMENTS}")
+        if self.positives not in POSITIVES:
+            raise ValueError(f"positives={self.positives!r}; choose one of {POSITIVES}")
+        if self.window_positives < 1:
+            raise ValueError(f"window_positives={self.window_positives} must be >= 1")
 
 
 @dataclass
@@ -547,7 +556,13 @@ class Ranker(nn.Module):
         On cascade rows (``batch.cand_item``, :mod:`seqrec.train.cascade`) a position needs the matcher's
         candidates (t >= 1); ``cascade_negatives`` of them are drawn uniformly as negatives, never the
         positive nor an item the user goes on to interact with later in the session (the label window);
-        ``negatives`` popularity negatives come on top (a mix; 0 for none)."""
+        ``negatives`` popularity negatives come on top (a mix; 0 for none), and on cascade rows a popularity or
+        hard negative that is in the label window is padding too (never a false negative).
+
+        ``positives="window"`` (cascade rows): the stored candidates that are in the label window (up to
+        ``window_positives``, a uniform draw) are positives too, after the next item: columns
+        ``1 .. W`` (label 1, padding where fewer), then the negatives. BCE labels them 1; the listwise loss
+        gives each positive its own softmax against the position's negatives (see :meth:`forward`)."""
         stream = behaviour_stream(batch)
         hist_len = stream[3]
         t = batch.items.shape[1]
@@ -572,13 +587,20 @@ class Ranker(nn.Module):
         if k == 0 and not cascade:
             raise ValueError("negatives=0 leaves no negatives outside cascade rows: use negatives >= 1")
         neg = self.sample_negatives(positive.numel() * k, positive.device).view(positive.numel(), k)
-        match_rank = match_gap = fitted = None
+        match_rank = match_gap = fitted = future = None
+        extra = positive.new_zeros(positive.numel(), 0)  # label-window positives (positives="window")
         if cascade:
-            c_neg, c_rank, c_gap, c_cov = self._cascade_negatives(batch, rows, p, positive)
-            if self.config.covisit:  # cross-fitted: from an item-CF table that never saw these positions
-                fitted = torch.cat([batch.target_covisit[rows, p][:, None], c_cov], dim=1)
+            future = self.label_window(batch, rows, p)
+            c_neg, c_rank, c_gap, c_cov, w = self._cascade_negatives(batch, rows, p, positive, future)
             top = batch.top_score[rows, p]
             p_rank, p_gap = match_inputs(batch.target_score[rows, p][:, None], batch.target_rank[rows, p][:, None], top)
+            p_cov = None if batch.target_covisit is None else batch.target_covisit[rows, p][:, None]
+            if w is not None:  # the label window's stored candidates: positives after the next item
+                extra, w_rank, w_gap, w_cov = w
+                p_rank, p_gap = torch.cat([p_rank, w_rank], 1), torch.cat([p_gap, w_gap], 1)
+                p_cov = None if p_cov is None else torch.cat([p_cov, w_cov], 1)
+            if self.config.covisit:  # cross-fitted: from an item-CF table that never saw these positions
+                fitted = torch.cat([p_cov, c_cov], dim=1)
             none = torch.full_like(neg, -1)
             worst = c_gap.min(1, keepdim=True).values.expand(neg.shape)  # popularity negatives: no matcher score
             match_rank = torch.cat([p_rank, c_rank, none], dim=1)
@@ -592,11 +614,16 @@ class Ranker(nn.Module):
                 )
             hard = self.negative_source(batch, rows, p, positive).to(neg)  # (P, h), 0 where none
             neg = torch.cat([neg, hard], dim=1)
-        cands = torch.cat([positive[:, None], neg], dim=1)  # (P, 1+k[+h])
+        n_pos = 1 + extra.shape[1]
+        cands = torch.cat([positive[:, None], extra, neg], dim=1)  # (P, 1[+W]+k[+h])
         labels = torch.zeros(cands.shape, device=cands.device)
-        labels[:, 0] = 1.0
-        # a negative that equals the positive is an accidental hit: padding, ignored by the loss
-        cands[:, 1:] = cands[:, 1:].masked_fill(neg == positive[:, None], F.PAD)
+        labels[:, :n_pos] = (cands[:, :n_pos] != F.PAD).float()
+        # a negative that equals the positive is an accidental hit: padding, ignored by the loss; so is one (drawn
+        # from the popularity or a matcher's top items) that the user interacts with later in the label window
+        hit = neg == positive[:, None]
+        if future is not None:
+            hit |= (neg[:, :, None] == future[:, None, :]).any(-1) & (neg >= F.FIRST_CODE)
+        cands[:, n_pos:] = cands[:, n_pos:].masked_fill(hit, F.PAD)
         covisit = None
         if self.config.covisit:
             # the model's own table for the other negatives (it trained on these positions, but a negative's pairs
@@ -616,26 +643,46 @@ class Ranker(nn.Module):
             covisit=covisit,
         )
 
-    def _cascade_negatives(self, batch: Batch, rows: torch.Tensor, p: torch.Tensor, positive: torch.Tensor):
-        """(negatives (P, m), their matcher ranks (P, m), score gaps (P, m), co-visitation scores (P, m) or None):
-        ``m = cascade_negatives`` drawn
-        uniformly from each position's stored candidates (themselves a uniform draw from the matcher's list),
-        none equal to the positive or to an item later in the session; padding (0, rank -1) where fewer remain."""
-        m = self.config.cascade_negatives
-        cands, scores, ranks = batch.cand_item[rows, p], batch.cand_score[rows, p], batch.cand_rank[rows, p]  # (P, K)
+    @staticmethod
+    def label_window(batch: Batch, rows: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """(P, T) the label window of session position ``p`` of ``rows``: the items of the session's later events
+        (positions p+1 .. seq_len-1), 0 elsewhere."""
         t = batch.items.shape[1]
         later = torch.arange(t, device=p.device)[None, :]
-        later = (later > p[:, None]) & (later < batch.seq_len[rows][:, None])  # (P, T) the label window
-        future = torch.where(later, batch.items[rows], torch.zeros_like(batch.items[rows]))
-        bad = (cands < F.FIRST_CODE) | (cands == positive[:, None]) | (cands[:, :, None] == future[:, None, :]).any(-1)
-        draw = torch.rand(cands.shape, device=cands.device).masked_fill(bad, -1.0)  # (P, K)
-        m = min(m, cands.shape[1])
-        pick_val, pick = draw.topk(m, dim=1)  # (P, m) random valid candidates first
-        ok = pick_val >= 0
-        neg = torch.where(ok, cands.gather(1, pick), torch.zeros_like(pick))
-        rank, gap = match_inputs(scores.gather(1, pick), ranks.gather(1, pick), batch.top_score[rows, p])
-        cov = None if batch.cand_covisit is None else torch.where(ok, batch.cand_covisit[rows, p].gather(1, pick), 0.0)
-        return neg, torch.where(ok, rank, torch.full_like(rank, -1)), torch.where(ok, gap, torch.zeros_like(gap)), cov
+        later = (later > p[:, None]) & (later < batch.seq_len[rows][:, None])
+        return torch.where(later, batch.items[rows], torch.zeros_like(batch.items[rows]))
+
+    def _cascade_negatives(self, batch: Batch, rows: torch.Tensor, p: torch.Tensor, positive: torch.Tensor,
+                           future: torch.Tensor):
+        """(negatives (P, m), their matcher ranks (P, m), score gaps (P, m), co-visitation scores (P, m) or None,
+        window positives or None): ``m = cascade_negatives`` drawn
+        uniformly from each position's stored candidates (themselves a uniform draw from the matcher's list),
+        none equal to the positive or to an item of the label window ``future`` (P, T); padding (0, rank -1) where
+        fewer remain. With ``positives="window"``, the window positives are (items, ranks, gaps, co-visitation
+        scores or None), each (P, W): up to ``window_positives`` stored candidates in the label window, drawn
+        uniformly, padding where fewer."""
+        cands, scores, ranks = batch.cand_item[rows, p], batch.cand_score[rows, p], batch.cand_rank[rows, p]  # (P, K)
+        later = (cands[:, :, None] == future[:, None, :]).any(-1) & (cands >= F.FIRST_CODE) & (cands != positive[:, None])
+        bad = (cands < F.FIRST_CODE) | (cands == positive[:, None]) | later
+        covs = batch.cand_covisit[rows, p] if batch.cand_covisit is not None else None
+
+        def draw(valid: torch.Tensor, m: int):
+            pick_val, pick = torch.rand(cands.shape, device=cands.device).masked_fill(~valid, -1.0).topk(m, dim=1)
+            ok = pick_val >= 0  # (P, m) random valid candidates first
+            items = torch.where(ok, cands.gather(1, pick), torch.zeros_like(pick))
+            rank, gap = match_inputs(scores.gather(1, pick), ranks.gather(1, pick), batch.top_score[rows, p])
+            cov = None if covs is None else torch.where(ok, covs.gather(1, pick), 0.0)
+            return items, torch.where(ok, rank, torch.full_like(rank, -1)), torch.where(ok, gap, torch.zeros_like(gap)), cov
+
+        neg = draw(~bad, min(self.config.cascade_negatives, cands.shape[1]))
+        window = None
+        if self.config.positives == "window":
+            k = cands.shape[1]
+            repeat = ((cands[:, :, None] == cands[:, None, :]) & torch.ones(k, k, dtype=torch.bool, device=cands.device).tril(-1)).any(-1)
+            later &= ~repeat  # an item listed twice is one positive
+            w = min(self.config.window_positives, cands.shape[1], max(int(later.sum(1).max()), 0))
+            window = draw(later, w)
+        return (*neg, window)
 
     def inference_input(self, batch: Batch, candidates: torch.Tensor, labels: torch.Tensor | None = None,
                         match: torch.Tensor | None = None) -> RankInput:
@@ -691,7 +738,15 @@ class Ranker(nn.Module):
         mask = (inp.candidates != F.PAD).float()
         if self.config.loss == "listwise":  # softmax over each position's list; the positive is column 0
             z = logits.float().masked_fill(mask == 0, float("-inf"))
-            loss = -nnf.log_softmax(z, dim=1)[:, 0].mean()
+            positive = (inp.labels > 0) & (mask > 0)
+            if positive.shape[1] == 1 or not bool(positive[:, 1:].any()):
+                loss = -nnf.log_softmax(z, dim=1)[:, 0].mean()
+                return LossOutput(loss, int(z.shape[0]))
+            # several positives (positives="window"): each one's own softmax against the position's negatives
+            # (not against its other positives), -log p averaged over the position's positives, then over positions
+            rest = torch.logsumexp(z.masked_fill(positive, float("-inf")), dim=1, keepdim=True)  # (R, 1)
+            nll = torch.where(positive, torch.logaddexp(z, rest) - z, torch.zeros_like(z))
+            loss = (nll.sum(1) / positive.sum(1).clamp_min(1)).mean()
             return LossOutput(loss, int(z.shape[0]))
         loss = nnf.binary_cross_entropy_with_logits(logits, inp.labels, weight=mask, reduction="sum") / mask.sum()
         return LossOutput(loss, int(mask.sum()))

@@ -21,8 +21,14 @@ same rows as its matcher, and every drawn candidate and target gets its co-visit
 before t (``cand_covisit_score``, ``target_covisit_score``): a ``covisit`` ranker's cross feature, cross-fitted
 for the same reason as the matcher's scores (a table built on a position's own pairs has seen its answer).
 
-The label window is the rest of the session: when the ranker trains, a candidate that the user goes on to
-interact with later in the same session is not used as a negative (:func:`seqrec.models.ranking`).
+The label window is the rest of the session (the session row: events at most ``session_gap_s`` apart, at most
+``max_session_len`` of them, from the prepared dataset's protocol): for position t, the items of events t+1 .. end of
+the row. The drawn candidates are never the item at t nor an item of its label window. With ``positives="window"``
+(:class:`seqrec.config.CascadeConfig`), every item of the label window that is in the position's list (the matcher's
+top ``depth``) is stored as well, after the drawn ones (deduplicated, the item at t left out): the candidates a
+``positives="window"`` ranker labels 1 with the next item. A ranker with ``positives="next"`` never uses a stored
+candidate that is in the label window as a negative, so it learns the same on either data
+(:meth:`seqrec.models.ranking.Ranker.training_input`).
 
 :func:`generate` runs the retrieval as a Ray Data stage over the training rows (or in this process) and
 writes ``<out>/train/*.parquet`` (the training rows with the four columns added) and ``<out>/cascade.json``
@@ -99,7 +105,7 @@ def draw_orders(depth: int, m: int) -> torch.Tensor:
 
 @torch.no_grad()
 def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: FeatureSpec, k: int, depth: int = 300,
-                        seed: int = 0, batch_size: int = 256, cf=None) -> dict[str, pa.Array]:
+                        seed: int = 0, batch_size: int = 256, cf=None, window: bool = False) -> dict[str, pa.Array]:
     """The cascade columns (``CASCADE_COLUMNS``) of every row of ``table`` by ``matcher`` (exact inner products).
 
     For row r and position t >= 1, the state after event t-1 (``user_states``) scores every item. Its top
@@ -112,7 +118,11 @@ def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: Feature
 
     ``cf``: the fold's :class:`ItemCF` (fitted with ``ranking.COVISIT``); the drawn candidates' and the target's
     co-visitation scores with the behaviours before t (``CAND_COVISIT`` / ``TARGET_COVISIT``, what a ``covisit``
-    ranker reads; zeros without it)."""
+    ranker reads; zeros without it).
+
+    ``window``: each position's list also gets every item of its label window (the rest of the session) that is in
+    the matcher's top ``depth``, after the ``k`` draws, with its score, rank and co-visitation score: the extra
+    positives of a ``positives="window"`` ranker (each item once; the item at t is the position's target)."""
     from seqrec.models.ranking import COVISIT, behaviour_stream, covisit_scores, covisit_table, windows
 
     matcher.eval()
@@ -152,7 +162,17 @@ def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: Feature
         first, at = torch.arange(m, 0, -1).expand(len(kept), m).masked_fill(bad, 0).topk(k, dim=1)
         slot = pre.gather(1, at)  # (Pk, k) the first k good draws
         cand_i, cand_s = top_i.gather(1, slot), top_s.gather(1, slot)
-        t_cov, cand_cov = torch.zeros(len(rows)), torch.zeros(len(kept), k)
+        take = first > 0  # (Pk, k) kept draws
+        if window:  # the label window's items in the list: rank = the list's scores above theirs (the list's slot)
+            w_s = scores[kept[:, None], future]  # (Pk, T); -inf for padding (codes < FIRST_CODE)
+            w_rank = torch.searchsorted(-top_s.contiguous(), -w_s.contiguous(), side="left")  # (Pk, T)
+            w_in = (w_rank < depth) & torch.isfinite(w_s) & (future != target[kept, None])
+            w_in &= top_i.gather(1, w_rank.clamp(max=depth - 1)) == future  # exactly in the list (ties: left out)
+            same = (future[:, :, None] == future[:, None, :]) & torch.ones(t, t, dtype=torch.bool).tril(-1)
+            w_in &= ~same.any(-1)  # a later repeat of an item already in the window: once
+            cand_i, cand_s = torch.cat([cand_i, future], 1), torch.cat([cand_s, w_s.masked_fill(~w_in, 0.0)], 1)
+            slot, take = torch.cat([slot, w_rank.masked_fill(~w_in, 0)], 1), torch.cat([take, w_in], 1)
+        t_cov, cand_cov = torch.zeros(len(rows)), torch.zeros(cand_i.shape)
         if cf is not None:  # scored with the behaviours before t = pos + 1 (history, then session)
             stream = behaviour_stream(batch)
             triggers = windows(stream, rows, stream[3][rows] + pos + 1, COVISIT.n_triggers)[0]
@@ -162,7 +182,7 @@ def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: Feature
         n_row = np.maximum(np.asarray(lengths, np.int64) - 1, 0)  # (B,)
         slots = rows.numpy() + 1 + np.arange(len(rows))  # (P,) each sample's list among the B + P of the part
         outer = np.concatenate([[0], np.cumsum(n_row + 1)]).astype(np.int32)
-        take = (first > 0).numpy()  # (Pk, k) kept draws
+        take = take.numpy()  # (Pk, k [+ T]) kept draws [and window items]
         counts = np.zeros(b + len(rows), np.int64)
         counts[slots[kept.numpy()]] = take.sum(1)
         inner = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
@@ -202,10 +222,13 @@ def row_candidates(matcher: torch.nn.Module, table: pa.Table, spec: FeatureSpec,
 class CandidateStage:
     """The Ray Data stage (``map_batches``, an actor): session rows → the same rows with the candidates of the
     matcher of their user's fold: per training position (:func:`position_candidates`, ``k`` each), or per
-    evaluation row (:func:`row_candidates`, ``rows=True``)."""
+    evaluation row (:func:`row_candidates`, ``rows=True``). ``window``: each training position's label-window items
+    in its list are stored too (``CascadeConfig.positives="window"``)."""
+
+    window = False
 
     def __init__(self, checkpoints: list[str], spec: dict, k: int, seed: int, rows: bool = False, depth: int = 300,
-                 by: str = "session", threads: int | None = None):
+                 by: str = "session", threads: int | None = None, window: bool = False):
         from seqrec.checkpoint import load_checkpoint
 
         if threads:
@@ -216,6 +239,7 @@ class CandidateStage:
         cfs = [Path(c) / COVISIT_FILE for c in checkpoints]
         self.cfs = [ItemCF.from_state(np.load(f)) if f.exists() else None for f in cfs]
         self.spec, self.k, self.seed, self.rows, self.depth, self.by = FeatureSpec.from_dict(spec), k, seed, rows, depth, by
+        self.window = window
 
     def __call__(self, table: pa.Table) -> pa.Table:
         folds = row_folds(table, len(self.matchers), self.seed, self.by)
@@ -227,7 +251,8 @@ class CandidateStage:
                 if self.rows:
                     made = row_candidates(matcher, part, self.spec, self.k)
                 else:
-                    made = position_candidates(matcher, part, self.spec, self.k, self.depth, self.seed, cf=self.cfs[f])
+                    made = position_candidates(matcher, part, self.spec, self.k, self.depth, self.seed, cf=self.cfs[f],
+                                               window=self.window)
                 for name, col in made.items():
                     part = part.append_column(name, col)
                 parts.append(part)
@@ -291,7 +316,7 @@ def generate(data_dir: str | Path, out: str | Path, cfg: CascadeConfig, engine: 
     t1 = time.perf_counter()
     setup = 0.0  # local engine: loading the fold matchers (Ray: inside the stage's actors, counted in the rate)
     stage = dict(checkpoints=checkpoints, spec=manifest["feature_spec"], seed=cfg.seed, by=cfg.fold_by)
-    splits = {"train": dict(k=cfg.candidates, depth=cfg.depth)}
+    splits = {"train": dict(k=cfg.candidates, depth=cfg.depth, window=cfg.positives == "window")}
     if manifest["config"]["protocol"].get("val") and any((data_dir / "val").glob("*.parquet")):
         splits["val"] = dict(k=cfg.depth, rows=True)  # the cross-fitted candidates rankers are picked on
     for split, how in splits.items():
@@ -328,6 +353,7 @@ def generate(data_dir: str | Path, out: str | Path, cfg: CascadeConfig, engine: 
         "dataset": {"data_dir": str(data_dir.resolve()), "content_hash": manifest.get("content_hash"),
                     "vocab_hash": manifest.get("vocab_hash")},
         "label_window": "the rest of the session: later items of the same session are never negatives",
+        "positives": cfg.positives,  # window: the label window's items in each list are stored after the draws
         "covisit": {"item_cf": "each fold's, fitted on the same rows as its matcher", **COVISIT.to_dict()},
         "rows": len(lengths), "positions": positions,
         "content_hash": digest.hexdigest()[:16],

@@ -203,6 +203,8 @@ def run_training(job: TrainJob, log=print, callbacks: list | None = None) -> dic
     local_data = storage.local_copy(job.data)  # a URI: what reads local files here reads a copy
     manifest = load_manifest(local_data)  # fails early, with a clear message, on a wrong --data
     build(job.model, local_data, job.options)  # and so does a bad model option, before any worker starts
+    if job.candidates is not None:  # and cascade data that does not fit the job
+        _check_cascade(job, manifest)
     name = job.run_name()
     run_dir = storage.join(storage.absolute(job.run.storage), name)
     data = storage.absolute(job.data)
@@ -213,11 +215,6 @@ def run_training(job: TrainJob, log=print, callbacks: list | None = None) -> dic
         ray.data.DataContext.get_current().execution_options.preserve_order = True
     source = data
     if job.candidates is not None:  # a cascade ranker: the rows with the matcher's candidates
-        from seqrec.train.cascade import load_cascade
-
-        if not is_ranker(job.model):
-            raise ValueError(f"--candidates trains a ranker on a matcher's candidates; {job.model} is a matcher")
-        load_cascade(storage.local_copy(job.candidates, only=["cascade.json"]), manifest)  # from this dataset, or an error
         source = storage.absolute(job.candidates)
     datasets = {"train": _read_parquet(storage.join(source, "train"))}
     cached = use_cache(job, storage.join(source, "train"))
@@ -277,6 +274,20 @@ def run_training(job: TrainJob, log=print, callbacks: list | None = None) -> dic
         extra = f", best {select} {best_metrics.get(select, float('nan')):.4f}" if select else ""
         log(f"trained {job.model} on {sc.workers} worker(s) in {wall:.0f}s{extra}; run: {run_dir}")
     return summary
+
+
+def _check_cascade(job: TrainJob, manifest: dict) -> None:
+    """``job.candidates`` holds cascade data of this dataset (``load_cascade``) that a ranker can train on as asked."""
+    from seqrec.models import is_ranker
+    from seqrec.train.cascade import load_cascade
+
+    if not is_ranker(job.model):
+        raise ValueError(f"--candidates trains a ranker on a matcher's candidates; {job.model} is a matcher")
+    info = load_cascade(storage.local_copy(job.candidates, only=["cascade.json"]), manifest)  # this dataset's, or an error
+    made, wanted = info.get("positives", "next"), job.options.get("positives", "next")
+    if wanted == "window" and made != "window":  # the window's items are not in the data: it would train as "next"
+        raise ValueError(f"the ranker option positives=window needs cascade data that stores the label window "
+                         f"(`seqrec data candidates --positives window`); {job.candidates} was made with positives={made}")
 
 
 def _read_parquet(path: str):
