@@ -82,7 +82,7 @@ from seqrec.serving import (
     shorten,
 )
 from seqrec.serving import Request as Req
-from seqrec.store import MAX_KEY_CHARS, Retention, Store, check_batch, merge, open_store, resolve_url
+from seqrec.store import Retention, Store, check_batch, check_key, merge, open_store, resolve_url
 from serve_apps.config import BATCH, deployment_options
 
 log = logging.getLogger("ray.serve")
@@ -380,6 +380,12 @@ def _device(gpu: bool) -> str:
 # deployments
 
 
+def _warm_up_request(builder: RowBuilder) -> Req:
+    """A two-event request of the catalogue's first item: what a replica runs through its stage before taking traffic."""
+    item = builder.vocab[F.ITEM_ID][0].as_py()
+    return Req("warm-up", [Event(item, 0), Event(item, 60)])
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=5)
 class UserEncoder:
     """The encode stage (``seqrec.serving.encode``), batched across requests."""
@@ -395,8 +401,7 @@ class UserEncoder:
         matcher = load_model(config["matcher"], "matcher", self.device, self.builder.manifest.get("vocab_hash"))
         # one row through the row builder and the model before taking traffic (numba and torch warm up here,
         # not in the first user's request)
-        item = self.builder.vocab[F.ITEM_ID][0].as_py()
-        encode(self.builder, matcher, [Req("warm-up", [Event(item, 0), Event(item, 60)])])
+        encode(self.builder, matcher, [_warm_up_request(self.builder)])
         self.matcher = matcher  # one assignment: a batch sees one version
         self.encode.set_max_batch_size(int(config.get("max_batch_size", BATCH["max_batch_size"])))
         self.encode.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", BATCH["batch_wait_timeout_s"])))
@@ -490,8 +495,7 @@ class Ranker:
         # one row with a full candidate list through the model before taking traffic: a cold replica's first
         # forward pass (allocator, oneDNN kernels, the int8 layer's packing) would otherwise spend the first
         # user's rank deadline, and a replaced replica would answer its first requests degraded
-        item = self.builder.vocab[F.ITEM_ID][0].as_py()
-        rows, _ = self.builder.rows([Req("warm-up", [Event(item, 0), Event(item, 60)])])
+        rows, _ = self.builder.rows([_warm_up_request(self.builder)])
         n_items = len(self.builder.vocab[F.ITEM_ID])
         codes = (np.arange(min(WARM_UP_CANDIDATES, n_items)) + F.FIRST_CODE)[None, :]
         rank(ranker, self.spec, rows, codes, np.zeros(codes.shape, np.float32))
@@ -658,8 +662,10 @@ class Ingress:
         rid = request.headers.get("x-request-id")
         key = request.headers.get("idempotency-key")
         try:
-            if key is not None and not (0 < len(key) <= MAX_KEY_CHARS):
-                raise RequestError(422, f"Idempotency-Key of {len(key)} characters: give 1 to {MAX_KEY_CHARS}")
+            try:
+                check_key(key)
+            except ValueError as e:
+                raise RequestError(422, str(e)) from None
             body = parse_body(await read_body(request, self.limits.max_body_bytes), request.headers.get("content-type"),
                               schema=EventsIn)
             reqs = [u.to_request() for u in body.users]

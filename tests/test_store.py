@@ -93,7 +93,7 @@ def test_a_batch_sent_again_with_its_idempotency_key_is_stored_once(store_url):
         assert store.append_once(batch, "k-2") == (3, False)  # another key: another batch
         assert store.append(batch) == 3  # no key: at least once, as before
         assert store.count("a") == 6 and store.count("b") == 3
-        with pytest.raises(ValueError, match="idempotency key of 201 characters"):
+        with pytest.raises(ValueError, match="Idempotency-Key of 201 characters"):
             store.append_once(batch, "k" * 201)
     with open_store(store_url) as store:  # the key is stored with the batch: a new connection (a restarted replica) knows it
         assert store.append_once(batch, "k-2") == (3, True)

@@ -138,6 +138,12 @@ def check_batch(requests: list[Request], limits: RequestLimits = RequestLimits()
             raise ValueError(f"users[{i}]{sep}{msg}") from None
 
 
+def check_key(key: str | None) -> None:
+    """ValueError for an idempotency key (:meth:`Store.append_once`) that is empty or over :data:`MAX_KEY_CHARS`."""
+    if key is not None and not (0 < len(key) <= MAX_KEY_CHARS):
+        raise ValueError(f"Idempotency-Key of {len(key)} characters: give 1 to {MAX_KEY_CHARS}")
+
+
 def merge(stored: Request, request: Request) -> Request:
     """What ``POST /recommend`` reads when the store holds the user's behaviours and the request sends events
     too: the stored events, then the request's (for this request only: they are not written), and the stored
@@ -180,8 +186,7 @@ class Store:
         committed (within :data:`KEY_TTL_S`) is not written again. Returns (events written, False), or for such a
         repeat (the events the first one wrote, True). The key is recorded in the batch's own transaction, so a
         client that lost the answer can send the batch again with its key, and each event is stored once."""
-        if key is not None and not (0 < len(key) <= MAX_KEY_CHARS):
-            raise ValueError(f"idempotency key of {len(key)} characters: give 1 to {MAX_KEY_CHARS}")
+        check_key(key)
         if limits is not None:
             check_batch(requests, limits)
         if not requests:
