@@ -58,3 +58,13 @@ def random_events(seed: int, n_users: int = 40, n_items: int = 30, days: int = 1
 
 SIDE = (F.CATEGORY, F.BRAND)
 PROFILE = (F.GENDER,)
+
+
+def assert_splits_equal(got: dict, ref: dict) -> None:
+    """Prepared rows (``{split: [row dict, ...]}``) equal the reference's, split by split and row by row; the random data
+    must have made train and test rows."""
+    for s in ("train", "val", "test"):
+        assert len(got[s]) == len(ref[s]), s
+        for a, b in zip(got[s], ref[s]):
+            assert a == b
+    assert got["train"] and got["test"], "the random data must exercise train and test rows"

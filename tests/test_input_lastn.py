@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from eventgen import PROFILE, SIDE, random_events
+from eventgen import PROFILE, SIDE, assert_splits_equal, random_events
 
 from seqrec import features as F
 from seqrec.data import sessions as S
@@ -116,11 +116,7 @@ def test_last_n_pipeline_equals_the_per_target_reference(tmp_path, split, seed, 
     got, cfg = _prepare(tmp_path, table, has_session_id=sid, split=split, min_item_count=2, max_user_events=110,
                         input="last-n", input_events=n)
     ref = reference_prepare(table.to_pandas(), cfg, SIDE, PROFILE, has_session_id=sid)
-    for s in ("train", "val", "test"):
-        assert len(got[s]) == len(ref[s]), s
-        for a, b in zip(got[s], ref[s]):
-            assert a == b
-    assert got["train"] and got["test"], "the random data must exercise train and test rows"
+    assert_splits_equal(got, ref)
 
 
 @pytest.mark.parametrize("n", [1, 5, 50])
