@@ -20,7 +20,8 @@ The per-run outputs (results.md/csv, plots) go to benchmarks/work/quality_<...>/
 ``--protocol recbole`` is RecBole's: leave-one-out, every model's input the last 50 events before
 the target (``seqrec data prepare --input last-n --input-events 50``: SDM's short-term input is the
 session's part of them, the rest its long-term input), full ranking over all items, history not
-masked. It writes ``..._loo_recbole.json`` beside the session protocol's ``..._loo.json``.
+masked. It writes ``..._loo.json`` (``..._loo_last<N>.json`` for another N), the table the peers are compared
+in; the session protocol's leave-one-out writes ``..._loo_session.json``.
 """
 
 from __future__ import annotations
@@ -146,7 +147,12 @@ def main() -> int:
     entries = expand_models(models, args.ablation)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience)
     name = f"quality_matching_{args.dataset.replace('-', '')}_{args.split.replace('-', '')}"
-    name += ("_recbole" + ("" if args.input_events == 50 else str(args.input_events))) if recbole else ""
+    # leave-one-out is compared with the peers under RecBole's protocol: that run owns ..._loo.json (the issue's
+    # summary keys); the session protocol's leave-one-out is ..._loo_session.json
+    if recbole:
+        name += "" if args.input_events == 50 else f"_last{args.input_events}"
+    elif args.split == "loo":
+        name += "_session"
     name += f"_{args.suffix}" if args.suffix else ""
     report = run_experiment(ExperimentSpec(str(data), entries, list(range(args.seeds)), str(WORK / name), match=cfg,
                                            model_options={"hidden": args.hidden}))

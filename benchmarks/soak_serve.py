@@ -1,4 +1,4 @@
-"""Soak: the composed Serve app under a mixed stream while its replicas are killed (issue #17 item 3).
+"""Soak: the Serve app (``--layout`` composed or colocated) under a mixed stream while its replicas are killed (issue #17 item 3).
 
     python benchmarks/soak_serve.py                                  # 10 min at 20 requests/s, SQLite store
     python benchmarks/soak_serve.py --duration 60 --tag short        # a short check
@@ -26,9 +26,14 @@ scheduled time from a thread pool; latency counts from that time), a share ``--e
   ``Idempotency-Key``, so a batch that was committed but whose answer was lost is not stored again (``"replayed"``).
   A ``/recommend`` 5xx is not retried.
   Every failed attempt is recorded and counted (``attempts_failed``).
-- The kills (``--kills``, each ``Deployment@fraction`` of the duration; default the Ranker, then the UserEncoder,
-  then the Ingress): ``ray.kill`` of that deployment's replica actor (one; ``no_restart``: Serve starts a new one),
-  as a user would kill it. The Ingress runs ``--ingress-replicas`` replicas (default 2): HTTP reaches them through
+- The app runs in ``--layout`` (default composed: Ingress → UserEncoder → Retriever → Ranker; colocated: the Ingress
+  alone, running the three stages in its replicas); the summary records it (``layout``) and each deployment's
+  replicas (``replicas``).
+- The kills (``--kills``, each ``Deployment@fraction`` of the duration; default in layout composed the Ranker, then
+  the UserEncoder, then the Ingress; in layout colocated, where only the Ingress exists, the Ingress at the same three
+  times): ``ray.kill`` of that deployment's replica actor (one; ``no_restart``: Serve starts a new one), as a user
+  would kill it; a kill of a deployment the layout does not have is refused before anything starts. The Ingress runs
+  ``--ingress-replicas`` replicas (default 2; either layout): HTTP reaches them through
   Serve's proxy (HAProxy in fast mode), which sends a new connection to a live one; with a single Ingress its kill
   is an outage by construction until Serve has started another.
 
@@ -67,8 +72,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve import WORK, artifacts, bodies, percentiles  # noqa: E402
 from common import machine_info, write_result  # noqa: E402
 
+from serve_apps.config import DEPLOYMENTS, layout_deployments  # noqa: E402
+
 APP = "recommend"
-DEPLOYMENTS = ("Ingress", "UserEncoder", "Retriever", "Ranker")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,12 +263,20 @@ def watch(out: dict, want: int, t0: float) -> None:
 # the run
 
 
-def parse_kills(text: str) -> list[tuple[str, float]]:
+#: ``--kills``'s default in each layout: the three kills at the same times (colocated: the Ingress is all there is)
+DEFAULT_KILLS = {"composed": "Ranker@0.2,UserEncoder@0.45,Ingress@0.7", "colocated": "Ingress@0.2,Ingress@0.45,Ingress@0.7"}
+
+
+def parse_kills(text: str, layout: str = "composed") -> list[tuple[str, float]]:
     out = []
+    names = layout_deployments(layout)
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, at = part.partition("@")
-        if name not in DEPLOYMENTS or not at:
-            raise ValueError(f"--kills {part!r}: write Deployment@fraction, a deployment of {DEPLOYMENTS}, e.g. Ranker@0.2")
+        if name in DEPLOYMENTS and name not in names:
+            raise ValueError(f"--kills {part!r}: layout {layout} has no {name} deployment (its stages run in the Ingress); "
+                             f"it has {', '.join(names)}: kill one of them, e.g. Ingress@0.2")
+        if name not in names or not at:
+            raise ValueError(f"--kills {part!r}: write Deployment@fraction, a deployment of {names}, e.g. {names[-1]}@0.2")
         frac = float(at)
         if not 0 < frac < 1:
             raise ValueError(f"--kills {part!r}: the fraction of the duration must be in (0, 1)")
@@ -300,11 +314,14 @@ def main() -> None:
     ap.add_argument("--preload", type=int, default=100, help="users given their first events before the stream (default 100)")
     ap.add_argument("--retries", type=int, default=3, help="times the client sends a request again that got no HTTP answer, "
                     "and an /events batch that got a 5xx (default 3)")
-    ap.add_argument("--kills", default="Ranker@0.2,UserEncoder@0.45,Ingress@0.7",
-                    help="replica kills, Deployment@fraction of the duration (default Ranker@0.2,UserEncoder@0.45,Ingress@0.7)")
+    ap.add_argument("--layout", choices=list(DEFAULT_KILLS), default="composed",
+                    help="the app's layout (default composed: a deployment per stage; colocated: the Ingress runs the stages)")
+    ap.add_argument("--kills", default=None,
+                    help="replica kills, Deployment@fraction of the duration (default: composed "
+                    f"{DEFAULT_KILLS['composed']}; colocated {DEFAULT_KILLS['colocated']})")
     ap.add_argument("--window-s", type=float, default=30.0, help="seconds after each kill reported on their own (default 30)")
-    ap.add_argument("--ingress-replicas", type=int, default=2, help="Ingress replicas (default 2: with one, its kill is an "
-                    "outage by construction, nothing is left to answer until Serve has started another)")
+    ap.add_argument("--ingress-replicas", type=int, default=2, help="Ingress replicas, in either layout (default 2: with "
+                    "one, its kill is an outage by construction, nothing is left to answer until Serve has started another)")
     ap.add_argument("--store", help="the store URL (default: a new SQLite file under benchmarks/work/soak/; redis://...: "
                     "keys under a new prefix)")
     ap.add_argument("--items", type=int, default=20_000, help="items to generate (bench_serve.py's artifacts; default 20,000)")
@@ -317,7 +334,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="", help="suffix of the result file name")
     args = ap.parse_args()
-    kills = parse_kills(args.kills)
+    if args.ingress_replicas < 1:
+        ap.error(f"--ingress-replicas {args.ingress_replicas}: at least 1")
+    try:
+        kills = parse_kills(args.kills if args.kills is not None else DEFAULT_KILLS[args.layout], args.layout)
+    except ValueError as e:
+        ap.error(str(e))
 
     import ray
     from ray import serve
@@ -332,7 +354,9 @@ def main() -> None:
     art = artifacts(args.items, args.index)
     url = store_url(args.store, run)
     app_args = AppArgs(data=str(art["data"]), matcher=str(art["sdm"]), ranker=str(art["bst"]),
-                       candidates=args.candidates, store=url).model_dump()
+                       candidates=args.candidates, store=url, layout=args.layout,
+                       # colocated: the Ingress's replicas are the app's; composed: one of each, the Ingress's set below
+                       replicas=args.ingress_replicas if args.layout == "colocated" else 1).model_dump()
     retention = Retention.for_protocol(RowBuilder(art["data"]).protocol, max_events=app_args["max_events"])
     # half the store's keep_last per user: a batch stored twice (a retry after a lost answer) is trimmed by nothing either
     users = Users(art["data"], run, retention.keep_last // 2, rows=1000, seed=args.seed)
@@ -448,6 +472,7 @@ def main() -> None:
         "kill_times_s": [round(k["t_s"], 2) for k in kill_log],
         "duration_s": wall, "rate": args.rate, "users": len(users.queues),
         "store": url.split("?")[0].split(":", 1)[0], "serve_mode": args.serve_mode, "ingress_replicas": args.ingress_replicas,
+        "layout": args.layout, "replicas": want,
         "deadlines_ms": {s: app_args[f"{s}_deadline_ms"] for s in ("encode", "retrieve", "rank")},
         "timeout_s": app_args["timeout_s"],
     }

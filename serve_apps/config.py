@@ -6,6 +6,17 @@ from pathlib import Path
 
 DEPLOYMENTS = ("Ingress", "UserEncoder", "Retriever", "Ranker")
 
+#: The app's layouts (its arg ``layout``; docs/serving.md, "Layouts"): ``composed``, the four deployments
+#: (``DEPLOYMENTS``), or ``colocated``, the Ingress alone, running the three stages in its own replicas.
+LAYOUTS = ("composed", "colocated")
+
+
+def layout_deployments(layout: str = "composed") -> tuple:
+    """The deployments the app can have in ``layout`` (composed: the Ranker only when it serves a ranker)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}; choose one of {LAYOUTS}")
+    return DEPLOYMENTS if layout == "composed" else ("Ingress",)
+
 #: ``@serve.batch`` settings of UserEncoder and Ranker, and their defaults in the app's args and
 #: ``user_config``. A wait of 0: a batch is whatever queued while the previous one ran (no added
 #: wait at low load; batches still form under load).
@@ -16,10 +27,12 @@ BATCH = {"max_batch_size": 16, "batch_wait_timeout_s": 0.0}
 GPU_SHARE = {"UserEncoder": 0.25, "Retriever": 0.25, "Ranker": 0.5}
 
 
-def actor_options(name: str, gpu: bool = False) -> dict:
+def actor_options(name: str, gpu: bool = False, layout: str = "composed") -> dict:
     """A deployment's Ray resources: a quarter CPU each (the four fit a 2-CPU machine beside Ray's own
-    processes), plus its share of a GPU in the GPU layout (the Ingress never takes one)."""
-    return {"num_cpus": 0.25, **({"num_gpus": GPU_SHARE[name]} if gpu and name in GPU_SHARE else {})}
+    processes), plus its share of a GPU in the GPU layout (the composed Ingress never takes one; the colocated
+    Ingress, which runs the three stages, takes the sum of their shares)."""
+    share = sum(GPU_SHARE.values()) if layout == "colocated" and name == "Ingress" else GPU_SHARE.get(name)
+    return {"num_cpus": 0.25, **({"num_gpus": share} if gpu and share else {})}
 
 
 #: How Serve itself runs. Ray reads these settings from the environment of the cluster's processes
@@ -65,21 +78,33 @@ def start_local_cluster(mode: str = "fast", **init_kwargs) -> dict:
 
 
 def deployment_options(app_args: dict) -> dict:
-    """Each deployment's ``ray_actor_options`` and ``user_config`` (model paths, batching) for the app's
-    args: the one source for the Python builder (``recommend.build``) and the written config."""
-    batch = {k: app_args.get(k, v) for k, v in BATCH.items()}
-    user_configs = {"Ingress": None, "UserEncoder": {"matcher": app_args["matcher"], **batch},
-                    "Retriever": {"matcher": app_args["matcher"]}}
-    if app_args.get("ranker"):
-        user_configs["Ranker"] = {"ranker": app_args["ranker"], "precision": app_args.get("ranker_precision", "auto"), **batch}
-    return {name: {"ray_actor_options": actor_options(name, bool(app_args.get("gpu"))),
+    """Each deployment's ``num_replicas``, ``ray_actor_options`` and ``user_config`` (model paths, batching) for the
+    app's args, in its ``layout``: the one source for the Python builder (``recommend.build``) and the written config.
+
+    Layout composed: the Ingress (no user_config), UserEncoder, Retriever and (with a ranker) Ranker, ``replicas``
+    each. Layout colocated: the Ingress alone, ``replicas`` of it, whose user_config names the models
+    (``{"matcher", "ranker", "precision"}``)."""
+    layout = app_args.get("layout") or "composed"
+    layout_deployments(layout)  # a known layout
+    replicas = int(app_args.get("replicas") or 1)
+    precision = app_args.get("ranker_precision") or "auto"
+    if layout == "colocated":
+        user_configs = {"Ingress": {"matcher": app_args["matcher"], "ranker": app_args.get("ranker"), "precision": precision}}
+    else:
+        batch = {k: app_args.get(k, v) for k, v in BATCH.items()}
+        user_configs = {"Ingress": None, "UserEncoder": {"matcher": app_args["matcher"], **batch},
+                        "Retriever": {"matcher": app_args["matcher"]}}
+        if app_args.get("ranker"):
+            user_configs["Ranker"] = {"ranker": app_args["ranker"], "precision": precision, **batch}
+    return {name: {"num_replicas": replicas, "ray_actor_options": actor_options(name, bool(app_args.get("gpu")), layout),
                    **({"user_config": uc} if uc is not None else {})} for name, uc in user_configs.items()}
 
 
 def config(app_args: dict, host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float = 30.0) -> dict:
-    """The config as a dict. A model swap is a new ``user_config`` (the same matcher for UserEncoder and
-    Retriever), deployed with ``serve deploy``: the replicas reconfigure in place."""
-    deployments = [{"name": name, "num_replicas": 1, **opts} for name, opts in deployment_options(app_args).items()]
+    """The config as a dict. A model swap is a new ``user_config`` (layout composed: the same matcher for
+    UserEncoder and Retriever; colocated: the Ingress's), deployed with ``serve deploy``: the replicas reconfigure
+    in place."""
+    deployments = [{"name": name, **opts} for name, opts in deployment_options(app_args).items()]
     return {
         "proxy_location": "HeadOnly",
         # a config file's default host is 0.0.0.0 (every interface), unlike serve.start's: name it

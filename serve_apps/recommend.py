@@ -29,6 +29,14 @@ request's, a batch written whole or not at all), and ``POST /recommend`` reads t
 then appends the request's own ``events`` for that request only (docs/serving.md, "User behaviours on the
 server"). Without a store the app keeps no state and ``POST /events`` answers 501.
 
+Two layouts (the app's arg ``layout``; docs/serving.md, "Layouts"): ``composed`` (the default) is the four
+deployments above, each scaled on its own (``replicas``) and failing on its own; ``colocated`` is the Ingress alone,
+each of its ``replicas`` loading the matcher, the FAISS catalogue and the ranker itself (named in the Ingress's
+``user_config``, swapped by ``reconfigure`` as the stage deployments' are) and running encode → retrieve → rank in
+its own process (:class:`Colocated`), with no hop between deployments. Both run the same request path
+(``Ingress._stages``, :func:`call_stage`) over the same stage code (:class:`EncodeStage`, :class:`RetrieveStage`,
+:class:`RankStage`): a colocated stage is called through a :class:`LocalHandle`, as a deployment's handle is.
+
 A stage that fails or misses its deadline (the app's args ``encode_deadline_ms``, ``retrieve_deadline_ms``,
 ``rank_deadline_ms``, inside ``timeout_s``) does not fail the request: the Ingress answers from the stage before (the
 matcher's order without the Ranker, the popular items without the UserEncoder or the Retriever), marked ``degraded``
@@ -41,12 +49,13 @@ This module does not use ``from __future__ import annotations``: Serve validates
 """
 
 import asyncio
+import gc
 import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -64,6 +73,7 @@ from seqrec.serving import (
     Degraded,
     Encoded,
     Event,
+    ItemFields,
     LoadedModel,
     Ranked,
     RequestLimits,
@@ -87,6 +97,18 @@ from serve_apps.config import BATCH, deployment_options
 
 log = logging.getLogger("ray.serve")
 WARM_UP_CANDIDATES = 300  # the candidate list a replica's warm-up call ranks / retrieves (the app's default)
+
+
+def settle_heap() -> None:
+    """Collect, then freeze what survives (``gc.freeze``): the loaded models, vocabularies and index wrappers move to
+    the collector's permanent generation, so a later full collection does not walk them while requests wait. Without
+    it a replica pauses in every full collection for as long as its heap takes to walk: ``gc.collect()`` right after
+    loading the row builder of bench_serve's 989k-item dataset takes 114 ms, and bench_serve's slowest 1% were one
+    burst of 300-600 ms answers within half a second. ``gc.unfreeze`` comes first, so that a swap's replaced version
+    (frozen by the load before) can still be collected."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 Id = Union[int, str]
 
@@ -152,6 +174,10 @@ class ItemOut(BaseModel):
     item_id: Id
     score: Optional[float] = Field(None, description="ranker logit (the matcher's score without a ranker)")
     match_score: Optional[float] = Field(None, description="inner product of the user and item vectors")
+    fields: Dict[str, Any] = Field(default_factory=dict, description="what the dataset knows of the item, for people to "
+                                   "read: its catalogue's fields where `seqrec data prepare` wrote one (e.g. MovieLens "
+                                   "title, genres, year) and its side features as raw values; {} for an item it does "
+                                   "not know (docs/serving.md)")
 
 
 class DegradedOut(BaseModel):
@@ -230,6 +256,12 @@ class AppArgs(BaseModel):
                                         description="the longest the Ingress waits for the Retriever: popular items after")
     rank_deadline_ms: float = Field(Limits.model_fields["rank_deadline_ms"].default, gt=0,
                                     description="the longest the Ingress waits for the Ranker: the matcher's order after")
+    layout: Literal["composed", "colocated"] = Field("composed", description="composed: Ingress → UserEncoder → Retriever "
+                                                      "→ Ranker deployments (each scaled on its own, a failure isolated); "
+                                                      "colocated: the Ingress alone, running the three stages in its own "
+                                                      "replicas (no hops between deployments; docs/serving.md, \"Layouts\")")
+    replicas: int = Field(1, ge=1, description="replicas of every deployment: the Ingress's in layout colocated, each "
+                          "deployment's in layout composed")
     gpu: bool = False  # models and the FAISS index on a GPU that UserEncoder, Retriever and Ranker share (config.GPU_SHARE)
     ranker_precision: Literal["auto", "fp32", "int8"] = Field("auto", description="what the Ranker runs at: int8 "
                                                             "(dynamic quantization of its MLP, CPU only), fp32, or auto "
@@ -377,7 +409,8 @@ def _device(gpu: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# deployments
+# the stages' state and calls, outside Serve: what the stage deployments run (layout composed), and what the
+# Ingress runs in its own process (layout colocated, :class:`Colocated`)
 
 
 def _warm_up_request(builder: RowBuilder) -> Req:
@@ -386,28 +419,22 @@ def _warm_up_request(builder: RowBuilder) -> Req:
     return Req("warm-up", [Event(item, 0), Event(item, 60)])
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=5)
-class UserEncoder:
-    """The encode stage (``seqrec.serving.encode``), batched across requests."""
+class EncodeStage:
+    """The encode stage (``seqrec.serving.encode``) with its matcher: loads (and warms up) a matcher, encodes requests."""
 
-    def __init__(self, data: str, threads: int = 1, gpu: bool = False):
-        _threads(threads)
-        self.builder = RowBuilder(data)
-        self.device = _device(gpu)
+    def __init__(self, builder: RowBuilder, device: str):
+        self.builder, self.device = builder, device
         self.matcher: Optional[LoadedModel] = None
 
-    def reconfigure(self, config: Dict[str, Any]) -> None:
-        """``{"matcher": run or export dir, "max_batch_size": n, "batch_wait_timeout_s": s}``: swap the model in place."""
+    def load(self, config: Dict[str, Any]) -> None:
+        """``{"matcher": run or export dir, ...}``: swap the model in place."""
         matcher = load_model(config["matcher"], "matcher", self.device, self.builder.manifest.get("vocab_hash"))
         # one row through the row builder and the model before taking traffic (numba and torch warm up here,
         # not in the first user's request)
         encode(self.builder, matcher, [_warm_up_request(self.builder)])
         self.matcher = matcher  # one assignment: a batch sees one version
-        self.encode.set_max_batch_size(int(config.get("max_batch_size", BATCH["max_batch_size"])))
-        self.encode.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", BATCH["batch_wait_timeout_s"])))
 
-    @serve.batch(**BATCH)
-    async def encode(self, requests: List[Req]) -> List[Union[Encoded, Exception]]:
+    def encode_batch(self, requests: List[Req]) -> List[Union[Encoded, Exception]]:
         """Each request's :class:`Encoded` (U = 1), or the exception its row raised."""
         matcher = self.matcher
         try:
@@ -416,31 +443,33 @@ class UserEncoder:
             return [self._one(r, matcher) for r in requests]
         return [enc.take(i) for i in range(len(requests))]
 
+    def encode_one(self, request: Req) -> Union[Encoded, Exception]:
+        """One request's :class:`Encoded` (U = 1), or the exception its row raised: a batch of one's slot."""
+        return self._one(request, self.matcher)
+
     def _one(self, request: Req, matcher: LoadedModel) -> Union[Encoded, Exception]:
         try:
             return encode(self.builder, matcher, [request])
         except Exception as e:  # noqa: BLE001 - returned in its slot, raised by the caller (serve.batch)
             return e
 
-    def check_health(self) -> None:
+    def check(self) -> None:
         if self.matcher is None:
             raise RuntimeError("no matcher loaded")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=5)
-class Retriever:
+class RetrieveStage:
     """The retrieve stage (``seqrec.serving.retrieve``) over the matcher's catalogue: the export's index
     (``seqrec index build``) or an exact flat one; on the GPU where there is one (flat and IVF indexes).
     Keeps the previous version during a swap."""
 
-    def __init__(self, threads: int = 1, gpu: bool = False):
-        _threads(threads)
+    def __init__(self, gpu: bool = False):
         self.gpu = gpu
         self.catalogues: Dict[str, Catalogue] = {}  # matcher version id -> catalogue: the current and the previous one
         self.current: Optional[str] = None
 
-    def reconfigure(self, config: Dict[str, Any]) -> None:
-        """``{"matcher": run or export dir}``: load its catalogue next to the current one."""
+    def load(self, config: Dict[str, Any]) -> None:
+        """``{"matcher": run or export dir, ...}``: load its catalogue next to the current one."""
         cat = load_catalogue(config["matcher"])
         if self.gpu:  # the GPU index where FAISS can make one, else the CPU index, said in the log and every answer
             why = "FAISS sees no GPU (a faiss-cpu build?)" if _faiss_gpus() == 0 else (
@@ -449,14 +478,14 @@ class Retriever:
                 log.warning("gpu=true, but the %s index stays on the CPU: %s", cat.index.kind, why)
             else:
                 cat.index = cat.index.to_gpu()
-        # one search before taking traffic (the index's first query pays its allocations; see Ranker.reconfigure)
+        # one search before taking traffic (the index's first query pays its allocations; see RankStage.load)
         retrieve(cat, np.ones((1, cat.index.dim), np.float32), WARM_UP_CANDIDATES)
         vid = cat.matcher["id"]
         keep = {k: v for k, v in self.catalogues.items() if k == self.current}
         self.catalogues = {**keep, vid: cat}
         self.current = vid
 
-    async def retrieve(self, vec: np.ndarray, n: int, matcher: Dict[str, Any], exclude: Optional[np.ndarray] = None) -> Candidates:
+    def retrieve(self, vec: np.ndarray, n: int, matcher: Dict[str, Any], exclude: Optional[np.ndarray] = None) -> Candidates:
         """The top ``n`` of one (D,) user vector, searched in the index of the ``matcher`` version that encoded it;
         ``exclude``: (1, E) item codes to leave out."""
         cat = self.catalogues.get(matcher["id"])
@@ -465,7 +494,7 @@ class Retriever:
                               f"it has {sorted(self.catalogues)}: UserEncoder and Retriever must name the same matcher")
         return retrieve(cat, vec[None, :], n, exclude)
 
-    def check_health(self) -> None:
+    def check(self) -> None:
         if not self.catalogues:
             raise RuntimeError("no index loaded")
 
@@ -476,22 +505,19 @@ def _faiss_gpus() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=5)
-class Ranker:
-    """The rank stage (``seqrec.serving.rank``), batched across requests (one scoring call per batch)."""
+class RankStage:
+    """The rank stage (``seqrec.serving.rank``) with its ranker: loads (and warms up) a ranker, ranks candidates."""
 
-    def __init__(self, data: str, threads: int = 1, gpu: bool = False):
-        _threads(threads)
-        self.builder = RowBuilder(data)  # for the warm-up row only: requests bring their rows from the UserEncoder
-        self.vocab_hash = self.builder.manifest.get("vocab_hash")
-        self.spec = self.builder.spec
-        self.device = _device(gpu)
+    def __init__(self, builder: RowBuilder, device: str):
+        self.builder = builder  # for the warm-up row only: requests bring their rows from the encode stage
+        self.spec = builder.spec
+        self.device = device
         self.ranker: Optional[LoadedModel] = None
 
-    def reconfigure(self, config: Dict[str, Any]) -> None:
-        """``{"ranker": run or export dir, "precision": auto | fp32 | int8, "max_batch_size": n,
-        "batch_wait_timeout_s": s}``."""
-        ranker = load_model(config["ranker"], "ranker", self.device, self.vocab_hash, config.get("precision", "auto"))
+    def load(self, config: Dict[str, Any]) -> None:
+        """``{"ranker": run or export dir, "precision": auto | fp32 | int8, ...}``: swap the model in place."""
+        ranker = load_model(config["ranker"], "ranker", self.device, self.builder.manifest.get("vocab_hash"),
+                            config.get("precision", "auto"))
         # one row with a full candidate list through the model before taking traffic: a cold replica's first
         # forward pass (allocator, oneDNN kernels, the int8 layer's packing) would otherwise spend the first
         # user's rank deadline, and a replaced replica would answer its first requests degraded
@@ -500,13 +526,10 @@ class Ranker:
         codes = (np.arange(min(WARM_UP_CANDIDATES, n_items)) + F.FIRST_CODE)[None, :]
         rank(ranker, self.spec, rows, codes, np.zeros(codes.shape, np.float32))
         self.ranker = ranker
-        self.rank.set_max_batch_size(int(config.get("max_batch_size", BATCH["max_batch_size"])))
-        self.rank.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", BATCH["batch_wait_timeout_s"])))
 
-    @serve.batch(**BATCH)
-    async def rank(self, encoded: List[Encoded], codes: List[np.ndarray], scores: List[np.ndarray]) -> List[Ranked]:
+    def rank_batch(self, encoded: List[Encoded], codes: List[np.ndarray], scores: List[np.ndarray]) -> List[Ranked]:
         """Each request's :class:`Ranked` (U = 1) for its (C,) candidate codes and their match scores; ``encoded``
-        carries its session row."""
+        carries its session row. One scoring call for all of them."""
         import pyarrow as pa
 
         width = max(len(c) for c in codes)
@@ -518,9 +541,155 @@ class Ranker:
         out = rank(self.ranker, self.spec, pa.concat_tables([e.rows for e in encoded]), cands, match)
         return [Ranked(out.logits[i:i + 1, : len(c)], out.ranker, out.ms) for i, c in enumerate(codes)]
 
-    def check_health(self) -> None:
+    def rank_one(self, encoded: Encoded, codes: np.ndarray, scores: np.ndarray) -> Ranked:
+        """One request's :class:`Ranked` (logits (1, C)): a batch of one."""
+        (one,) = self.rank_batch([encoded], [codes], [scores])
+        return one
+
+    def check(self) -> None:
         if self.ranker is None:
             raise RuntimeError("no ranker loaded")
+
+
+def _set_batching(method, config: Dict[str, Any]) -> None:
+    """A ``@serve.batch`` method's batch size and wait from a ``user_config``."""
+    method.set_max_batch_size(int(config.get("max_batch_size", BATCH["max_batch_size"])))
+    method.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", BATCH["batch_wait_timeout_s"])))
+
+
+# ---------------------------------------------------------------------------------------------
+# deployments (layout composed): each stage in its own replicas, batched across requests
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=5)
+class UserEncoder:
+    """The encode stage (:class:`EncodeStage`), batched across requests."""
+
+    def __init__(self, data: str, threads: int = 1, gpu: bool = False):
+        _threads(threads)
+        self.stage = EncodeStage(RowBuilder(data), _device(gpu))
+
+    def reconfigure(self, config: Dict[str, Any]) -> None:
+        """``{"matcher": run or export dir, "max_batch_size": n, "batch_wait_timeout_s": s}``: swap the model in place."""
+        self.stage.load(config)
+        _set_batching(self.encode, config)
+        settle_heap()
+
+    @serve.batch(**BATCH)
+    async def encode(self, requests: List[Req]) -> List[Union[Encoded, Exception]]:
+        """Each request's :class:`Encoded` (U = 1), or the exception its row raised."""
+        return self.stage.encode_batch(requests)
+
+    def check_health(self) -> None:
+        self.stage.check()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=5)
+class Retriever:
+    """The retrieve stage (:class:`RetrieveStage`): keeps the previous matcher's index during a swap."""
+
+    def __init__(self, threads: int = 1, gpu: bool = False):
+        _threads(threads)
+        self.stage = RetrieveStage(gpu)
+
+    def reconfigure(self, config: Dict[str, Any]) -> None:
+        """``{"matcher": run or export dir}``: load its catalogue next to the current one."""
+        self.stage.load(config)
+        settle_heap()
+
+    async def retrieve(self, vec: np.ndarray, n: int, matcher: Dict[str, Any], exclude: Optional[np.ndarray] = None) -> Candidates:
+        """:meth:`RetrieveStage.retrieve`: the top ``n`` of one (D,) user vector."""
+        return self.stage.retrieve(vec, n, matcher, exclude)
+
+    def check_health(self) -> None:
+        self.stage.check()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=5)
+class Ranker:
+    """The rank stage (:class:`RankStage`), batched across requests (one scoring call per batch)."""
+
+    def __init__(self, data: str, threads: int = 1, gpu: bool = False):
+        _threads(threads)
+        self.stage = RankStage(RowBuilder(data), _device(gpu))
+
+    def reconfigure(self, config: Dict[str, Any]) -> None:
+        """``{"ranker": run or export dir, "precision": auto | fp32 | int8, "max_batch_size": n,
+        "batch_wait_timeout_s": s}``."""
+        self.stage.load(config)
+        _set_batching(self.rank, config)
+        settle_heap()
+
+    @serve.batch(**BATCH)
+    async def rank(self, encoded: List[Encoded], codes: List[np.ndarray], scores: List[np.ndarray]) -> List[Ranked]:
+        """Each request's :class:`Ranked` (U = 1) for its (C,) candidate codes and their match scores."""
+        return self.stage.rank_batch(encoded, codes, scores)
+
+    def check_health(self) -> None:
+        self.stage.check()
+
+
+# ---------------------------------------------------------------------------------------------
+# layout colocated: the three stages in the Ingress replica's own process
+
+
+class _LocalCall:
+    """``handle.METHOD`` of a :class:`LocalHandle`: ``.remote(*args)`` runs the stage function on the replica's compute
+    thread and returns an asyncio future of its result (what :func:`call_stage` awaits, and cancels at its deadline)."""
+
+    def __init__(self, compute: ThreadPoolExecutor, fn: Callable[..., Any]):
+        self.compute, self.fn = compute, fn
+
+    def remote(self, *args: Any) -> "asyncio.Future[Any]":
+        return asyncio.get_running_loop().run_in_executor(self.compute, self.fn, *args)
+
+
+class LocalHandle:
+    """A stage in this process, called as its deployment's ``DeploymentHandle`` is (``handle.encode.remote(req)``, ...),
+    so that the Ingress's one request path (:meth:`Ingress._stages`, :func:`call_stage`) serves both layouts. Each
+    keyword names a method and the stage function that answers it, returning what the deployment's method returns."""
+
+    def __init__(self, compute: ThreadPoolExecutor, **methods: Callable[..., Any]):
+        for name, fn in methods.items():
+            setattr(self, name, _LocalCall(compute, fn))
+
+
+class Colocated:
+    """The colocated layout's stages in one Ingress replica: the matcher, its FAISS catalogue and the ranker, loaded
+    and warmed up as the stage deployments do (:class:`EncodeStage`, :class:`RetrieveStage`, :class:`RankStage`),
+    called through :class:`LocalHandle` s on one compute thread (``max_workers=1``: one request's stage at a time,
+    while the replica's event loop keeps serving ``POST /events``, ``GET /healthz`` and the next requests' reads).
+
+    A stage that misses its deadline is answered around as in the composed layout; its future is cancelled, which
+    drops a call still queued for the compute thread, but a computation already running cannot be interrupted: it
+    finishes in the background (its result unread), and the calls queued behind it wait for it."""
+
+    def __init__(self, builder: RowBuilder, threads: int = 1, gpu: bool = False):
+        _threads(threads)
+        device = _device(gpu)
+        self.encode_stage, self.retrieve_stage = EncodeStage(builder, device), RetrieveStage(gpu)
+        self.rank_stage = RankStage(builder, device)
+        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stages")
+        self.encoder = LocalHandle(self.compute, encode=self.encode_stage.encode_one)
+        self.retriever = LocalHandle(self.compute, retrieve=self.retrieve_stage.retrieve)
+        self.ranker: Optional[LocalHandle] = None
+
+    def reconfigure(self, config: Dict[str, Any]) -> None:
+        """``{"matcher": run or export dir, "ranker": run or export dir or null, "precision": auto | fp32 | int8}``: the
+        catalogue first (kept beside the previous one), then the matcher, then the ranker, so that a request encoded by
+        either matcher version during a swap finds its own version's index."""
+        self.retrieve_stage.load(config)
+        self.encode_stage.load(config)
+        if config.get("ranker"):
+            self.rank_stage.load(config)
+            self.ranker = LocalHandle(self.compute, rank=self.rank_stage.rank_one)
+        else:  # none: the matcher's order
+            self.ranker = None
+        settle_heap()
+
+    def check(self) -> None:
+        self.encode_stage.check()
+        self.retrieve_stage.check()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,7 +705,10 @@ class StageFailed(Exception):
 
 
 async def call_stage(stage: str, response, deadline_s: float):
-    """The result of one stage's DeploymentHandle call (``response``: a ``DeploymentResponse``) within ``deadline_s``.
+    """The result of one stage's call within ``deadline_s``: a DeploymentHandle's (``response``: a ``DeploymentResponse``;
+    layout composed), or a :class:`LocalHandle`'s (an asyncio future of the stage function on the Ingress replica's
+    compute thread; layout colocated: on a missed deadline it is cancelled too, which drops it if it has not started,
+    while a computation already running finishes in the background, unread).
 
     :class:`StageFailed` when the call raised or missed its deadline. Raised: the deployment's own exception (a
     ``RayTaskError`` that is also an instance of it), a replica that died (``ActorDiedError``; in fast mode, where
@@ -580,19 +752,34 @@ app = FastAPI(
 @serve.ingress(app)
 class Ingress:
     """HTTP in and out: reads the request within its bounds (:func:`read_body`, :func:`parse_body`,
-    ``seqrec.serving.check_request``), sends it through the stage deployments and assembles the
+    ``seqrec.serving.check_request``), sends it through the stage deployments (layout colocated: through the same
+    stages in this replica, :class:`Colocated`) and assembles the
     answer with ``seqrec.serving.answer`` / ``cold_start``, as the in-process pipeline does. Holds the
     user-behaviour store (``seqrec.store``), if any: ``POST /events`` writes it, ``POST /recommend`` reads it."""
 
-    def __init__(self, encoder: DeploymentHandle, retriever: DeploymentHandle, ranker: Optional[DeploymentHandle],
-                 data: str, candidates: int = 300, limits: Optional[Dict[str, Any]] = None, store: Optional[str] = None,
-                 store_ttl_s: Optional[int] = None):
+    def __init__(self, encoder: Optional[DeploymentHandle], retriever: Optional[DeploymentHandle],
+                 ranker: Optional[DeploymentHandle], data: str, candidates: int = 300, limits: Optional[Dict[str, Any]] = None,
+                 store: Optional[str] = None, store_ttl_s: Optional[int] = None, layout: str = "composed", threads: int = 1,
+                 gpu: bool = False):
+        builder = RowBuilder(data)
+        # layout colocated: no stage deployments; the stages run in this replica (Colocated), whose models come with
+        # this deployment's user_config (reconfigure), and are called through LocalHandles as the deployments are
+        self.local: Optional[Colocated] = None
+        if layout == "colocated":
+            if encoder is not None or retriever is not None or ranker is not None:
+                raise ValueError("layout colocated runs the stages in the Ingress: bind it without stage handles")
+            self.local = Colocated(builder, threads, gpu)
+            encoder, retriever = self.local.encoder, self.local.retriever
+        elif layout != "composed":
+            raise ValueError(f"layout {layout!r}: composed or colocated")
+        elif encoder is None or retriever is None:
+            raise ValueError("layout composed needs the UserEncoder's and the Retriever's handles")
         self.encoder, self.retriever, self.ranker = encoder, retriever, ranker
         self.candidates = int(candidates)
         self.limits = Limits(**(limits or {}))
         self.request_limits = self.limits.request()
-        builder = RowBuilder(data)
         self.popular_ids = builder.popular_ids(self.limits.max_k)
+        self.fields = ItemFields.load(data, builder)  # every answered item's `fields`, as the in-process Pipeline's
         # what the store keeps of a user: what the dataset's protocol reads (long-term window, history, a session)
         retention = Retention.for_protocol(builder.protocol, max_events=self.limits.max_events, idle_ttl_s=store_ttl_s)
         self.store: Optional[Store] = None if store is None else open_store(store, retention)
@@ -607,6 +794,21 @@ class Ingress:
 
         self.degraded_metric = Counter("seqrec_degraded_answers", description="POST /recommend answers from a fallback, "
                                        "by the stage that failed or missed its deadline", tag_keys=("stage",))
+        settle_heap()  # the row builder's vocabularies, the store (layout colocated: again after the models load)
+
+    async def reconfigure(self, config: Dict[str, Any]) -> None:
+        """Layout colocated: ``{"matcher": ..., "ranker": ... or null, "precision": ...}`` (this deployment's
+        ``user_config``), loaded as the stage deployments load theirs (a ``serve deploy`` of new paths swaps them in
+        place), on a thread of its own: the event loop, and the compute thread with the models before, keep serving."""
+        if self.local is None:
+            raise ValueError("the composed layout's Ingress takes no user_config (the stage deployments hold the models)")
+        await asyncio.to_thread(self.local.reconfigure, config)
+        self.ranker = self.local.ranker
+
+    def check_health(self) -> None:
+        """Layout colocated: unhealthy until its models are loaded (the composed Ingress holds none)."""
+        if self.local is not None:
+            self.local.check()
 
     @app.get("/healthz")
     async def healthz(self) -> Dict[str, str]:
@@ -707,7 +909,8 @@ class Ingress:
             timings["store_read"] = (time.perf_counter() - t0) * 1e3
         if not req.events:
             self.answers += 1
-            return cold_start(self.popular_ids, body.k, {**timings, "total": (time.perf_counter() - t0) * 1e3}).response(rid)
+            return cold_start(self.popular_ids, body.k, {**timings, "total": (time.perf_counter() - t0) * 1e3},
+                              self.fields).response(rid)
         one = await self._stages(body, req, timings)
         one.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
         self.answers += 1
@@ -736,7 +939,7 @@ class Ingress:
         except StageFailed as e:
             timings[e.degraded.stage] = (time.perf_counter() - t) * 1e3
             report = None if enc is None or isinstance(enc, Exception) else enc.reports[0]
-            return popular_fallback(self.popular_ids, body.k, timings, e.degraded, report)
+            return popular_fallback(self.popular_ids, body.k, timings, e.degraded, report, self.fields)
         ranked, degraded, t = None, None, time.perf_counter()
         if self.ranker is not None:
             try:
@@ -745,7 +948,7 @@ class Ingress:
             except StageFailed as e:
                 degraded = e.degraded
         timings.update(rank=(time.perf_counter() - t) * 1e3, rank_compute=0.0 if ranked is None else ranked.ms)
-        (one,) = answer(enc, cands, ranked, body.k, timings, degraded)
+        (one,) = answer(enc, cands, ranked, body.k, timings, degraded, self.fields)
         return one
 
 
@@ -772,9 +975,13 @@ def build(args: AppArgs):
         args = args.model_copy(update={"store": resolve_url(args.store)})
         open_store(args.store).close()
     opts = deployment_options(args.model_dump())
+    limits = {k: getattr(args, k) for k in Limits.model_fields}
+    if args.layout == "colocated":  # the Ingress alone: its user_config names the models (deployment_options)
+        return Ingress.options(**opts["Ingress"]).bind(None, None, None, args.data, args.candidates, limits, args.store,
+                                                       args.store_ttl_s, layout="colocated", threads=args.threads,
+                                                       gpu=args.gpu)
     encoder = UserEncoder.options(**opts["UserEncoder"]).bind(args.data, args.threads, args.gpu)
     retriever = Retriever.options(**opts["Retriever"]).bind(args.threads, args.gpu)
     ranker = Ranker.options(**opts["Ranker"]).bind(args.data, args.threads, args.gpu) if args.ranker else None
-    limits = {k: getattr(args, k) for k in Limits.model_fields}
     return Ingress.options(**opts["Ingress"]).bind(encoder, retriever, ranker, args.data, args.candidates, limits,
                                                    args.store, args.store_ttl_s)

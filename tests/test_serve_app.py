@@ -75,6 +75,8 @@ def test_served_top_k_equals_the_in_process_pipeline(app, tiny_prepared, tiny_ar
                                    rtol=1e-4, atol=1e-6)  # batch shapes differ
         # one answer assembly (seqrec.serving.answer): the same fields, versions and reports on both paths
         assert set(got) == set(want) and got["model_versions"] == want["model_versions"] == pipe.versions()
+        # the items' fields (seqrec.serving.ItemFields: here the side features, no catalogue) pass the response schema
+        assert [i["fields"] for i in got["items"]] == [i["fields"] for i in want["items"]] and got["items"][0]["fields"]
         assert [got[f] for f in ("cold_start", "unknown_items", "unknown_user", "unknown_values")] == \
             [want[f] for f in ("cold_start", "unknown_items", "unknown_user", "unknown_values")]
     # exclude_seen leaves out the same items (the short-term session's) on both paths

@@ -98,7 +98,7 @@ examples:
 
 POST /events {"users": [{"user_id": 5, "events": [{"item_id": 50, "timestamp": 881250949}, ...]}]} stores
 behaviours; POST /recommend {"user_id": 5, "k": 10} answers from them (events in the request are added to the
-stored ones for that request) with {"items": [{"item_id", "score", "match_score"}, ...], "model_versions",
+stored ones for that request) with {"items": [{"item_id", "score", "match_score", "fields"}, ...], "model_versions",
 "timings_ms", ...}. The store is SQLite at DATA/events.sqlite unless --store names another (sqlite:///PATH,
 redis://HOST:PORT/DB); `seqrec store load` warms it. OpenAPI docs at /docs. The server listens on 127.0.0.1
 unless --host says otherwise.
@@ -385,8 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_flags(tu, ScalingConfig, skip=("workers", "cpus_per_worker"), title="scaling")
 
     sv = top.add_parser("serve", help="Ray Serve: SDM -> FAISS -> BST as one HTTP endpoint, from training runs",
-                        description="Start the composed recommendation app (Ingress -> UserEncoder -> Retriever -> Ranker) "
-                        "on Ray Serve from training runs' exports.", epilog=EPILOG_SERVE,
+                        description="Start the recommendation app (Ingress -> UserEncoder -> Retriever -> Ranker; with --layout "
+                        "colocated, the Ingress alone running the three stages) on Ray Serve from training runs' exports.",
+                        epilog=EPILOG_SERVE,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sv.add_argument("--data", required=True, help="the prepared dataset the models were trained on")
     sv.add_argument("--run", help="a training run, or an experiment's --out (its train/ runs: SDM and BST preferred)")
@@ -405,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     sv.add_argument("--gpu", action="store_true", help="models and the FAISS index on a GPU that UserEncoder, Retriever and Ranker share")
+    sv.add_argument("--layout", choices=["composed", "colocated"], default="composed",
+                    help="composed (default): Ingress -> UserEncoder -> Retriever -> Ranker deployments, each scaled on its "
+                    "own; colocated: the Ingress alone runs the three stages in its replicas (no hops between deployments)")
+    sv.add_argument("--replicas", type=_positive_int, default=1,
+                    help="replicas of each deployment (colocated: of the Ingress; default 1)")
     sv.add_argument("--once", action="store_true", help="send one request (a test user's recent events), print the answer, stop")
     sv.add_argument("--address", default=None, help="a running Ray cluster to serve on (default: $RAY_ADDRESS; "
                     "without either, a new local cluster that stops with the command)")
@@ -734,7 +740,7 @@ def cmd_serve(args) -> int:
         store = default_store(args.data)
     app_args = {"data": data, "matcher": str(matcher.resolve()), "ranker": str(ranker.resolve()) if ranker else None,
                 "candidates": args.candidates, "gpu": args.gpu, "store": store, "store_ttl_s": args.store_ttl_s,
-                "ranker_precision": args.ranker_precision}
+                "ranker_precision": args.ranker_precision, "layout": args.layout, "replicas": args.replicas}
     print(f"matcher: {matcher} ({index['kind']} index over {index['items']:,} item codes)\nranker: {ranker or 'none'}\n"
           f"store: {store}{' (temporary)' if scratch else ''}")
     if args.write_config:
@@ -772,7 +778,7 @@ def cmd_serve(args) -> int:
             print(f"served {len(res['items'])} items for user {req['user_id']} ({req['events']} events) in {t['total']:.0f} ms "
                   f"(encode {t['encode']:.0f}, retrieve {t['retrieve']:.0f}, rank {t['rank']:.0f} ms, measured in the app):")
             for i, item in enumerate(res["items"], 1):
-                print(f"  {i:2d}. item {item['item_id']}  score {item['score']:.4f}  match {item['match_score']:.4f}")
+                print(item_line(i, item))
             v = res["model_versions"]
             ranker = f"{v['ranker']['model']} epoch {v['ranker']['epoch']}" if v.get("ranker") else "none"
             print(f"versions: matcher {v['matcher']['model']} epoch {v['matcher']['epoch']} ({v['matcher']['checkpoint']}), "
@@ -808,6 +814,23 @@ def _as_recorded(run_arg, run: Path, export: Path) -> Path:
     runs = json.loads((run / "results.json").read_text()).get("runs", [])
     named = [r["run_dir"] for r in runs if r.get("run_dir") and storage.basename(r["run_dir"]) == export.parent.name]
     return Path(named[0]) / "export" if named else export
+
+
+def item_line(rank: int, item: dict) -> str:
+    """One answered item as `seqrec serve --once` prints it: its id, then its title and genres where the answer's
+    ``fields`` hold them (``fields`` may be missing or ``{}``), then its scores (either may be null)."""
+    f = item.get("fields") or {}
+    text = f"{rank:2d}. item {item['item_id']}"
+    if f.get("title"):
+        text += f"  {f['title']}"
+    if f.get("genres"):
+        genres = f["genres"]
+        text += f"  [{' '.join(map(str, genres)) if isinstance(genres, list) else genres}]"
+    if item.get("score") is not None:
+        text += f"  score {item['score']:.4f}"
+    if item.get("match_score") is not None:
+        text += f" (match {item['match_score']:.4f})"
+    return "  " + text
 
 
 def _one_request(url: str, data: str) -> dict:

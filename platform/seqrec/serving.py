@@ -18,6 +18,9 @@ The stages are functions with typed results, the only implementation of serving:
 :func:`encode` (requests → :class:`Encoded`: session rows and user vectors), :func:`retrieve`
 (→ :class:`Candidates`: FAISS top N), :func:`rank` (→ :class:`Ranked`: ranker logits) and
 :func:`answer` / :func:`cold_start` (→ :class:`Answer`: the response fields, top k and versions).
+Every answered item carries ``fields``, what the dataset knows of it for people to read (:class:`ItemFields`:
+the catalogue's title, genres, year where ``seqrec data prepare`` wrote ``catalogue.parquet``, and the item's side
+features as raw values); an item the dataset knows nothing of has ``{}``.
 :class:`Pipeline` calls them in this process; the Serve app's deployments (``serve_apps/recommend.py``)
 call them too and add only batching, model swaps (``reconfigure``) and placement.
 Running the models over rows is :mod:`seqrec.inference`, as in offline evaluation.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +47,8 @@ if TYPE_CHECKING:
     import torch
 
     from seqrec.retrieval import ItemIndex
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -464,6 +470,72 @@ class RowBuilder:
         return self.vocab[F.ITEM_ID].take(self.popular(k) - F.FIRST_CODE).to_pylist()
 
 
+class ItemFields:
+    """What an answer says of each item beside its id and scores (an item's ``fields``), for people to read.
+
+    - the dataset's catalogue (``catalogue.parquet``, written by ``seqrec data prepare`` for a source that has one,
+      e.g. a MovieLens ``title``, ``genres`` and ``year``), when the data dir holds one;
+    - always, the item's side features as raw values (``items.parquet``'s codes decoded with the vocabularies,
+      e.g. ``category_id``, ``cate1_id``, ``year_bucket``).
+
+    A value the dataset does not know (null in the catalogue, a side value outside the vocabulary) is left out; an
+    unknown item gets ``{}``. Looking fields up never fails an answer: on an error, the items get ``{}`` (logged).
+    Lookups are by item code over Arrow columns, so a million-item catalogue costs no Python object per item.
+    """
+
+    def __init__(self, builder: RowBuilder, catalogue: pa.Table | None = None):
+        self.builder = builder
+        self.side = [(name, builder.item_side[name], builder.vocab[name]) for name in builder.item_names[1:]]
+        self.catalogue, self.rows = None, None  # the catalogue's columns, and each item code's row in it (-1: none)
+        if catalogue is not None and catalogue.num_rows:
+            n = len(builder.item_counts)
+            if "code" in catalogue.column_names:
+                codes = catalogue["code"].to_numpy().astype(np.int64)
+            else:  # a catalogue keyed by raw id alone
+                codes = builder.encode(F.ITEM_ID, catalogue[F.ITEM_ID].to_pylist()).astype(np.int64)
+            ok = (codes >= F.FIRST_CODE) & (codes < n)
+            self.rows = np.full(n, -1, np.int64)
+            self.rows[codes[ok]] = np.flatnonzero(ok)
+            self.catalogue = catalogue.drop_columns([c for c in ("code", F.ITEM_ID) if c in catalogue.column_names])
+
+    @classmethod
+    def load(cls, data_dir: str | Path, builder: RowBuilder | None = None) -> ItemFields:
+        """The fields of a prepared dataset's items (``builder``: its :class:`RowBuilder`, when already loaded)."""
+        from seqrec.data.prepare import CATALOGUE
+
+        builder = builder if builder is not None else RowBuilder(data_dir)
+        path = Path(data_dir) / CATALOGUE
+        return cls(builder, pq.read_table(path) if path.exists() else None)
+
+    def of(self, item_ids: list) -> list[dict]:
+        """One dict of fields per raw item id (in order): the catalogue's first, then the side features."""
+        if not len(item_ids):
+            return []
+        try:
+            return self._of([_plain(i) for i in item_ids])
+        except Exception as e:  # noqa: BLE001 - fields are for people to read: never fail an answer for them
+            log.warning("item fields: lookup failed (%r); answering without them", e)
+            return [{} for _ in item_ids]
+
+    def _of(self, item_ids: list) -> list[dict]:
+        codes = self.builder.encode(F.ITEM_ID, item_ids).astype(np.int64)
+        known = codes >= F.FIRST_CODE
+        out: list[dict] = [{} for _ in item_ids]
+        if self.catalogue is not None:
+            rows = np.where(known, self.rows[codes], -1)
+            hit = np.flatnonzero(rows >= 0)
+            if len(hit):
+                for j, rec in zip(hit.tolist(), self.catalogue.take(pa.array(rows[hit])).to_pylist()):
+                    out[j].update((k, v) for k, v in rec.items() if v is not None)
+        for name, side, vocab in self.side:
+            c = np.where(known, side[codes], F.UNKNOWN)
+            hit = np.flatnonzero(c >= F.FIRST_CODE)
+            if len(hit):
+                for j, v in zip(hit.tolist(), vocab.take(pa.array(c[hit] - F.FIRST_CODE)).to_pylist()):
+                    out[j].setdefault(name, v)
+        return out
+
+
 # ---------------------------------------------------------------------------------------------
 # artifacts: training runs' exports, their versions and the matcher's item index
 
@@ -727,7 +799,7 @@ class Degraded:
 class Answer:
     """One request's answer: the fields of the HTTP response (``serve_apps.recommend.RecommendOut``)."""
 
-    items: list[dict]  # [{"item_id", "score", "match_score"}], best first
+    items: list[dict]  # [{"item_id", "score", "match_score", "fields"}], best first (fields: ItemFields.of)
     cold_start: bool
     report: RowReport
     model_versions: dict  # model_versions(), or {"cold_start": ...}
@@ -776,38 +848,51 @@ def rank(ranker: LoadedModel, spec, rows: pa.Table, codes: np.ndarray, scores: n
     return Ranked(logits, ranker.version, (time.perf_counter() - t0) * 1e3)
 
 
-def top_items(codes: np.ndarray, raw_ids: np.ndarray, match: np.ndarray, logits: np.ndarray, k: int) -> list[dict]:
+def _with_fields(items: list[dict], fields: ItemFields | None) -> list[dict]:
+    """``items`` with each one's ``fields`` (:meth:`ItemFields.of`; ``{}`` without ``fields``)."""
+    found = fields.of([i["item_id"] for i in items]) if fields is not None else [{} for _ in items]
+    for item, f in zip(items, found):
+        item["fields"] = f
+    return items
+
+
+def top_items(codes: np.ndarray, raw_ids: np.ndarray, match: np.ndarray, logits: np.ndarray, k: int,
+              fields: ItemFields | None = None) -> list[dict]:
     """The top ``k`` of one request's candidates by ranker logit (stable: ties keep the matcher's order);
-    ``raw_ids`` holds each candidate's raw id, and candidates with code -1 (fewer than asked) are dropped."""
+    ``raw_ids`` holds each candidate's raw id, and candidates with code -1 (fewer than asked) are dropped.
+    Each item carries its ``fields`` (:class:`ItemFields`; ``{}`` without one)."""
     order = np.argsort(-logits, kind="stable")[:k]
     order = order[codes[order] >= 0]
-    return [{"item_id": _plain(raw_ids[o]), "score": float(logits[o]), "match_score": float(match[o])} for o in order]
+    return _with_fields([{"item_id": _plain(raw_ids[o]), "score": float(logits[o]), "match_score": float(match[o])}
+                         for o in order], fields)
 
 
 def answer(encoded: Encoded, candidates: Candidates, ranked: Ranked | None, k: int, timings_ms: dict,
-           degraded: Degraded | None = None) -> list[Answer]:
+           degraded: Degraded | None = None, fields: ItemFields | None = None) -> list[Answer]:
     """Each request's top ``k``: its candidates by ranker logit (by match score without a ranker). ``degraded``:
-    the ranker failed (``Degraded("rank", why)``), so the matcher's order is the answer, marked so."""
+    the ranker failed (``Degraded("rank", why)``), so the matcher's order is the answer, marked so. ``fields``:
+    what each item's ``fields`` hold (:class:`ItemFields`)."""
     logits = candidates.scores if ranked is None else ranked.logits
     versions = model_versions(encoded.matcher, candidates.index, None if ranked is None else ranked.ranker)
-    return [Answer(top_items(candidates.codes[j], candidates.raw_ids[j], candidates.scores[j], logits[j], k), False,
-                   report, versions, timings_ms, degraded) for j, report in enumerate(encoded.reports)]
+    return [Answer(top_items(candidates.codes[j], candidates.raw_ids[j], candidates.scores[j], logits[j], k, fields),
+                   False, report, versions, timings_ms, degraded) for j, report in enumerate(encoded.reports)]
 
 
-def cold_start(popular_ids: list, k: int, timings_ms: dict) -> Answer:
+def cold_start(popular_ids: list, k: int, timings_ms: dict, fields: ItemFields | None = None) -> Answer:
     """The documented answer to a request with no events: the ``k`` most popular items
-    (:meth:`RowBuilder.popular_ids`, at least ``k`` of them), no scores."""
-    items = [{"item_id": i, "score": None, "match_score": None} for i in popular_ids[:k]]
+    (:meth:`RowBuilder.popular_ids`, at least ``k`` of them), no scores; ``fields`` as in :func:`answer`."""
+    items = _with_fields([{"item_id": i, "score": None, "match_score": None} for i in popular_ids[:k]], fields)
     return Answer(items, True, RowReport(), {"cold_start": "popular items of the training window"}, timings_ms)
 
 
 def popular_fallback(popular_ids: list, k: int, timings_ms: dict, degraded: Degraded,
-                     report: RowReport | None = None) -> Answer:
+                     report: RowReport | None = None, fields: ItemFields | None = None) -> Answer:
     """The answer when the encode or retrieve stage failed: :func:`cold_start`'s popular items, marked ``degraded``
-    (``cold_start`` stays false: the user has events); ``report``: the row builder's, when the encoder answered."""
+    (``cold_start`` stays false: the user has events); ``report``: the row builder's, when the encoder answered;
+    ``fields`` as in :func:`answer`."""
     if degraded.fallback != "popular":
         raise ValueError(f"popular_fallback answers for a failed encode or retrieve stage, not {degraded.stage!r}")
-    items = cold_start(popular_ids, k, timings_ms).items
+    items = cold_start(popular_ids, k, timings_ms, fields).items
     return Answer(items, False, report or RowReport(), {"popular": "popular items of the training window"}, timings_ms,
                   degraded)
 
@@ -820,12 +905,14 @@ class Pipeline:
     item vectors when there is none. Without a ranker, the matcher's order is the answer. The ranker
     runs at ``ranker_precision`` (``auto``: int8 on a CPU, as the Serve app). The
     Serve app's deployments call the same stage functions (:func:`encode`, :func:`retrieve`,
-    :func:`rank`, :func:`answer`, :func:`cold_start`).
+    :func:`rank`, :func:`answer`, :func:`cold_start`). Answers' items carry the dataset's
+    :class:`ItemFields` (``self.fields``).
     """
 
     def __init__(self, data_dir: str | Path, matcher: str | Path, ranker: str | Path | None = None,
                  candidates: int = 300, device: str = "cpu", use_gpu_index: bool = False, ranker_precision: str = "auto"):
         self.rows = RowBuilder(data_dir)
+        self.fields = ItemFields.load(data_dir, self.rows)
         vocab_hash = self.rows.manifest.get("vocab_hash")
         self.matcher = load_model(matcher, "matcher", device, vocab_hash)
         self.catalogue = load_catalogue(matcher, use_gpu=use_gpu_index)
@@ -854,10 +941,10 @@ class Pipeline:
             ranked = None if self.ranker is None else rank(self.ranker, self.rows.spec, enc.rows, cands.codes, cands.scores)
             timings = {"rows_ms": enc.rows_ms, "encode_ms": enc.encode_ms, "retrieve_ms": cands.ms,
                        "rank_ms": 0.0 if ranked is None else ranked.ms}
-            for i, a in zip(warm, answer(enc, cands, ranked, k, timings)):
+            for i, a in zip(warm, answer(enc, cands, ranked, k, timings, fields=self.fields)):
                 out[i] = a.response()
         popular = self.rows.popular_ids(k) if len(warm) < len(requests) else []
-        return [o if o is not None else cold_start(popular, k, {}).response() for o in out]
+        return [o if o is not None else cold_start(popular, k, {}, self.fields).response() for o in out]
 
 def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
@@ -901,7 +988,7 @@ def _identity(raw: list) -> np.ndarray:
 
 
 __all__ = ["Answer", "Candidates", "Catalogue", "Degraded", "Encoded", "FALLBACKS", "popular_fallback",
-           "Event", "LoadedModel", "Pipeline", "Ranked", "Request", "ranker_verdict",
+           "Event", "ItemFields", "LoadedModel", "Pipeline", "Ranked", "Request", "ranker_verdict",
            "RequestLimits", "RowBuilder", "RowReport", "answer", "check_request", "clip", "cold_start", "encode",
            "ensure_index", "export_dir", "find_runs", "index_version", "load_catalogue", "load_index", "load_model",
            "model_version", "model_versions", "rank", "retrieve", "rows_from_bytes", "rows_to_bytes", "shorten",

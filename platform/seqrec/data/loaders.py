@@ -30,8 +30,11 @@ give identical events tables):
   string, genres in GroupLens order joined by ``|`` (e.g. ``"Action|Adventure"``;
   ``"unknown"`` when no genre is set); ``cate1_id`` = the first genre of that
   combination; ``year_bucket`` = the release decade (``"1990s"``; ``"unknown"``
-  when the release date / year is missing or unparsable). The title, the video
-  release date and the IMDb URL are dropped;
+  when the release date / year is missing or unparsable). The video release
+  date and the IMDb URL are dropped; the title, the genres and the release year
+  are not features: they are the source's *catalogue* (:meth:`_MovieLens.catalogue`,
+  written as ``catalogue.parquet`` by ``seqrec data prepare`` for answers people
+  can read);
 * user profile: ``age`` = the MovieLens-1M age bucket (``"<18"``, ``"18-24"``,
   ``"25-34"``, ``"35-44"``, ``"45-49"``, ``"50-55"``, ``"56+"``), ``gender``,
   ``occupation`` as given; the zip code is dropped;
@@ -228,6 +231,14 @@ class _Side:
     rejects: pa.Table
     rejected_ids: dict[int, int]  # id -> line of a rejected row carrying it
     rows_read: int
+    rows: list[dict] = field(default_factory=list)  # the accepted parsed rows, parallel to ids (the catalogue reads them)
+
+
+#: The columns of a source's catalogue (:meth:`_MovieLens.catalogue`, ``catalogue.parquet`` of a prepared dataset).
+CATALOGUE_SCHEMA = pa.schema([
+    pa.field(F.ITEM_ID, pa.int64()), pa.field("title", pa.string()), pa.field("genres", pa.list_(pa.string())),
+    pa.field("year", pa.int64()),
+])  # fmt: skip
 
 
 def _first_int(text: str, delimiter: str) -> int | None:
@@ -255,6 +266,28 @@ class _MovieLens(_Picklable, EventSource):
 
     def _read_users(self, bad_rows: BadRows) -> _Side:
         raise NotImplementedError
+
+    def _catalogue_row(self, row: dict) -> tuple[str | None, list[str], int | None]:
+        """(title, genres, year) of an accepted row of the item file."""
+        raise NotImplementedError
+
+    def catalogue(self) -> pa.Table:
+        """What people read of the items (:data:`CATALOGUE_SCHEMA`): one row per item of the item file, in its order:
+        ``item_id`` (the raw id the events use), ``title`` as the file gives it (GroupLens titles carry the year,
+        ``"Star Wars (1977)"``; RecBole's do not, ``"Star Wars"``), ``genres`` (in GroupLens order; ``["unknown"]``
+        where the file says so) and ``year`` (the release year, null when missing or unparsable).
+
+        The rows are those the item side reader accepted: a malformed row of the item file (a bad row of it, see the
+        module docstring) has no catalogue row, nor has a duplicate id's later row."""
+        cached = self.__dict__.get("_cache_sides") or {}
+        items = next(iter(cached.values()))[0] if cached else self._read_items(BadRows.QUARANTINE)
+        entries = [self._catalogue_row(r) for r in items.rows]
+        return pa.table({
+            F.ITEM_ID: items.ids,
+            "title": pa.array([e[0] for e in entries], pa.string()),
+            "genres": pa.array([e[1] for e in entries], pa.list_(pa.string())),
+            "year": pa.array([e[2] for e in entries], pa.int64()),
+        }, schema=CATALOGUE_SCHEMA)  # fmt: skip
 
     def chunks(self, chunk_bytes: int = 64 << 20) -> list[Chunk]:
         return split_text_file(self.ratings_path, chunk_bytes, has_header=self.has_header)
@@ -345,6 +378,7 @@ class _MovieLens(_Picklable, EventSource):
         ids: list[int] = []
         feats: list[list[str]] = [[] for _ in feature_names]
         bad_l, bad_r = [], []
+        kept: list[dict] = []
         seen: dict[int, int] = {}
         for row in rows:
             line = row[LINE_COL]
@@ -360,6 +394,7 @@ class _MovieLens(_Picklable, EventSource):
                 continue
             seen[row[id_col]] = line
             ids.append(row[id_col])
+            kept.append(row)
             for out, v in zip(feats, values):
                 out.append(v)
         rejects = parsed.rejects
@@ -378,6 +413,7 @@ class _MovieLens(_Picklable, EventSource):
             rejects=rejects,
             rejected_ids=rejected_ids,
             rows_read=parsed.rows_read,
+            rows=kept,
         )
 
     def _read_side(self, file, columns, *, has_header, delimiter, encoding, bad_rows, id_col, derive, names):
@@ -446,7 +482,7 @@ class MovieLensGroupLens(_MovieLens):
     def _read_items(self, bad_rows: BadRows) -> _Side:
         cols = [
             ColumnSpec(F.ITEM_ID, "int_id"),
-            ColumnSpec(None, "str"),  # title
+            ColumnSpec("title", "str"),  # the catalogue's, not a feature
             ColumnSpec("release_date", "str"),
             ColumnSpec(None, "str"),  # video release date
             ColumnSpec(None, "str"),  # IMDb URL
@@ -458,19 +494,24 @@ class MovieLensGroupLens(_MovieLens):
                 if v not in (0, 1):
                     return None, f"genre flag {g} = {v} (must be 0 or 1)"
             cat, cate1 = ml_genres([g for g, v in zip(ML_GENRES, flags) if v])
-            year = None
-            date = row["release_date"].strip()
-            if date:
-                try:
-                    year = datetime.strptime(date, "%d-%b-%Y").year
-                except ValueError:
-                    year = None
-            return (cat, cate1, ml_decade(year)), None
+            return (cat, cate1, ml_decade(self._year(row))), None
 
         return self._read_side(
             self.item_path, cols, has_header=False, delimiter="|", encoding="latin-1", bad_rows=bad_rows,
             id_col=F.ITEM_ID, derive=derive, names=self.item_side,
         )  # fmt: skip
+
+    @staticmethod
+    def _year(row: dict) -> int | None:
+        """The release year of a u.item row (its release date, ``01-Jan-1995``), None when missing or unparsable."""
+        date = row["release_date"].strip()
+        try:
+            return datetime.strptime(date, "%d-%b-%Y").year if date else None
+        except ValueError:
+            return None
+
+    def _catalogue_row(self, row: dict) -> tuple[str | None, list[str], int | None]:
+        return row["title"] or None, [g for g in ML_GENRES if row[f"genre:{g}"] == 1], self._year(row)
 
     def _read_users(self, bad_rows: BadRows) -> _Side:
         cols = [
@@ -524,7 +565,7 @@ class MovieLensRecBole(_MovieLens):
             if not os.path.isfile(f):
                 raise ValueError(f"recbole: {f} is missing; the MovieLens atomic files come as .inter, .item and .user")
         self._inter_pos = self._positions(self.ratings_path, (F.USER_ID, F.ITEM_ID, F.TIMESTAMP), ("rating",))
-        self._item_pos = self._positions(self.item_path, (F.ITEM_ID, "release_year", ("class", "genre")), ())
+        self._item_pos = self._positions(self.item_path, (F.ITEM_ID, "release_year", ("class", "genre")), ("movie_title",))
         self._user_pos = self._positions(self.user_path, (F.USER_ID, "age", "gender", "occupation"), ())
 
     @staticmethod
@@ -568,6 +609,7 @@ class MovieLensRecBole(_MovieLens):
                 F.ITEM_ID: ColumnSpec(F.ITEM_ID, "int_id"),
                 "release_year": ColumnSpec("release_year", "str"),
                 "class": ColumnSpec("class", "str"),
+                "movie_title": ColumnSpec("title", "str"),  # the catalogue's, not a feature
             },
         )
 
@@ -577,13 +619,21 @@ class MovieLensRecBole(_MovieLens):
             if unknown:
                 return None, f"unknown genre {unknown[0]!r} (known: {', '.join(ML_GENRES)})"
             cat, cate1 = ml_genres(genres)
-            y = row["release_year"].strip()
-            return (cat, cate1, ml_decade(int(y) if re.fullmatch(r"[0-9]{4}", y) else None)), None
+            return (cat, cate1, ml_decade(self._year(row))), None
 
         return self._read_side(
             self.item_path, cols, has_header=True, delimiter="\t", encoding="utf-8", bad_rows=bad_rows,
             id_col=F.ITEM_ID, derive=derive, names=self.item_side,
         )  # fmt: skip
+
+    @staticmethod
+    def _year(row: dict) -> int | None:
+        y = row["release_year"].strip()
+        return int(y) if re.fullmatch(r"[0-9]{4}", y) else None
+
+    def _catalogue_row(self, row: dict) -> tuple[str | None, list[str], int | None]:
+        genres = set(row["class"].split())
+        return row.get("title") or None, [g for g in ML_GENRES if g in genres], self._year(row)
 
     def _read_users(self, bad_rows: BadRows) -> _Side:
         cols = self._specs(

@@ -32,6 +32,8 @@ Output layout::
     out/vocab/<feature>.parquet   raw value, code, training count
     out/items.parquet        dense item table: code → raw id, count, side-feature codes
     out/users.parquet        raw user id → code, profile codes (latest)
+    out/catalogue.parquet    what people read of each item (title, genres, year), by item code; only
+                             from a source with a catalogue (MovieLens): see :func:`write_catalogue`
     out/{train,val,test}/part-NNNNN.parquet   session rows (sessions.row_schema)
     out/rejects/             malformed rows (only with --bad-rows=quarantine)
 """
@@ -738,8 +740,40 @@ def prepare(
     manifest["files"] = _file_table(out)
     manifest["vocab_hash"] = _hash_files(out, [f for f in manifest["files"] if f.startswith("vocab/")])
     manifest["content_hash"] = _hash_files(out, list(manifest["files"]))
+    # after the hashes and out of `files`: a catalogue changes no row a model reads (see write_catalogue)
+    cat = write_catalogue(source, items, out)
+    if cat is not None:
+        manifest["catalogue"] = cat
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
     return manifest
+
+
+CATALOGUE = "catalogue.parquet"
+
+
+def write_catalogue(source: EventSource, items: pa.Table, out: Path) -> dict | None:
+    """Write ``out/catalogue.parquet`` when the source has a catalogue (``source.catalogue()``, e.g. a MovieLens
+    title, genres and year); return what the manifest records of it (``{"file", "rows", "columns"}``), or None.
+
+    Its rows are the dataset's items (those of ``items.parquet``, matched by raw id) that the source's catalogue
+    lists, sorted by item code, with a ``code`` column first. It is written after the manifest's ``files`` and hashes
+    are taken and is in neither: answers read it, models do not, so ``vocab_hash`` and ``content_hash`` are those of
+    the same preparation without it (and of datasets prepared before it existed)."""
+    get = getattr(source, "catalogue", None)  # optional: only some sources have one
+    cat = get() if callable(get) else None
+    if cat is None:
+        return None
+    raw = items["raw"].combine_chunks().slice(F.FIRST_CODE)
+    ids = cat[F.ITEM_ID].combine_chunks()
+    if ids.type != raw.type:  # e.g. int64 ids against a string vocabulary: compare as text
+        ids, raw = ids.cast(pa.string()), raw.cast(pa.string())
+    pos = pc.index_in(raw, value_set=ids)  # per item code (from FIRST_CODE): its catalogue row, or null
+    valid = pc.is_valid(pos)
+    codes = pc.filter(pa.array(np.arange(F.FIRST_CODE, items.num_rows, dtype=np.int32)), valid)
+    table = cat.take(pc.filter(pos, valid))
+    table = pa.table({"code": codes, **{n: table[n] for n in table.column_names}})
+    _write_table(table, out / CATALOGUE)
+    return {"file": CATALOGUE, "rows": table.num_rows, "columns": table.column_names}
 
 
 def _ray_connected() -> bool:
