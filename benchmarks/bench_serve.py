@@ -30,9 +30,9 @@ behaviours from the store (``stage_store_read_p50_ms``, summary ``store_read_ms_
   cores go.
 
 Serve runs in ``--serve-mode`` (default fast, as ``seqrec serve``; see ``serve_apps/config.py``). The app runs in
-``--layout`` (default composed: Ingress → UserEncoder → Retriever → Ranker deployments; colocated: the Ingress alone,
-running the three stages in its replicas) with ``--replicas`` replicas (colocated: of the Ingress; composed: of each
-deployment); the summary records both (``layout``, ``replicas``).
+``--layout`` (default colocated: the Ingress alone, running the three stages in its replicas; composed: Ingress →
+UserEncoder → Retriever → Ranker deployments, seqrec serve's default) with ``--replicas`` replicas (default 2
+colocated, of the Ingress; 1 composed, of each deployment); the summary records both (``layout``, ``replicas``).
 
 Every client is loopback only (127.0.0.1) and bounded in count and time. Summary keys:
 ``p50_ms``, ``p95_ms``, ``p99_ms``, ``qps``, ``errors``, ``requests`` (the fixed-rate run),
