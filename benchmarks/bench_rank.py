@@ -21,6 +21,13 @@ on this CPU), BST b = 2 (no shared-window shortcut), DIN, WDL. Summary keys:
 ``ms_300_candidates_1thread_compact``, ``candidates_per_s_batch`` (paper BST, int8), and
 ``gpu_ms_300_candidates`` (paper BST, fp32; null without CUDA).
 
+**The floor** of the paper configuration on this CPU: ``linear_macs_300`` (multiply-adds of every Linear layer in
+one 300-candidate ``score`` call, counted by forward hooks), ``gemm_fp32_gmac_per_s_1thread`` and
+``gemm_int8_gmac_per_s_1thread`` (one thread, the best of 6 × 100 calls, at the MLP's widest layer, 300 × 1024 → 512: MKL fp32
+and fbgemm dynamic int8), and ``floor_ms_300_candidates_1thread`` = the multiply-adds at the int8 rate: the time
+of the Linear layers alone if every one of them ran int8 at the best rate measured, with the embeddings,
+attention, activations and concatenations free. A ``score`` cannot come in under it on this thread.
+
 **int8's quality** (``--quality RUN --data DATA``: an experiment or training run with an SDM and a
 trained BST, e.g. README command 1's ``runs/ml-100k``, and its prepared dataset): the run's BST in
 fp32 and in int8 re-ranks the same SDM top 300 of every test row, and ranks the popularity-negative
@@ -100,6 +107,51 @@ def timed(fn, repeats: int, warmup: int = 10) -> np.ndarray:
     return np.asarray(out)
 
 
+def gemm_rates(rows: int = 300, k: int = 1024, n: int = 512, rounds: int = 6, repeats: int = 100) -> dict:
+    """Multiply-adds per second of one thread at the paper MLP's widest layer (rows × k → n): an fp32 Linear
+    (MKL/oneDNN) and the same layer dynamically quantized to int8 (fbgemm, what ``with_precision`` runs). The
+    best call over `rounds` rounds of `repeats` calls, each round with freshly allocated layers and input: the
+    rate of one round varies by up to 30% here (52–73 G/s for int8), and a floor takes the best."""
+    import warnings
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    best = {"fp32": float("inf"), "int8": float("inf")}
+    try:
+        for _ in range(rounds):
+            lin = torch.nn.Linear(k, n)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+                q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+            x = torch.randn(rows, k)
+            with torch.inference_mode():
+                for name, f in (("fp32", lin), ("int8", q)):
+                    best[name] = min(best[name], float(timed(lambda f=f: f(x), repeats).min()))
+    finally:
+        torch.set_num_threads(threads)
+    return {name: rows * k * n / t for name, t in best.items()}
+
+
+def linear_macs(model, batch: Batch, candidates: torch.Tensor) -> int:
+    """Multiply-adds of every Linear layer (fp32 or dynamically quantized) in one ``score`` call, counted by
+    forward hooks: rows × in_features × out_features per call."""
+    from torch.ao.nn.quantized import dynamic as qd
+
+    total = [0]
+
+    def hook(mod, args, _out):
+        total[0] += args[0].numel() // mod.in_features * mod.in_features * mod.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Linear, qd.Linear))]
+    try:
+        with torch.inference_mode():
+            model.score(batch, candidates)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
 def quality(run: str, data: str, candidates: int, split: str = "test") -> dict:
     """int8 against fp32 for a trained BST: two-stage metrics on the same SDM candidates, and AUC (module doc)."""
     from seqrec.data.prepare import load_manifest, read_split
@@ -148,6 +200,7 @@ def main() -> int:
     args = p.parse_args()
     if args.quality and not args.data:
         p.error("--quality needs --data (the prepared dataset the run was trained on)")
+    rates = gemm_rates()
     check = None
     if args.quality:
         check = quality(args.quality, args.data, args.candidates, args.quality_split)
@@ -163,6 +216,15 @@ def main() -> int:
     many = user_batch(spec, args.batch_users, g)
     c1 = torch.randint(2, spec.n_items, (1, args.candidates), generator=g)
     cb = torch.randint(2, spec.n_items, (args.batch_users, args.candidates), generator=g)
+    torch.manual_seed(0)
+    name, opts, _ = next(iter(CONFIGS.values()))  # the paper configuration
+    paper_model = build_model(name, spec, **opts)
+    paper_model.set_item_table(side, counts)
+    macs = linear_macs(paper_model.eval(), one, c1)
+    floor_ms = macs / rates["int8"] * 1e3
+    print(f"paper BST: {macs / 1e6:.1f} M multiply-adds in Linear layers per call; one thread does {rates['fp32'] / 1e9:.1f} "
+          f"(fp32) / {rates['int8'] / 1e9:.1f} (int8) G multiply-adds/s at its widest layer: {floor_ms:.2f} ms with every "
+          f"Linear at the int8 rate and nothing else costing anything")
     threads = torch.get_num_threads()
     runs = []
     for label, (name, opts, precision) in CONFIGS.items():
@@ -210,6 +272,10 @@ def main() -> int:
         "paper_config_meets_target": paper["ms_300_1thread_median"] <= 5.0,
         "compact_config_meets_target": compact["ms_300_1thread_median"] <= 5.0,
         "gpu_ms_300_candidates": paper32["gpu_ms_300"],
+        "linear_macs_300": macs,
+        "gemm_fp32_gmac_per_s_1thread": round(rates["fp32"] / 1e9, 2),
+        "gemm_int8_gmac_per_s_1thread": round(rates["int8"] / 1e9, 2),
+        "floor_ms_300_candidates_1thread": round(floor_ms, 3),
         **{k: (None if check is None else check[k]) for k in
            ("int8_auc_delta", "int8_cand_auc_delta", "int8_hitrate@20_delta", "int8_quality_ok")},
     }

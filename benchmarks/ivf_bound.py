@@ -11,18 +11,26 @@ exact top-300 by inner product, and the IVF index that ``benchmarks/scale.py`` b
   Any IVF index over these lists finds at most those items, whatever it stores per vector (Flat, SQ8, PQ, PQ with a
   perfect refine), so this is the ceiling of recall at nprobe p; the vectors each query then scans are the sizes of
   its p lists (``scanned``).
-* **scan cost per vector, one thread, one query at a time** (what a served query pays): an exact inner-product scan
-  of fp32 vectors (``faiss.IndexFlatIP``) over the first 10^6 vectors, and the index's own 4-bit PQ fast-scan codes
-  (all lists probed, no refine), each as ns per vector scanned (the top-300 selection included). The fast-scan
-  figure with all the queries in one call (``..._batched``) is far lower: one pass over the codes serves every
-  query of the call, which a query served alone cannot share.
-* **the floor**: the smallest nprobe whose ceiling reaches recall 0.95, times the vectors it scans, times the
-  cheaper of the two per-vector costs (``floor_ms``): no IVF over this quantizer answers a query at recall 0.95
-  faster on one thread with these codes (the coarse search and any refine come on top).
+* **scan cost per code, one thread, one query at a time** (what a served query pays): the index's own 4-bit PQ
+  fast-scan over the lists a query probes at the nprobe that reaches 0.95, timed through ``search_preassigned``
+  with the exact coarse assignment (so the coarse search is left out) and divided by the codes in those lists
+  (the top-300 selection included); and an exact inner-product scan of fp32 vectors (``faiss.IndexFlatIP``) over
+  the first 10^6 vectors, per vector. The fast-scan figure with all the timing queries in one call
+  (``..._batched``) is lower: codes that several queries probe are read once for all of them, which a query
+  served alone cannot share.
+* **the floor**: the vectors the smallest 0.95-reaching nprobe scans, times the cheaper of the two per-vector
+  costs (``floor_ms``); and what reading those codes alone costs at this thread's measured memory read
+  bandwidth (``bandwidth_floor_ms``; ``read_gb_per_s``: numpy summing a 256 MiB array, best of 3). No IVF over
+  this quantizer with these codes answers a query at recall 0.95 faster on one thread (the coarse search and any
+  refine come on top).
+
+An earlier version timed the fast-scan with nprobe = nlist but left an HNSW coarse quantizer at efSearch 16, which
+returns only a few hundred valid lists: it scanned ~5% of the codes and divided by all of them (0.42 ns/code at
+10^7, 17x too low). Timing on preassigned lists and counting the codes actually scanned removes that error.
 
 Summary keys, per size (``_1e6``, ``_1e7``): ``probe_recall@300_at_<share>`` for scanned shares 1%, 5%, 10%, 25%;
 ``nprobe_for_0.95``, ``scanned_share_for_0.95``, ``flat_ns_per_vector``, ``fastscan_ns_per_code`` (and
-``_batched``), ``floor_ms``, ``code_bytes``.
+``_batched``), ``floor_ms``, ``bandwidth_floor_ms``, ``code_bytes``; and ``read_gb_per_s``.
 """
 
 from __future__ import annotations
@@ -91,7 +99,40 @@ def ns_per_vector(fn, n_vectors: int, queries: np.ndarray, repeats: int = 3) -> 
     return best / n_vectors * 1e9
 
 
-def measure(n: int, threads: int, timing_queries: int, index_glob: str) -> tuple[dict, dict]:
+def read_bandwidth(mib: int = 256, repeats: int = 3) -> float:
+    """Bytes/s one thread reads from memory (numpy summing a `mib` MiB array as uint64, best of `repeats`)."""
+    a = np.ones(mib << 17, np.uint64)  # mib MiB
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a.sum()
+        best = min(best, time.perf_counter() - t0)
+    return a.nbytes / best
+
+
+def scan_ns_per_code(ivf, q: np.ndarray, nprobe: int, sizes: np.ndarray, batched: bool = False) -> float:
+    """ns per code of the IVF scan over each query's `nprobe` best lists (exact coarse ranking, passed to
+    ``search_preassigned``, so the coarse search is not timed), one query per call unless `batched`."""
+    cents = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    scores = q @ cents.T
+    assign = np.argsort(-scores, axis=1)[:, :nprobe].astype(np.int64)
+    dis = np.take_along_axis(scores, assign, axis=1).astype(np.float32)
+    codes = float(sizes[assign].sum())
+    ivf.nprobe = nprobe  # search_preassigned checks the assignment's width against it
+    ivf.search_preassigned(q[:1], K, assign[:1], dis[:1])  # warm-up
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        if batched:
+            ivf.search_preassigned(q, K, assign, dis)
+        else:
+            for i in range(len(q)):
+                ivf.search_preassigned(q[i : i + 1], K, assign[i : i + 1], dis[i : i + 1])
+        best = min(best, time.perf_counter() - t0)
+    return best / codes * 1e9
+
+
+def measure(n: int, threads: int, timing_queries: int, index_glob: str, read_bps: float) -> tuple[dict, dict]:
     import faiss
 
     cache = WORK / f"scale-{n}"
@@ -102,6 +143,8 @@ def measure(n: int, threads: int, timing_queries: int, index_glob: str) -> tuple
     ivf = faiss.extract_index_ivf(index)
     where = list_of_items(ivf, x.shape[0])
     curve = probe_curve(ivf, q, gt, where)
+    need = next((r for r in curve if r["recall_ceiling"] >= TARGET), curve[-1])
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], np.int64)
     faiss.omp_set_num_threads(threads)
     flat = faiss.IndexFlatIP(x.shape[1])
     m = min(1_000_000, x.shape[0])
@@ -109,11 +152,9 @@ def measure(n: int, threads: int, timing_queries: int, index_glob: str) -> tuple
     tq = q[:timing_queries]
     one_at_a_time = lambda search: lambda qq: [search(qq[i:i + 1], K) for i in range(len(qq))]  # noqa: E731
     flat_ns = ns_per_vector(one_at_a_time(flat.search), m, tq[:8], repeats=1)
-    ivf.nprobe = ivf.nlist
-    fast_ns = ns_per_vector(one_at_a_time(index.search), x.shape[0], tq[:8], repeats=1)
-    fast_ns_batch = ns_per_vector(lambda qq: index.search(qq, K), x.shape[0], tq, repeats=1)  # all queries in one call: codes shared
+    fast_ns = scan_ns_per_code(ivf, tq, need["nprobe"], sizes)
+    fast_ns_batch = scan_ns_per_code(ivf, tq, need["nprobe"], sizes, batched=True)
     code_bytes = ivf.code_size if hasattr(ivf, "code_size") else 0
-    need = next((r for r in curve if r["recall_ceiling"] >= TARGET), curve[-1])
     cheapest = min(flat_ns, fast_ns)
     tag = f"1e{int(round(np.log10(n)))}"
     summary = {f"probe_recall@300_at_{int(s * 100)}pct_{tag}": round(float(np.interp(s * n, [r["scanned"] for r in curve],
@@ -125,6 +166,7 @@ def measure(n: int, threads: int, timing_queries: int, index_glob: str) -> tuple
         f"flat_ns_per_vector_{tag}": round(flat_ns, 3), f"fastscan_ns_per_code_{tag}": round(fast_ns, 3),
         f"fastscan_ns_per_code_batched_{tag}": round(fast_ns_batch, 3),
         f"floor_ms_{tag}": round(need["scanned"] * cheapest / 1e6, 3),
+        f"bandwidth_floor_ms_{tag}": round(need["scanned"] * code_bytes / read_bps * 1e3, 3),
         f"code_bytes_{tag}": code_bytes,
     })
     run = {"items": n, "index": str(one(cache / index_glob).name), "nlist": ivf.nlist, "queries": len(q),
@@ -137,12 +179,14 @@ def main() -> int:
     ap.add_argument("--items", default="1000000,10000000", help="sizes with a scale.py cache")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--timing-queries", type=int, default=40)
-    ap.add_argument("--index-glob", default="ivf_*PQ32x4fs*.faissindex",
-                    help="which cached IVF index (scale.py --index) to read its lists from (default: the PQ32x4fs one)")
+    ap.add_argument("--index-glob", default="ivf_*PQ64x4fs*.faissindex",
+                    help="which cached IVF index (scale.py --index) to read its lists from (default: the PQ64x4fs one, "
+                         "the one that reaches recall 0.95)")
     args = ap.parse_args()
-    summary, runs = {"target_recall": TARGET, "threads": args.threads}, []
+    read_bps = read_bandwidth()
+    summary, runs = {"target_recall": TARGET, "threads": args.threads, "read_gb_per_s": round(read_bps / 1e9, 2)}, []
     for n in (int(v) for v in args.items.split(",")):
-        s, r = measure(n, args.threads, args.timing_queries, args.index_glob)
+        s, r = measure(n, args.threads, args.timing_queries, args.index_glob, read_bps)
         summary.update(s)
         runs.append(r)
         print(s, flush=True)

@@ -1,0 +1,39 @@
+"""benchmarks/bench_rank.py's floor: the Linear multiply-adds of one BST score call against a hand count."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+
+def _bench():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_rank.py"
+    spec = importlib.util.spec_from_file_location("bench_rank", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_linear_macs_of_a_bst_score_call_match_a_hand_count():
+    from seqrec.inference import with_precision
+    from seqrec.models import build_model
+
+    bench = _bench()
+    spec = bench.spec_for(500, 20)
+    g = torch.Generator().manual_seed(0)
+    one = bench.user_batch(spec, 1, g)
+    c = 7
+    cands = torch.randint(2, spec.n_items, (1, c), generator=g)
+    torch.manual_seed(0)
+    model = build_model("bst", spec, mlp="32-16-8").eval()
+    d = model.config.d_model
+    s = model.config.window
+    head = model.head
+    # the one-block candidate-only path: q/k/v of the window (S rows) and of the candidates (C rows), W^H and
+    # the FFN on the candidates; the MLP's candidate half per candidate, its context half once
+    hand = s * d * 3 * d + c * d * 3 * d + c * d * d + c * d * 4 * d + c * 4 * d * d
+    hand += c * head.first_candidate.in_features * 32 + head.first_context.in_features * 32
+    hand += c * (32 * 16 + 16 * 8 + 8 * 1)
+    assert bench.linear_macs(model, one, cands) == hand
+    # a dynamically quantized layer is counted too (with_precision swaps the first hidden layer)
+    assert bench.linear_macs(with_precision(model, "int8"), one, cands) == hand
