@@ -26,7 +26,7 @@ one 300-candidate ``score`` call, counted by forward hooks), ``gemm_fp32_gmac_pe
 ``gemm_int8_gmac_per_s_1thread`` (one thread, the best of 6 × 100 calls, at the MLP's widest layer, 300 × 1024 → 512: MKL fp32
 and fbgemm dynamic int8), and ``floor_ms_300_candidates_1thread`` = the multiply-adds at the int8 rate: the time
 of the Linear layers alone if every one of them ran int8 at the best rate measured, with the embeddings,
-attention, activations and concatenations free. A ``score`` cannot come in under it on this thread.
+attention, activations and concatenations free. At the rates measured, no ``score`` call comes in under it on this thread.
 
 **int8's quality** (``--quality RUN --data DATA``: an experiment or training run with an SDM and a
 trained BST, e.g. README command 1's ``runs/ml-100k``, and its prepared dataset): the run's BST in
