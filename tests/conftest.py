@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/eventgen.py
+sys.path.insert(0, os.path.dirname(__file__))  # tests/eventgen.py, tests/benchscripts.py
 
 # moto's S3 server (the s3_server fixture) keeps the framing of an upload that carries the AWS SDK's default trailing
 # checksum (aws-chunked, as pyarrow's S3 client sends it) in the stored object; checksums only where an operation needs

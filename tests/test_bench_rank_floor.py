@@ -1,24 +1,14 @@
 """benchmarks/bench_rank.py's floor: the Linear multiply-adds of one BST score call against a hand count."""
 
-import importlib.util
-from pathlib import Path
-
+import benchscripts
 import torch
-
-
-def _bench():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_rank.py"
-    spec = importlib.util.spec_from_file_location("bench_rank", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_linear_macs_of_a_bst_score_call_match_a_hand_count():
     from seqrec.inference import with_precision
     from seqrec.models import build_model
 
-    bench = _bench()
+    bench = benchscripts.load("bench_rank")
     spec = bench.spec_for(500, 20)
     g = torch.Generator().manual_seed(0)
     one = bench.user_batch(spec, 1, g)

@@ -1,24 +1,14 @@
 """benchmarks/ivf_bound.py: the probe-recall ceiling against a naive per-query count."""
 
-import importlib.util
-from pathlib import Path
-
+import benchscripts
 import numpy as np
 import pytest
 
 faiss = pytest.importorskip("faiss")
 
 
-def _bound():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "ivf_bound.py"
-    spec = importlib.util.spec_from_file_location("ivf_bound", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_probe_curve_matches_a_naive_count_of_true_neighbours_in_the_probed_lists():
-    bound = _bound()
+    bound = benchscripts.load("ivf_bound")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3000, 16)).astype(np.float32)
     q = rng.standard_normal((20, 16)).astype(np.float32)
