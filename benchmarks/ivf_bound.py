@@ -1,7 +1,7 @@
 """What any IVF index over scale.py's vectors can reach on one thread: the probe-recall ceiling and the scan floor.
 
     python benchmarks/scale.py --items 1000000,10000000 --reference RUN/export --reuse   # builds the cache first
-    python benchmarks/ivf_bound.py                                                       # ~3 min on 2 cores
+    python benchmarks/ivf_bound.py                                                       # ~1 min (the scan timings take seconds)
 
 For each catalogue size N with a cache under ``benchmarks/work/scale-<N>/`` (the vectors, the 500 queries, their
 exact top-300 by inner product, and the IVF index that ``benchmarks/scale.py`` built), it measures:
