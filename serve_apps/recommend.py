@@ -52,6 +52,7 @@ import asyncio
 import gc
 import json
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -485,14 +486,15 @@ class RetrieveStage:
         self.catalogues = {**keep, vid: cat}
         self.current = vid
 
-    def retrieve(self, vec: np.ndarray, n: int, matcher: Dict[str, Any], exclude: Optional[np.ndarray] = None) -> Candidates:
+    def retrieve(self, vec: np.ndarray, n: int, matcher: Dict[str, Any], exclude: Optional[np.ndarray] = None,
+                 penalty: Any = math.inf) -> Candidates:
         """The top ``n`` of one (D,) user vector, searched in the index of the ``matcher`` version that encoded it;
-        ``exclude``: (1, E) item codes to leave out."""
+        ``exclude``: (1, E) item codes to leave out, or with a finite ``penalty`` to score lower (:func:`retrieve`)."""
         cat = self.catalogues.get(matcher["id"])
         if cat is None:
             raise LookupError(f"matcher version {matcher['id']} ({matcher['checkpoint']}) is not loaded in the Retriever; "
                               f"it has {sorted(self.catalogues)}: UserEncoder and Retriever must name the same matcher")
-        return retrieve(cat, vec[None, :], n, exclude)
+        return retrieve(cat, vec[None, :], n, exclude, penalty)
 
     def check(self) -> None:
         if not self.catalogues:
@@ -597,9 +599,10 @@ class Retriever:
         self.stage.load(config)
         settle_heap()
 
-    async def retrieve(self, vec: np.ndarray, n: int, matcher: Dict[str, Any], exclude: Optional[np.ndarray] = None) -> Candidates:
+    async def retrieve(self, vec: np.ndarray, n: int, matcher: Dict[str, Any], exclude: Optional[np.ndarray] = None,
+                       penalty: Any = math.inf) -> Candidates:
         """:meth:`RetrieveStage.retrieve`: the top ``n`` of one (D,) user vector."""
-        return self.stage.retrieve(vec, n, matcher, exclude)
+        return self.stage.retrieve(vec, n, matcher, exclude, penalty)
 
     def check_health(self) -> None:
         self.stage.check()
@@ -934,7 +937,7 @@ class Ingress:
             timings.update(encode=(time.perf_counter() - t) * 1e3, encode_compute=enc.rows_ms + enc.encode_ms)
             t = time.perf_counter()
             cands = await call_stage("retrieve", self.retriever.retrieve.remote(
-                enc.vecs[0], self.candidates, enc.matcher, enc.seen() if body.exclude_seen else None), lim.deadline_s("retrieve"))
+                enc.vecs[0], self.candidates, enc.matcher, *enc.exclusions(body.exclude_seen)), lim.deadline_s("retrieve"))
             timings.update(retrieve=(time.perf_counter() - t) * 1e3, retrieve_compute=cands.ms)
         except StageFailed as e:
             timings[e.degraded.stage] = (time.perf_counter() - t) * 1e3

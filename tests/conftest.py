@@ -55,8 +55,8 @@ def tiny_prepared(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_artifacts(tiny_prepared, tmp_path_factory):
-    """Two tiny SDM versions (the first with a flat index) and a BST, trained briefly on the tiny dataset,
-    exported like `seqrec train` does."""
+    """Two tiny SDM versions (the first with a flat index), one with a learned seen penalty, and a BST, trained
+    briefly on the tiny dataset, exported like `seqrec train` does."""
     from seqrec.checkpoint import dataset_identity, save_checkpoint
     from seqrec.config import TrainConfig
     from seqrec.data.prepare import read_split
@@ -69,13 +69,14 @@ def tiny_artifacts(tiny_prepared, tmp_path_factory):
     out = {}
     sdm = {"hidden": 8, "heads": 2, "id_dim": 4, "side_dim": 2, "profile_dim": 2}
     for name, model_name, options, seed in (("sdm", "sdm:PSDMMAL", sdm, 0), ("sdm2", "sdm:PSDMMAL", sdm, 1),  # two versions
+                                            ("sdmp", "sdm:PSDMMAL", {**sdm, "seen_penalty": True}, 2),  # a seen penalty
                                             ("bst", "bst", {"id_dim": 8, "side_dim": 4, "mlp": "16-8", "heads": 2}, 0)):
         model, spec, manifest = build(model_name, tiny_prepared, options, seed=seed)
         fit(model, train, spec, TrainConfig(epochs=1, batch_size=64, seed=seed), log=None)
         ck = save_checkpoint(root / name / "ck", model, epoch=1, step=0, dataset=dataset_identity(manifest, tiny_prepared))
         export_checkpoint(ck, root / name / "export", tiny_prepared)
         out[name] = root / name
-    build_index(out["sdm"] / "export", kind="flat")  # sdm2 has none: the Retriever builds a flat one
+    build_index(out["sdm"] / "export", kind="flat")  # sdm2 and sdmp have none: the Retriever builds a flat one
     return out
 
 

@@ -46,21 +46,31 @@ def _prefix(row: dict, t: int) -> dict:
 
 def _prefix_scores(model, row: dict, t: int, schema, spec, items) -> torch.Tensor:
     """The slow reference: every item's inner product with the user vector of the row's first ``t`` events, one
-    encode per prefix (padding and unknown at -inf)."""
+    encode per prefix (padding and unknown at -inf), less the matcher's seen penalty on the prefix's items and the
+    row's long-term items."""
     prefix = pa.Table.from_pylist([_prefix(row, t)], schema=schema)
     with torch.no_grad():
         u = model.encode_users(collate(prefix, spec))[0]
-    scores = (items @ u).clone()
+        scores = (items @ u).clone()
+        penalty = model.seen_penalty()
+        if penalty is not None:
+            seen = set(row[F.seq_col(F.ITEM_ID)][:t]) | set(row[F.long_term_col(F.ITEM_ID)])
+            scores[sorted(seen)] -= penalty
     scores[: F.FIRST_CODE] = float("-inf")
     return scores
 
 
-def test_position_candidates_equal_retrieval_from_each_prefix(tiny_prepared):
+@pytest.mark.parametrize("seen_penalty", [False, True])
+def test_position_candidates_equal_retrieval_from_each_prefix(tiny_prepared, seen_penalty):
     """The causal pass (one user_states call per row) gives each position what encoding the prefix before it and
     retrieving over every item would: the reference is one encode per prefix. The stored candidates are a draw
-    from that top-``depth`` list with their list ranks and scores, never the positive nor a later session item."""
-    model, spec, _ = build("sdm:PSDMMAL", tiny_prepared, SDM, seed=0)
+    from that top-``depth`` list with their list ranks and scores, never the positive nor a later session item.
+    A matcher with ``seen_penalty`` scores its input's items lower by it, as retrieval does."""
+    model, spec, _ = build("sdm:PSDMMAL", tiny_prepared, {**SDM, "seen_penalty": seen_penalty}, seed=0)
     model.eval()
+    if seen_penalty:
+        with torch.no_grad():
+            model.seen_logit.fill_(1.0)  # a penalty of 1.31: larger than most score gaps of the untrained matcher
     rows = read_split(tiny_prepared, "train").slice(0, 12)
     k, depth = 6, 200  # an untrained matcher on ~400 items: some positions' items fall outside the list
     got = position_candidates(model, rows, spec, k, depth)

@@ -42,6 +42,39 @@ def test_exact_topk_equals_brute_force():
     np.testing.assert_array_equal(ids_t, ids)
 
 
+def test_a_penalty_scores_the_listed_items_lower_in_exact_and_faiss_search():
+    """``penalty`` (>= 0) is subtracted from the listed items' scores (an item listed twice: its largest), inf leaves
+    an item out; exact top-K equals brute force over the penalized scores and a flat FAISS index equals exact."""
+    users, items = _vecs(4, 23, 8), _vecs(5, 200, 8)
+    ex = _exclude(6, 23, 200, 7)
+    ex[:, 1] = ex[:, 0]  # an item listed twice
+    pen = np.random.default_rng(7).uniform(0, 3, ex.shape).astype(np.float32)
+    pen[:, 2] = np.inf
+    index = R.ItemIndex.build(items, kind="flat")
+    for penalty in (pen, 0.75):
+        full = np.broadcast_to(np.float32(penalty), ex.shape)
+        s = users.astype(np.float64) @ items.astype(np.float64).T
+        s[:, :2] = -np.inf
+        for u in range(len(users)):
+            worst = {}
+            for code, p in zip(ex[u], full[u]):
+                worst[code] = max(worst.get(code, 0.0), float(p))
+            for code, p in worst.items():
+                s[u, code] -= p
+        ref = np.argsort(-s, axis=1, kind="stable")[:, :12]
+        sc, ids = R.exact_topk(users, items, 12, exclude=ex, penalty=penalty)
+        np.testing.assert_array_equal(ids, ref)
+        np.testing.assert_allclose(sc, np.take_along_axis(s, ref, 1), rtol=1e-5, atol=1e-5)
+        fsc, fids = index.search(users, 12, exclude=ex, penalty=penalty)
+        np.testing.assert_array_equal(fids, ids)
+        np.testing.assert_allclose(fsc, sc, rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(R.exact_topk(users, items, 12, exclude=ex, penalty=0.75)[1],
+                              R.exact_topk(users, items, 12)[1])  # the penalty changes the answer
+    for bad in (-0.5, np.full((23, 3), 1.0)):
+        with pytest.raises(ValueError, match="penalty must be"):
+            R.exact_topk(users, items, 12, exclude=ex, penalty=bad)
+
+
 def test_exact_topk_with_many_ties_equals_stable_brute_force():
     rng = np.random.default_rng(16)  # small integer vectors: many exactly tied scores
     users, items = rng.integers(-1, 2, (40, 3)).astype(np.float32), rng.integers(-1, 2, (90, 3)).astype(np.float32)

@@ -53,6 +53,60 @@ def test_all_positions_equal_per_prefix_samples(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_the_seen_penalty_loss_equals_per_prefix_samples(name):
+    """With ``seen_penalty`` each prefix's softmax scores the items it has seen (its session so far and the row's
+    long-term items) lower by the learned penalty: the reference builds that set per prefix sample; the penalty is
+    trained (it gets a gradient)."""
+    model = tiny(name, loss="full", next_n=1, seen_penalty=True)
+    with torch.no_grad():
+        model.seen_logit.fill_(0.5)
+    batch = random_batch(SPEC, b=3, t=7, l=5, lengths=[7, 5, 2])
+    penalty = float(nnf.softplus(torch.tensor(0.5)))
+    rows, targets = [], []
+    for b in range(3):
+        n = int(batch.seq_len[b])
+        for t in range(1, n):
+            prefix = prefix_batch(batch, b, t)
+            logits = (model.encode_users(prefix)[0] @ model.item_embeddings().T).clone()
+            seen = set(prefix.items[0].tolist()) | set(prefix.long_term[F.ITEM_ID][0].tolist())
+            logits[sorted(seen - {F.PAD})] -= penalty
+            logits[:2] = float("-inf")
+            rows.append(logits)
+            targets.append(batch.items[b, t])
+    per_prefix = nnf.cross_entropy(torch.stack(rows), torch.stack(targets))
+    out = model(batch)
+    torch.testing.assert_close(out.loss, per_prefix, atol=1e-5, rtol=0)
+    out.loss.backward()
+    assert model.seen_logit.grad is not None and float(model.seen_logit.grad) != 0.0
+    assert tiny(name).seen_penalty() is None  # off by default: the paper's model
+
+
+def test_the_sampled_loss_penalizes_seen_positives_and_negatives():
+    """The sampled softmax lowers the positive's and each negative's logit by the penalty where that row has seen
+    the item; the reference checks membership one (row, item) at a time."""
+    torch.manual_seed(0)
+    sm = SoftmaxLoss(n_items=12, dim=4, loss="sampled", num_sampled=6, sampler="log_uniform")
+    users, targets = torch.randn(4, 4), torch.tensor([2, 5, 7, 11])
+    seen = torch.tensor([[2, 3, 0], [4, 9, 9], [7, 8, 10], [0, 0, 0]])  # row 0 and 2 saw their target
+    neg = torch.tensor([3, 9, 10, 6, 2, 5])
+    log_q = sm.log_q_log_uniform(neg)
+    sm._sample = lambda s, device: (neg, log_q)
+    penalty = torch.tensor(0.8)
+    got = sm(users, targets, seen, penalty)
+    log_s = torch.log(torch.tensor(6.0))
+    rows = []
+    for p in range(4):
+        s = set(seen[p].tolist())
+        pos = users[p] @ sm.items.weight[targets[p]] - (log_s + sm._log_q(targets[p:p + 1])[0]) - 0.8 * (int(targets[p]) in s)
+        negs = [users[p] @ sm.items.weight[n] - (log_s + log_q[j]) - 0.8 * (int(n) in s) if n != targets[p] else
+                torch.tensor(float("-inf")) for j, n in enumerate(neg)]
+        rows.append(torch.stack([pos, *negs]))
+    ref = nnf.cross_entropy(torch.stack(rows), torch.zeros(4, dtype=torch.long))
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    assert not torch.allclose(got, sm(users, targets))
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_padding_changes_nothing(name):
     model = tiny(name, loss="full")
     batch = random_batch(SPEC, b=3, t=7, l=5)

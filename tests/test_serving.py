@@ -72,6 +72,42 @@ def test_the_pipeline_top_k_equals_the_offline_two_stage_top_k(tiny_prepared, ti
     assert pipe.versions()["matcher"]["model"] == "sdm" and pipe.versions()["index"]["kind"] == "flat"
 
 
+def test_a_matcher_with_a_seen_penalty_serves_what_offline_retrieval_gives(tiny_prepared, tiny_artifacts):
+    """A matcher's learned penalty on its input's items (session and long-term) is applied when serving as offline
+    (``seqrec.inference.exclusions``); ``exclude_seen`` still leaves the session out and penalizes the rest."""
+    from seqrec.checkpoint import load_checkpoint
+    from seqrec.data.prepare import read_split
+    from seqrec.evaluate import encode_table, retrieve_scored
+    from seqrec.inference import exclusions, matcher_inputs, session_items
+    from seqrec.serving import Pipeline
+
+    table = read_split(tiny_prepared, "test").slice(0, 25)
+    ev = raw_events(tiny_prepared.parent)
+    matcher, _ = load_checkpoint(tiny_artifacts["sdmp"] / "export" / "model")
+    penalty = float(matcher.seen_penalty().detach())
+    assert penalty > 0
+    item_ids = np.load(tiny_artifacts["sdmp"] / "export" / "item_ids.npy")
+    pipe = Pipeline(tiny_prepared, tiny_artifacts["sdmp"], None, candidates=20)
+    spec = pipe.rows.spec
+    users, items = encode_table(matcher, table, spec), matcher.item_embeddings().detach().numpy()
+    requests = [request_for(r, ev, pipe.rows) for r in table.to_pylist()]
+    served = pipe.recommend(requests, k=10)
+    scores, top = retrieve_scored(users, items, 20, "flat", *exclusions(matcher, table))
+    plain = retrieve_scored(users, items, 20, "flat")[1]
+    assert (top != plain).any()  # the penalty moves items in this table
+    for got, want, sc in zip(served, top, scores):
+        assert [i["item_id"] for i in got["items"]] == item_ids[want[:10]].tolist()
+        np.testing.assert_allclose([i["match_score"] for i in got["items"]], sc[:10], rtol=1e-4, atol=1e-5)
+    inputs, sess = matcher_inputs(table), session_items(table)
+    pen = np.full(inputs.shape, penalty, np.float32)
+    pen[:, : sess.shape[1]] = np.inf
+    top_ex = retrieve_scored(users, items, 20, "flat", inputs, pen)[1]
+    served_ex = pipe.recommend(requests, k=10, exclude_seen=True)
+    for got, want, s in zip(served_ex, top_ex, sess):
+        assert [i["item_id"] for i in got["items"]] == item_ids[want[:10]].tolist()
+        assert not set(want[:10]) & set(s[s > 0].tolist())
+
+
 def test_an_empty_history_gets_the_popular_items(tiny_prepared, tiny_artifacts):
     from seqrec.serving import Pipeline
 

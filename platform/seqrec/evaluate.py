@@ -35,6 +35,7 @@ which serving calls too; its functions stay importable from here.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from seqrec import features as F
 from seqrec.batch import pad_lists
 from seqrec.config import INDEXES
 from seqrec.features import FeatureSpec
-from seqrec.inference import chunk_candidates, encode_table, score_table, seen_items  # noqa: F401 - re-exported
+from seqrec.inference import chunk_candidates, encode_table, exclusions, score_table, seen_items  # noqa: F401 - re-exported
 from seqrec.metrics import discovery, loo_metrics, matching_metrics
 
 WINDOW_KS = (20, 50, 100)
@@ -72,22 +73,24 @@ def truth_of(table: pa.Table) -> np.ndarray:
     return pad_lists(table[F.TARGETS])
 
 
-def retrieve(user_vecs: np.ndarray, item_vecs: np.ndarray, k: int, index: str = "exact", exclude: np.ndarray | None = None) -> np.ndarray:
-    """(U, k) item codes by descending inner product (codes 0/1 and ``exclude`` never returned)."""
-    return retrieve_scored(user_vecs, item_vecs, k, index, exclude)[1]
+def retrieve(user_vecs: np.ndarray, item_vecs: np.ndarray, k: int, index: str = "exact", exclude: np.ndarray | None = None,
+             penalty=math.inf) -> np.ndarray:
+    """(U, k) item codes by descending inner product (codes 0/1 never returned, ``exclude`` neither or, with a finite
+    ``penalty``, scored lower by it: :mod:`seqrec.retrieval`)."""
+    return retrieve_scored(user_vecs, item_vecs, k, index, exclude, penalty)[1]
 
 
 def retrieve_scored(user_vecs: np.ndarray, item_vecs: np.ndarray, k: int, index: str = "exact",
-                    exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (U, k), item codes (U, k)) by descending inner product (codes 0/1 and ``exclude`` never returned)."""
+                    exclude: np.ndarray | None = None, penalty=math.inf) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (U, k), item codes (U, k)) by descending score, as :func:`retrieve`."""
     from seqrec import retrieval
 
     if index not in INDEXES:
         raise ValueError(f"index={index!r}; choose one of {INDEXES}")
     if index == "exact":
-        return retrieval.exact_topk(user_vecs, item_vecs, k, exclude=exclude)
+        return retrieval.exact_topk(user_vecs, item_vecs, k, exclude=exclude, penalty=penalty)
     idx = retrieval.ItemIndex.build(item_vecs, kind=index)
-    return idx.search(user_vecs, k, exclude=exclude)
+    return idx.search(user_vecs, k, exclude=exclude, penalty=penalty)
 
 
 DISCOVERY_DAYS = 15  # SDM §4.2.2: a category is new to a user who has not clicked it in the past 15 days
@@ -221,8 +224,8 @@ def evaluate_matcher(
     ks = tuple(ks or default_ks(protocol))
     users = encode_table(model, table, spec, device=device)
     items = model.item_embeddings().detach().float().cpu().numpy()
-    exclude = seen_items(table) if exclude_seen else None
-    return metrics_from_topk(retrieve(users, items, max(ks), index, exclude), table, protocol, ks, discovery_in)
+    exclude, penalty = exclusions(model, table, exclude_seen)
+    return metrics_from_topk(retrieve(users, items, max(ks), index, exclude, penalty), table, protocol, ks, discovery_in)
 
 
 def rank_eval_samples(table: pa.Table, counts: np.ndarray, negatives: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +288,7 @@ def matcher_candidates(matcher, table: pa.Table, spec: FeatureSpec, n: int, inde
     """(codes (U, n), matcher scores (U, n)): each evaluation row's top ``n`` items by the matcher, best first."""
     users = encode_table(matcher, table, spec, device=device)
     items = matcher.item_embeddings().detach().float().cpu().numpy()
-    scores, codes = retrieve_scored(users, items, n, index, seen_items(table) if exclude_seen else None)
+    scores, codes = retrieve_scored(users, items, n, index, *exclusions(matcher, table, exclude_seen))
     return codes, scores
 
 

@@ -8,6 +8,7 @@ data and models, below evaluation and serving (it imports neither, nor Ray).
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import numpy as np
@@ -23,6 +24,21 @@ def seen_items(table: pa.Table) -> np.ndarray:
     """(U, E) the item codes each row has already seen (session, long-term, history), 0-padded."""
     parts = [pad_lists(table[c]) for c in (F.seq_col(F.ITEM_ID), F.long_term_col(F.ITEM_ID), F.hist_col(F.ITEM_ID))]
     return np.concatenate(parts, axis=1)
+
+
+def matcher_inputs(table: pa.Table) -> np.ndarray:
+    """(U, T + L) the item codes a matcher's last position has seen: the session, then the long-term items, 0-padded
+    (:func:`seqrec.models.common.input_items` of every row's last position)."""
+    return np.concatenate([pad_lists(table[F.seq_col(F.ITEM_ID)]), pad_lists(table[F.long_term_col(F.ITEM_ID)])], axis=1)
+
+
+def exclusions(matcher, table: pa.Table, exclude_seen: bool = False) -> tuple[np.ndarray | None, float]:
+    """(codes, penalty) for retrieval (:mod:`seqrec.retrieval`): ``exclude_seen`` leaves every seen item out
+    (:func:`seen_items`), else a matcher with ``seen_penalty`` scores its input's items lower by its penalty."""
+    if exclude_seen:
+        return seen_items(table), math.inf
+    penalty = matcher.seen_penalty() if hasattr(matcher, "seen_penalty") else None
+    return (None, math.inf) if penalty is None else (matcher_inputs(table), float(penalty.detach()))
 
 
 def session_items(table: pa.Table) -> np.ndarray:

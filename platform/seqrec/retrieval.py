@@ -6,7 +6,13 @@ including 0 = padding and 1 = unknown), K cut-off, E exclusion columns.
 Every function scores a user vector u against item rows by the inner product
 <u, v_i> and returns the K best item *codes*, best first. Rows 0 and 1 are never
 returned. ``exclude`` (U, E), padded with 0, lists per-user codes that must not
-be returned either (e.g. items the user has already seen).
+be returned either (e.g. items the user has already seen). With ``penalty`` (a
+float >= 0, or (U, E) of them, one per ``exclude`` entry; default inf = left
+out) those codes are kept but scored <u, v_i> - penalty instead: a matcher's
+learned penalty on the items of its input (``MatchConfig.seen_penalty``). An
+item listed twice takes its largest penalty. A penalty never raises a score,
+so the top K of the penalized scores is still among the top K + E inner
+products (what the FAISS path over-fetches): retrieval stays exact.
 
 * :func:`exact_topk` — brute force with torch matmul, chunked over users. The
   result is fully deterministic: the K items are the K highest scores, ties
@@ -79,6 +85,17 @@ def _exclude(exclude, n_users: int, n_items: int) -> np.ndarray:
     return exclude.astype(np.int64, copy=False)
 
 
+def _penalty(penalty, exclude: np.ndarray) -> np.ndarray:
+    """(U, E) float32 penalties >= 0 of ``exclude``'s entries (a scalar is broadcast); inf leaves an item out."""
+    pen = np.asarray(penalty.detach().cpu().numpy() if isinstance(penalty, torch.Tensor) else penalty, dtype=np.float32)
+    if pen.ndim not in (0, 2) or (pen.ndim == 2 and pen.shape != exclude.shape):
+        raise ValueError(f"penalty must be a float or (users, E) = {exclude.shape} like exclude, got shape {pen.shape}")
+    if np.isnan(pen).any() or (pen < 0).any():
+        raise ValueError("penalty must be >= 0 (subtracted from the listed items' scores, inf to leave them out); got "
+                         f"{pen.min() if pen.size else pen}: a bonus would need items outside the top K + E")
+    return np.broadcast_to(pen, exclude.shape)
+
+
 def _n_excluded(exclude: np.ndarray) -> np.ndarray:
     """(U,) number of distinct real codes (>= 2) per exclude row."""
     s = np.sort(exclude, axis=1)
@@ -87,8 +104,11 @@ def _n_excluded(exclude: np.ndarray) -> np.ndarray:
     return (first & (s >= F.FIRST_CODE)).sum(axis=1)
 
 
-def exact_topk(user_vecs, item_vecs, k: int, exclude=None, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def exact_topk(user_vecs, item_vecs, k: int, exclude=None, chunk: int = 4096,
+               penalty=math.inf) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` item codes by inner product: (scores float32 (U, k), ids int64 (U, k)).
+
+    ``exclude`` codes are left out, or with a finite ``penalty`` (module doc) scored lower by it.
 
     Ties are broken by the lower code, also at the k-th position: ``torch.topk``
     picks k items; in the (rare) rows where the (k+1)-th best score equals the
@@ -104,20 +124,24 @@ def exact_topk(user_vecs, item_vecs, k: int, exclude=None, chunk: int = 4096) ->
         raise ValueError(f"chunk={chunk} must be >= 1 (users per matmul)")
     U, N = users.shape[0], items.shape[0]
     exclude = _exclude(exclude, U, N)
-    eligible = N - F.FIRST_CODE - (_n_excluded(exclude) if exclude.shape[1] else np.zeros(U, dtype=np.int64))
+    pen = _penalty(penalty, exclude)
+    dropped = np.where(np.isinf(pen), exclude, 0)  # the entries left out, not merely penalized
+    eligible = N - F.FIRST_CODE - (_n_excluded(dropped) if exclude.shape[1] else np.zeros(U, dtype=np.int64))
     if U and k > eligible.min():
         r = int(np.argmin(eligible))
         raise ValueError(f"k={k} is more than the {int(eligible.min())} eligible items of user row {r} "
                          f"({N} item rows minus padding/unknown and that user's exclusions); lower k")
     excl = torch.from_numpy(exclude).to(items.device)
+    pens = torch.from_numpy(np.array(pen, dtype=np.float32)).to(items.device)  # a writable copy of the view
     step = max(1, min(int(chunk), _EXACT_BUDGET // max(N, 1)))
     scores, ids = np.empty((U, k), dtype=np.float32), np.empty((U, k), dtype=np.int64)
     with torch.no_grad():
         for s in range(0, U, step):
             sc = users[s : s + step] @ items.T  # (C, N)
             sc[:, : F.FIRST_CODE] = -math.inf
-            if excl.shape[1]:
-                sc.scatter_(1, excl[s : s + step], -math.inf)  # padding 0 hits an already masked column
+            if excl.shape[1]:  # padding 0 hits an already masked column; an item listed twice gets its largest penalty
+                e = excl[s : s + step]
+                sc.scatter_reduce_(1, e, sc.gather(1, e) - pens[s : s + step], reduce="amin")
             val, top = torch.topk(sc, k + 1, dim=1)  # (C, k + 1); k + 1 <= N as k <= N - 2
             kth, top = val[:, k - 1 : k], top[:, :k]  # (C, 1) k-th best score, (C, k)
             amb = (val[:, k] == val[:, k - 1]).nonzero()[:, 0]  # rows where a tie straddles the k-th slot (rare)
@@ -233,8 +257,9 @@ class ItemIndex:
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
-    def search(self, user_vecs, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` item codes by inner product: (scores float32 (U, k), ids int64 (U, k)), -1 / -inf padded."""
+    def search(self, user_vecs, k: int, exclude=None, penalty=math.inf) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item codes by inner product: (scores float32 (U, k), ids int64 (U, k)), -1 / -inf padded;
+        ``exclude`` codes left out, or with a finite ``penalty`` (module doc) scored lower by it."""
         users = _vecs(user_vecs, "user_vecs")
         _check(users, self.dim, k)
         if k > self.ntotal:
@@ -242,17 +267,20 @@ class ItemIndex:
         q = np.ascontiguousarray(users.cpu().numpy())  # (U, D)
         U = q.shape[0]
         exclude = _exclude(exclude, U, self.n_items)
+        pen = _penalty(penalty, exclude)
         extra = int(_n_excluded(exclude).max()) if exclude.shape[1] and U else 0
         fetch = min(k + extra, self.ntotal)
         params = faiss.SearchParametersHNSW(efSearch=max(self.params["ef_search"], fetch)) if self.kind == "hnsw" else None
         sc, pos = self.index.search(q, fetch, params=params)  # (U, fetch)
         ids = np.where(pos >= 0, pos + F.FIRST_CODE, -1)
         keep = pos >= 0
+        sc = np.where(keep, sc, -np.inf).astype(np.float32)
         if extra:
             step = max(1, _FILTER_BUDGET // (fetch * exclude.shape[1]))
-            for s in range(0, U, step):  # (C, fetch, E) -> (C, fetch)
-                keep[s : s + step] &= ~(ids[s : s + step, :, None] == exclude[s : s + step, None, :]).any(axis=2)
-        sc = np.where(keep, sc, -np.inf).astype(np.float32)
+            for s in range(0, U, step):  # (C, fetch, E) -> (C, fetch): each fetched item's largest penalty, 0 if unlisted
+                hit = ids[s : s + step, :, None] == exclude[s : s + step, None, :]
+                sc[s : s + step] -= np.where(hit, pen[s : s + step, None, :], np.float32(0)).max(axis=2)
+            keep &= np.isfinite(sc)
         ids = np.where(keep, ids, -1)
         order = np.lexsort((ids, -sc), axis=1)[:, :k]  # descending score, then ascending code; dropped ones (-inf) last
         return np.take_along_axis(sc, order, 1), np.take_along_axis(ids, order, 1).astype(np.int64)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -734,17 +735,32 @@ class Encoded:
     matcher: dict  # model_version of the matcher that encoded them
     rows_ms: float = 0.0  # time building the rows (for the whole call, when it was a batch)
     encode_ms: float = 0.0  # time in the matcher (likewise)
+    penalty: float | None = None  # the matcher's learned penalty on its input's items (MatchConfig.seen_penalty)
 
     def take(self, i: int) -> Encoded:
         """Request ``i`` alone (U = 1)."""
         return Encoded(self.rows.slice(i, 1), self.vecs[i:i + 1], self.reports[i:i + 1], self.matcher,
-                       self.rows_ms, self.encode_ms)
+                       self.rows_ms, self.encode_ms, self.penalty)
 
     def seen(self) -> np.ndarray:
         """(U, T) item codes of each request's short-term session, 0-padded: what ``exclude_seen`` leaves out."""
         from seqrec.inference import session_items
 
         return session_items(self.rows)
+
+    def exclusions(self, exclude_seen: bool = False) -> tuple[np.ndarray | None, float | np.ndarray]:
+        """(codes, penalties) for :func:`retrieve`: ``exclude_seen`` leaves the session's items out, and a matcher
+        with a learned penalty scores its input's items (session and long-term) lower by it, as offline
+        (:func:`seqrec.inference.exclusions`)."""
+        from seqrec.inference import matcher_inputs
+
+        if self.penalty is None:
+            return (self.seen(), math.inf) if exclude_seen else (None, math.inf)
+        codes = matcher_inputs(self.rows)
+        pen = np.full(codes.shape, self.penalty, np.float32)
+        if exclude_seen:
+            pen[:, : self.seen().shape[1]] = math.inf  # the session's columns come first
+        return codes, pen
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "rows": rows_to_bytes(self.rows)}
@@ -825,13 +841,17 @@ def encode(builder: RowBuilder, matcher: LoadedModel, requests: list[Request]) -
     rows, reports = builder.rows(requests)
     t1 = time.perf_counter()
     vecs = encode_table(matcher.model, rows, builder.spec, device=matcher.device)
-    return Encoded(rows, vecs, reports, matcher.version, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
+    penalty = matcher.model.seen_penalty() if hasattr(matcher.model, "seen_penalty") else None
+    return Encoded(rows, vecs, reports, matcher.version, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3,
+                   None if penalty is None else float(penalty.detach()))
 
 
-def retrieve(catalogue: Catalogue, vecs: np.ndarray, n: int, exclude: np.ndarray | None = None) -> Candidates:
-    """The top ``n`` items of each (U, D) user vector by inner product; ``exclude`` (U, E) codes never returned."""
+def retrieve(catalogue: Catalogue, vecs: np.ndarray, n: int, exclude: np.ndarray | None = None,
+             penalty=math.inf) -> Candidates:
+    """The top ``n`` items of each (U, D) user vector by inner product; ``exclude`` (U, E) codes never returned, or
+    with a finite ``penalty`` scored lower by it (:meth:`Encoded.exclusions`)."""
     t0 = time.perf_counter()
-    scores, codes = catalogue.index.search(vecs, min(n, catalogue.index.ntotal), exclude=exclude)
+    scores, codes = catalogue.index.search(vecs, min(n, catalogue.index.ntotal), exclude=exclude, penalty=penalty)
     return Candidates(codes, scores, catalogue.item_ids[np.maximum(codes, 0)], index_version(catalogue.index),
                       (time.perf_counter() - t0) * 1e3)
 
@@ -937,7 +957,7 @@ class Pipeline:
         out: list[dict | None] = [None] * len(requests)
         if warm:
             enc = encode(self.rows, self.matcher, [requests[i] for i in warm])
-            cands = retrieve(self.catalogue, enc.vecs, max(self.candidates, k), enc.seen() if exclude_seen else None)
+            cands = retrieve(self.catalogue, enc.vecs, max(self.candidates, k), *enc.exclusions(exclude_seen))
             ranked = None if self.ranker is None else rank(self.ranker, self.rows.spec, enc.rows, cands.codes, cands.scores)
             timings = {"rows_ms": enc.rows_ms, "encode_ms": enc.encode_ms, "retrieve_ms": cands.ms,
                        "rank_ms": 0.0 if ranked is None else ranked.ms}

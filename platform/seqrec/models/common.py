@@ -9,6 +9,14 @@ A matching model maps a batch to one user vector per session position, ``user_st
 against the next item(s) in one pass, which equals the paper's one-sample-per-prefix layout
 (``tests/test_sdm.py`` checks it). Retrieval uses the last position: ``encode_users(batch) ->
 (B, D)`` and ``item_embeddings() -> (N, D)``; score = inner product (SDM eq. 1).
+
+``seen_penalty`` (an option of every matcher, off by default: not in the paper): one learned scalar
+``p = softplus(θ) >= 0`` subtracted from the score of every item already in the position's input (the
+session so far and the long-term items), in training (the softmax) as in retrieval. It is the simplest
+form of RepeatNet's repeat/explore split (Ren et al., AAAI 2019): a data set whose users do not come back
+to what they just saw (ml-100k has no repeated ratings) learns a large p, one with repeat purchases a p
+near 0. It is never a bonus, so FAISS retrieval stays exact by over-fetching the input's items
+(:mod:`seqrec.retrieval`).
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ class MatchConfig(ModelConfig):
     loss: str = "auto"  # auto | sampled | full; auto = full softmax up to FULL_SOFTMAX_MAX_ITEMS items
     num_sampled: int = 1000  # S negatives per batch for the sampled softmax (shared by all positions)
     sampler: str = "log_uniform"  # log_uniform over frequency rank | unigram (item counts)
+    seen_penalty: bool = False  # learn a score penalty on the items of the input (module doc)
 
     def __post_init__(self) -> None:
         if isinstance(self.features, dict):
@@ -173,6 +182,30 @@ def next_item_targets(items: torch.Tensor, lengths: torch.Tensor, n: int) -> tup
     return torch.stack([torch.cat(rows), torch.cat(pos)], 1), torch.cat(tgt)
 
 
+def input_items(batch: Batch, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """(P, T + L) item codes the state at position ``pos`` of row ``rows`` has seen, 0-padded: the session's items
+    0..pos and the row's long-term items (what ``seen_penalty`` lowers; :func:`seqrec.inference.matcher_inputs`
+    is the same for a table's last positions)."""
+    sess = batch.items[rows]  # (P, T)
+    sess = sess.masked_fill(torch.arange(sess.shape[1], device=sess.device)[None, :] > pos[:, None], F.PAD)
+    long_term = batch.long_term.get(F.ITEM_ID)
+    return sess if long_term is None else torch.cat([sess, long_term[rows]], dim=1)
+
+
+def penalize(scores: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """``scores`` (P, N) minus ``penalty`` (>= 0) at each row's ``seen`` (P, E) codes (each item once); differentiable."""
+    hit = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, seen, True)
+    return torch.where(hit, scores - penalty, scores)
+
+
+def is_in(values: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+    """(P, S) bool: ``values`` (P, S) or (S,) found in the same row of ``sets`` (P, E)."""
+    srt = sets.sort(dim=1).values
+    v = values.expand(sets.shape[0], -1).contiguous() if values.dim() == 1 else values.contiguous()
+    at = torch.searchsorted(srt, v).clamp_max(srt.shape[1] - 1)
+    return srt.gather(1, at) == v
+
+
 class SoftmaxLoss(nn.Module):
     """Item embeddings V (N, D) and the (sampled) softmax cross-entropy over them (SDM eq. 2).
 
@@ -223,10 +256,14 @@ class SoftmaxLoss(nn.Module):
             return torch.log((self.item_counts[codes] / w.sum()).clamp_min(1e-12))
         return self.log_q_log_uniform(codes)
 
-    def forward(self, users: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """users (P, D), targets (P,) codes >= 2 → mean cross-entropy."""
+    def forward(self, users: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor | None = None,
+                penalty: torch.Tensor | None = None) -> torch.Tensor:
+        """users (P, D), targets (P,) codes >= 2 → mean cross-entropy; ``seen`` (P, E) codes scored lower by
+        ``penalty`` (>= 0), as retrieval scores them (``MatchConfig.seen_penalty``)."""
         if self.loss_kind == "full":
             logits = users @ self.items.weight.T  # (P, N)
+            if penalty is not None:
+                logits = penalize(logits, seen, penalty)
             logits[:, : F.FIRST_CODE] = float("-inf")
             return nnf.cross_entropy(logits, targets)
         s = self.num_sampled
@@ -234,6 +271,9 @@ class SoftmaxLoss(nn.Module):
         log_s = math.log(s)
         pos_logit = (users * self.items(targets)).sum(-1) - (log_s + self._log_q(targets))  # (P,)
         neg_logit = users @ self.items(neg).T - (log_s + log_q_neg)[None, :]  # (P, S)
+        if penalty is not None:
+            pos_logit = pos_logit - penalty * is_in(targets[:, None], seen)[:, 0]
+            neg_logit = neg_logit - penalty * is_in(neg, seen)
         neg_logit = neg_logit.masked_fill(neg[None, :] == targets[:, None], float("-inf"))  # accidental hits
         logits = torch.cat([pos_logit[:, None], neg_logit], dim=1)  # (P, 1+S)
         return nnf.cross_entropy(logits, torch.zeros_like(targets))
@@ -262,6 +302,8 @@ class MatchingModel(nn.Module):
         c = config
         self.softmax = SoftmaxLoss(c.features.n_items, c.hidden, c.loss, c.num_sampled, c.sampler)
         self.items = ItemEmbedding(c.features, c.id_dim, c.side_dim, c.side_info)  # input e_i of every matcher
+        if c.seen_penalty:  # the penalty is softplus(θ); θ = 0 starts it at log 2
+            self.seen_logit = nn.Parameter(torch.zeros(()))
 
     def user_states(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -275,7 +317,13 @@ class MatchingModel(nn.Module):
                 "(training rows come from `seqrec data prepare` train/ split)"
             )
         users = states[pairs[:, 0], pairs[:, 1]]  # (P, D)
-        return LossOutput(self.softmax(users, tgt), int(tgt.numel()))
+        penalty = self.seen_penalty()
+        seen = None if penalty is None else input_items(batch, pairs[:, 0], pairs[:, 1])
+        return LossOutput(self.softmax(users, tgt, seen, penalty), int(tgt.numel()))
+
+    def seen_penalty(self) -> torch.Tensor | None:
+        """The learned penalty (>= 0) on the scores of the input's items; None without ``seen_penalty``."""
+        return nnf.softplus(self.seen_logit) if self.config.seen_penalty else None
 
     def encode_users(self, batch: Batch) -> torch.Tensor:
         """(B, D) user vector after the last event of each session."""
@@ -312,6 +360,9 @@ __all__ = [
     "ProfileEmbedding",
     "SoftmaxLoss",
     "causal_mask",
+    "input_items",
+    "is_in",
+    "penalize",
     "lengths_mask",
     "masked_softmax",
     "next_item_targets",

@@ -123,10 +123,12 @@ def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: Feature
     ``window``: each position's list also gets every item of its label window (the rest of the session) that is in
     the matcher's top ``depth``, after the ``k`` draws, with its score, rank and co-visitation score: the extra
     positives of a ``positives="window"`` ranker (each item once; the item at t is the position's target)."""
+    from seqrec.models.common import input_items, penalize
     from seqrec.models.ranking import COVISIT, behaviour_stream, covisit_scores, covisit_table, windows
 
     matcher.eval()
     items = matcher.item_embeddings().detach().float()  # (N, D)
+    penalty = matcher.seen_penalty() if hasattr(matcher, "seen_penalty") else None
     depth = min(depth, items.shape[0] - F.FIRST_CODE)
     k = min(k, depth)
     m = min(k + 16, depth)  # draws checked against the session per position: a draw is rarely a session item
@@ -145,6 +147,8 @@ def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: Feature
         b, t = batch.items.shape
         rows, pos = torch.nonzero(torch.arange(1, max(t, 1))[None, :] < batch.seq_len[:, None], as_tuple=True)  # t-1
         scores = states[rows, pos] @ items.T  # (P, N) by the state after event pos = t-1
+        if penalty is not None:  # scored as retrieval scores them (MatchConfig.seen_penalty)
+            scores = penalize(scores, input_items(batch, rows, pos), penalty)
         scores[:, : F.FIRST_CODE] = float("-inf")
         target = batch.items[rows, pos + 1]  # (P,) the item at t = pos + 1
         t_score = scores.gather(1, target[:, None])[:, 0]
@@ -209,12 +213,13 @@ def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: Feature
 def row_candidates(matcher: torch.nn.Module, table: pa.Table, spec: FeatureSpec, n: int) -> dict[str, pa.Array]:
     """``ROW_CAND_ITEM`` / ``ROW_CAND_SCORE`` of evaluation rows: the matcher's top ``n`` after each row's whole
     input (exact inner products), what the ranker re-orders at validation as at serving."""
-    from seqrec.inference import encode_table
+    from seqrec.inference import encode_table, exclusions
     from seqrec.retrieval import exact_topk
 
     users = encode_table(matcher, table, spec)
     items = matcher.item_embeddings().detach().float().cpu().numpy()
-    scores, codes = exact_topk(users, items, min(n, items.shape[0] - F.FIRST_CODE))
+    exclude, penalty = exclusions(matcher, table)
+    scores, codes = exact_topk(users, items, min(n, items.shape[0] - F.FIRST_CODE), exclude=exclude, penalty=penalty)
     return {F.ROW_CAND_ITEM: pa.array(list(codes.astype(np.int32)), pa.list_(pa.int32())),
             F.ROW_CAND_SCORE: pa.array(list(scores.astype(np.float32)), pa.list_(pa.float32()))}
 
