@@ -153,6 +153,17 @@ def test_unigram_sampler_gets_item_counts(tiny_prepared):
     assert report["runs"][0]["history"][0]["targets"] > 0
 
 
+def test_a_run_records_the_learned_seen_penalty(tiny_prepared):
+    """A matcher with ``seen_penalty`` trained by the experiment records what it learned (with the sampled softmax, the
+    synthetic data's default); one without records none."""
+    cfg = TrainConfig(epochs=1, batch_size=64)
+    report = run_experiment(ExperimentSpec(str(tiny_prepared), expand_models(["gru4rec@seen_penalty=true,num_sampled=50", "gru4rec"]),
+                                           [0], None, cfg, cfg, model_options=TINY), log=None)
+    with_penalty, without = report["runs"]
+    assert with_penalty["learned_seen_penalty"] > 0 and with_penalty["learned_seen_penalty"] != pytest.approx(0.6931, abs=1e-6)
+    assert "learned_seen_penalty" not in without
+
+
 def test_without_validation_the_last_epoch_is_kept(tmp_path, tiny_prepared):
     src = open_source(str(tiny_prepared.parent / "events"), "synth", None)
     out = tmp_path / "noval"

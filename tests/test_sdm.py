@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -104,6 +105,58 @@ def test_the_sampled_loss_penalizes_seen_positives_and_negatives():
     ref = nnf.cross_entropy(torch.stack(rows), torch.zeros(4, dtype=torch.long))
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     assert not torch.allclose(got, sm(users, targets))
+
+
+def test_join_history_puts_each_rows_history_before_its_session():
+    """The reference joins the lists of each row by hand."""
+    from batchgen import with_history
+
+    from seqrec.models.common import join_history
+
+    batch = with_history(random_batch(SPEC, b=3, t=7, l=5, lengths=[7, 5, 2]), [4, 0, 6])
+    joined, offset = join_history(batch)
+    assert offset.tolist() == [4, 0, 6] and joined.seq_len.tolist() == [11, 5, 8]
+    for r in range(3):
+        h, n = int(offset[r]), int(batch.seq_len[r])
+        for got, hist, seq in ((joined.items, batch.hist_item, batch.items), (joined.seq_time, batch.hist_time, batch.seq_time),
+                               (joined.seq_behavior, batch.hist_behavior, batch.seq_behavior)):
+            want = hist[r, :h].tolist() + seq[r, :n].tolist()
+            assert got[r].tolist() == want + [0] * (got.shape[1] - len(want))
+
+
+SEQUENCE = ["gru4rec", "narm", "sasrec", "youtube_dnn"]
+
+
+@pytest.mark.parametrize("name", SEQUENCE)
+def test_history_input_states_equal_the_model_on_history_then_the_session_prefix(name):
+    """With ``history_input`` the state at session position t is the model run on the row's history followed by
+    the session's events 0..t (the reference builds that one sequence per prefix, without the history option); the
+    loss trains the session's positions only."""
+    from batchgen import with_history
+
+    batch = with_history(random_batch(SPEC, b=3, t=7, l=5, lengths=[7, 5, 2]), [4, 0, 6])
+    model = tiny(name, loss="full", history_input=True)
+    plain = tiny(name, loss="full")
+    plain.load_state_dict(model.state_dict())
+    states = model.user_states(batch)
+    for b in range(3):
+        h = int((batch.hist_item[b] != F.PAD).sum())
+        for t in range(int(batch.seq_len[b])):
+            one = prefix_batch(batch, b, t + 1)
+            items = torch.cat([batch.hist_item[b, :h], one.items[0]])[None]
+            seq = dataclasses.replace(one, seq={F.ITEM_ID: items}, seq_len=torch.tensor([h + t + 1]),
+                                      seq_time=torch.cat([batch.hist_time[b, :h], one.seq_time[0]])[None],
+                                      seq_behavior=torch.cat([batch.hist_behavior[b, :h], one.seq_behavior[0]])[None])
+            torch.testing.assert_close(states[b, t], plain.encode_users(seq)[0], atol=1e-5, rtol=0)
+    assert model(batch).n_targets == plain(batch).n_targets == 6 + 4 + 1
+
+
+@pytest.mark.parametrize("name", ["sdm:PSDMMAL", "shan", "binn"])
+def test_history_input_is_refused_where_the_model_reads_history_itself(name):
+    with pytest.raises(ValueError, match="history_input=true is for the models that read one sequence"):
+        tiny(name, history_input=True, side_info=False)
+    with pytest.raises(ValueError, match="set side_info=false"):
+        tiny("gru4rec", history_input=True, side_info=True)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -288,13 +288,15 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
                                "history": [h.row() for h in res.history]}
                 fit_s = time.perf_counter() - t0
                 test_m = evaluate(model, test) if ranker else evaluate(model, test, final=True)
+                penalty = model.seen_penalty() if hasattr(model, "seen_penalty") else None  # MatchConfig.seen_penalty
                 run = {
                     "label": e.label, "model": e.name, "kind": "ranker" if ranker else "matcher", "seed": seed,
                     "options": e.options, "fit_s": fit_s, "config": model.config.to_dict() | {"features": None},
                     "best_epoch": trained["best_epoch"], "val_" + metric: trained["best_metric"],
                     "targets_per_s": float(np.mean([h["targets_per_s"] for h in trained["history"]])),
                     "history": trained["history"], "test": test_m,
-                } | ({"run_dir": trained["run_dir"]} if "run_dir" in trained else {})
+                } | ({"run_dir": trained["run_dir"]} if "run_dir" in trained else {}) \
+                  | ({} if penalty is None else {"learned_seen_penalty": float(penalty.detach())})
                 first_models.setdefault(e.label, model)
                 if not ranker:
                     first_matcher.setdefault(seed, model)

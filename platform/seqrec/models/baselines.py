@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from seqrec.batch import Batch
-from seqrec.models.common import MatchConfig, MatchingModel, ProfileEmbedding, causal_mask
+from seqrec.models.common import MatchConfig, ProfileEmbedding, SequenceModel, causal_mask
 
 
 @dataclass
@@ -34,7 +34,7 @@ class YouTubeDNNConfig(MatchConfig):
             raise ValueError(f"tower_layers={self.tower_layers} must be >= 1")
 
 
-class YouTubeDNN(MatchingModel):
+class YouTubeDNN(SequenceModel):
     name = "youtube_dnn"
     config: YouTubeDNNConfig
 
@@ -49,7 +49,7 @@ class YouTubeDNN(MatchingModel):
             width = c.hidden
         self.tower = nn.Sequential(*layers)
 
-    def user_states(self, batch: Batch) -> torch.Tensor:
+    def sequence_states(self, batch: Batch) -> torch.Tensor:
         e = self.items(batch.seq)  # (B, T, E)
         t = e.shape[1]
         mean = e.cumsum(1) / torch.arange(1, t + 1, device=e.device, dtype=e.dtype)[None, :, None]  # (B, T, E) causal mean
@@ -68,7 +68,7 @@ class GRU4RecConfig(MatchConfig):
             raise ValueError(f"layers={self.layers} must be >= 1")
 
 
-class GRU4Rec(MatchingModel):
+class GRU4Rec(SequenceModel):
     name = "gru4rec"
     config: GRU4RecConfig
 
@@ -78,7 +78,7 @@ class GRU4Rec(MatchingModel):
         self.dropout = nn.Dropout(c.dropout)
         self.gru = nn.GRU(self.items.dim, c.hidden, num_layers=c.layers, batch_first=True, dropout=c.dropout if c.layers > 1 else 0.0)
 
-    def user_states(self, batch: Batch) -> torch.Tensor:
+    def sequence_states(self, batch: Batch) -> torch.Tensor:
         h, _ = self.gru(self.dropout(self.items(batch.seq)))  # (B, T, D)
         return h
 
@@ -88,7 +88,7 @@ class NARMConfig(MatchConfig):
     pass
 
 
-class NARM(MatchingModel):
+class NARM(SequenceModel):
     name = "narm"
     config: NARMConfig
 
@@ -102,7 +102,7 @@ class NARM(MatchingModel):
         self.v = nn.Linear(c.hidden, 1, bias=False)
         self.decoder = nn.Linear(2 * c.hidden, c.hidden, bias=False)  # B of the bilinear decoder
 
-    def user_states(self, batch: Batch) -> torch.Tensor:
+    def sequence_states(self, batch: Batch) -> torch.Tensor:
         h, _ = self.gru(self.dropout(self.items(batch.seq)))  # (B, T, D)
         t = h.shape[1]
         e = torch.sigmoid(self.a1(h)[:, None, :, :] + self.a2(h)[:, :, None, :])  # (B, T_query, T_key, D)

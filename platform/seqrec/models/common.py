@@ -21,6 +21,7 @@ near 0. It is never a bonus, so FAISS retrieval stays exact by over-fetching the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, fields
 
@@ -75,6 +76,7 @@ class MatchConfig(ModelConfig):
     num_sampled: int = 1000  # S negatives per batch for the sampled softmax (shared by all positions)
     sampler: str = "log_uniform"  # log_uniform over frequency rank | unigram (item counts)
     seen_penalty: bool = False  # learn a score penalty on the items of the input (module doc)
+    history_input: bool = False  # one-sequence models read hist ⊕ session (SequenceModel), as RecBole's peers
 
     def __post_init__(self) -> None:
         if isinstance(self.features, dict):
@@ -96,6 +98,9 @@ class MatchConfig(ModelConfig):
             raise ValueError(f"num_sampled={self.num_sampled} must be >= 1")
         if self.features.n_items <= F.FIRST_CODE:
             raise ValueError(f"the feature spec has no items (item_id vocab_size={self.features.n_items})")
+        if self.history_input and self.side_info:
+            raise ValueError("history_input=true reads the history's item ids only (hist_* holds no side features); "
+                             "set side_info=false")
         if self.loss == "auto":  # resolved once, so a checkpoint records what was trained
             self.loss = "full" if self.features.n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled"
 
@@ -302,6 +307,9 @@ class MatchingModel(nn.Module):
         c = config
         self.softmax = SoftmaxLoss(c.features.n_items, c.hidden, c.loss, c.num_sampled, c.sampler)
         self.items = ItemEmbedding(c.features, c.id_dim, c.side_dim, c.side_info)  # input e_i of every matcher
+        if c.history_input and not isinstance(self, SequenceModel):
+            raise ValueError(f"history_input=true is for the models that read one sequence (GRU4Rec, NARM, SASRec, "
+                             f"YouTube-DNN); {type(self).__name__} reads the history through its own long-term input")
         if c.seen_penalty:  # the penalty is softplus(θ); θ = 0 starts it at log 2
             self.seen_logit = nn.Parameter(torch.zeros(()))
 
@@ -350,6 +358,55 @@ class MatchingModel(nn.Module):
         return {"model": self.name, "config": self.config.to_dict(), "parameters": sum(p.numel() for p in self.parameters())}
 
 
+def join_history(batch: Batch) -> tuple[Batch, torch.Tensor]:
+    """Each row's history (``hist_*``, oldest first) put before its session as one sequence: (the joined batch, each
+    row's history length (B,), the position of its session's first event in the joined sequence).
+
+    Only the item ids, times and behaviours are joined (the history holds no side features); the joined length is
+    H + T, right-padded."""
+    hist, items = batch.hist_item, batch.items
+    b, h = hist.shape
+    t = items.shape[1]
+    n = h + t
+    dev = items.device
+    h_len = (hist != F.PAD).sum(1)  # (B,) the history is right-padded
+    pos_h = torch.arange(h, device=dev)[None, :].expand(b, h)
+    pos_s = h_len[:, None] + torch.arange(t, device=dev)[None, :]
+    at_h = torch.where(pos_h < h_len[:, None], pos_h, n)  # padding goes to a spare column n, then dropped
+    at_s = torch.where(torch.arange(t, device=dev)[None, :] < batch.seq_len[:, None], pos_s, n)
+
+    def join(hv: torch.Tensor, sv: torch.Tensor) -> torch.Tensor:
+        out = sv.new_zeros(b, n + 1)
+        out.scatter_(1, at_h, hv.to(sv.dtype))
+        out.scatter_(1, at_s, sv)
+        return out[:, :n]
+
+    joined = dataclasses.replace(batch, seq={F.ITEM_ID: join(hist, items)}, seq_len=h_len + batch.seq_len,
+                                 seq_time=join(batch.hist_time, batch.seq_time),
+                                 seq_behavior=join(batch.hist_behavior, batch.seq_behavior))
+    return joined, h_len
+
+
+class SequenceModel(MatchingModel):
+    """A matcher that reads one sequence of items (subclasses implement ``sequence_states``): the session, or with
+    ``history_input`` the history before it and the session as one sequence (:func:`join_history`; under
+    ``prepare --input last-n`` the last N events, the input RecBole's sequential models read). Either way the
+    states are the session's positions', so training targets and retrieval are the same as without it."""
+
+    def sequence_states(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def user_states(self, batch: Batch) -> torch.Tensor:
+        if not self.config.history_input:
+            return self.sequence_states(batch)
+        joined, offset = join_history(batch)
+        states = self.sequence_states(joined)  # (B, H + T, D)
+        t = batch.items.shape[1]
+        at = (offset[:, None] + torch.arange(t, device=offset.device)[None, :]).clamp_max(states.shape[1] - 1)
+        out = states.gather(1, at[..., None].expand(-1, -1, states.shape[2]))  # (B, T, D)
+        return out * lengths_mask(batch.seq_len, t)[..., None]  # padding positions are zero
+
+
 __all__ = [
     "Batch",
     "ItemEmbedding",
@@ -358,10 +415,12 @@ __all__ = [
     "MatchingModel",
     "ModelConfig",
     "ProfileEmbedding",
+    "SequenceModel",
     "SoftmaxLoss",
     "causal_mask",
     "input_items",
     "is_in",
+    "join_history",
     "penalize",
     "lengths_mask",
     "masked_softmax",

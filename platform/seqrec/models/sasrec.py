@@ -40,7 +40,7 @@ from torch import nn
 
 from seqrec import features as F
 from seqrec.batch import Batch
-from seqrec.models.common import MatchConfig, MatchingModel, lengths_mask
+from seqrec.models.common import MatchConfig, SequenceModel, lengths_mask
 
 
 @dataclass
@@ -96,7 +96,7 @@ class SASRecBlock(nn.Module):
         return x + self.drop(self.ffn(self.norm2(x)))  # (B, T, D)
 
 
-class SASRec(MatchingModel):
+class SASRec(SequenceModel):
     name = "sasrec"
     config: SASRecConfig
 
@@ -132,7 +132,7 @@ class SASRec(MatchingModel):
             h = block(h)
         return self.norm(h)  # (B', T', D)
 
-    def user_states(self, batch: Batch) -> torch.Tensor:
+    def sequence_states(self, batch: Batch) -> torch.Tensor:
         x = self.embed(batch)  # (B, T, D)
         b, t, d = x.shape
         n = self.config.max_len
