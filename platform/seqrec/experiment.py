@@ -47,6 +47,7 @@ from seqrec.evaluate import (
     two_stage,
 )
 from seqrec.features import FeatureSpec
+from seqrec.inference import seen_penalty_of
 from seqrec.models import is_ranker, make_config, model_names
 from seqrec.models.ranking import MatcherNegatives
 from seqrec.train.factory import build
@@ -288,7 +289,7 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
                                "history": [h.row() for h in res.history]}
                 fit_s = time.perf_counter() - t0
                 test_m = evaluate(model, test) if ranker else evaluate(model, test, final=True)
-                penalty = model.seen_penalty() if hasattr(model, "seen_penalty") else None  # MatchConfig.seen_penalty
+                penalty = seen_penalty_of(model)  # MatchConfig.seen_penalty
                 run = {
                     "label": e.label, "model": e.name, "kind": "ranker" if ranker else "matcher", "seed": seed,
                     "options": e.options, "fit_s": fit_s, "config": model.config.to_dict() | {"features": None},
@@ -296,7 +297,7 @@ def run_experiment(spec: ExperimentSpec, log: Callable[[str], None] | None = pri
                     "targets_per_s": float(np.mean([h["targets_per_s"] for h in trained["history"]])),
                     "history": trained["history"], "test": test_m,
                 } | ({"run_dir": trained["run_dir"]} if "run_dir" in trained else {}) \
-                  | ({} if penalty is None else {"learned_seen_penalty": float(penalty.detach())})
+                  | ({} if penalty is None else {"learned_seen_penalty": penalty})
                 first_models.setdefault(e.label, model)
                 if not ranker:
                     first_matcher.setdefault(seed, model)

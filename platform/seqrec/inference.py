@@ -32,13 +32,19 @@ def matcher_inputs(table: pa.Table) -> np.ndarray:
     return np.concatenate([pad_lists(table[F.seq_col(F.ITEM_ID)]), pad_lists(table[F.long_term_col(F.ITEM_ID)])], axis=1)
 
 
+def seen_penalty_of(matcher) -> float | None:
+    """A matcher's learned penalty on its input's items (``MatchConfig.seen_penalty``); None without one."""
+    penalty = matcher.seen_penalty() if hasattr(matcher, "seen_penalty") else None
+    return None if penalty is None else float(penalty.detach())
+
+
 def exclusions(matcher, table: pa.Table, exclude_seen: bool = False) -> tuple[np.ndarray | None, float]:
     """(codes, penalty) for retrieval (:mod:`seqrec.retrieval`): ``exclude_seen`` leaves every seen item out
     (:func:`seen_items`), else a matcher with ``seen_penalty`` scores its input's items lower by its penalty."""
     if exclude_seen:
         return seen_items(table), math.inf
-    penalty = matcher.seen_penalty() if hasattr(matcher, "seen_penalty") else None
-    return (None, math.inf) if penalty is None else (matcher_inputs(table), float(penalty.detach()))
+    penalty = seen_penalty_of(matcher)
+    return (None, math.inf) if penalty is None else (matcher_inputs(table), penalty)
 
 
 def session_items(table: pa.Table) -> np.ndarray:

@@ -835,15 +835,14 @@ def encode(builder: RowBuilder, matcher: LoadedModel, requests: list[Request]) -
     """Raw requests → session rows (:meth:`RowBuilder.rows`, the training code) → user vectors.
 
     Every request needs at least one event (ValueError otherwise: answer it with :func:`cold_start`)."""
-    from seqrec.inference import encode_table
+    from seqrec.inference import encode_table, seen_penalty_of
 
     t0 = time.perf_counter()
     rows, reports = builder.rows(requests)
     t1 = time.perf_counter()
     vecs = encode_table(matcher.model, rows, builder.spec, device=matcher.device)
-    penalty = matcher.model.seen_penalty() if hasattr(matcher.model, "seen_penalty") else None
     return Encoded(rows, vecs, reports, matcher.version, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3,
-                   None if penalty is None else float(penalty.detach()))
+                   seen_penalty_of(matcher.model))
 
 
 def retrieve(catalogue: Catalogue, vecs: np.ndarray, n: int, exclude: np.ndarray | None = None,

@@ -123,12 +123,13 @@ def position_candidates(matcher: torch.nn.Module, table: pa.Table, spec: Feature
     ``window``: each position's list also gets every item of its label window (the rest of the session) that is in
     the matcher's top ``depth``, after the ``k`` draws, with its score, rank and co-visitation score: the extra
     positives of a ``positives="window"`` ranker (each item once; the item at t is the position's target)."""
+    from seqrec.inference import seen_penalty_of
     from seqrec.models.common import input_items, penalize
     from seqrec.models.ranking import COVISIT, behaviour_stream, covisit_scores, covisit_table, windows
 
     matcher.eval()
     items = matcher.item_embeddings().detach().float()  # (N, D)
-    penalty = matcher.seen_penalty() if hasattr(matcher, "seen_penalty") else None
+    penalty = seen_penalty_of(matcher)
     depth = min(depth, items.shape[0] - F.FIRST_CODE)
     k = min(k, depth)
     m = min(k + 16, depth)  # draws checked against the session per position: a draw is rarely a session item
