@@ -14,9 +14,9 @@ evaluation and serving make — under ``torch.inference_mode``:
 * ``batch``: ``--batch-users`` users × 300 candidates per call with all cores, candidates/s.
 
 Configurations: BST as the paper configures it (b = 1, 8 heads, MLP 1024-512-256) in int8 (what
-``seqrec serve`` runs on a CPU: ``seqrec.inference.with_precision``, dynamic int8 quantization of the
-MLP's hidden layers) and in fp32, BST with the compact MLP 256-128-64 (what the quality tables train
-on this CPU), BST b = 2 (no shared-window shortcut), DIN, WDL. Summary keys:
+``seqrec serve`` runs on a CPU: ``seqrec.inference.with_precision``, the logits as one ONNX Runtime graph
+with the MLP's hidden layers after the first in dynamic int8) and in fp32 (PyTorch), BST with the compact
+MLP 256-128-64 (what the quality tables train on this CPU), BST b = 2 (no shared-window shortcut), DIN, WDL. Summary keys:
 ``ms_300_candidates_1thread`` (paper BST as served, int8), ``ms_300_candidates_1thread_fp32``,
 ``ms_300_candidates_1thread_compact``, ``candidates_per_s_batch`` (paper BST, int8), and
 ``gpu_ms_300_candidates`` (paper BST, fp32; null without CUDA).
@@ -24,7 +24,7 @@ on this CPU), BST b = 2 (no shared-window shortcut), DIN, WDL. Summary keys:
 **The floor** of the paper configuration on this CPU: ``linear_macs_300`` (multiply-adds of every Linear layer in
 one 300-candidate ``score`` call, counted by forward hooks), ``gemm_fp32_gmac_per_s_1thread`` and
 ``gemm_int8_gmac_per_s_1thread`` (one thread, the best of 6 × 100 calls, at the MLP's widest layer, 300 × 1024 → 512: MKL fp32
-and fbgemm dynamic int8), and ``floor_ms_300_candidates_1thread`` = the multiply-adds at the int8 rate: the time
+and PyTorch's fbgemm dynamic int8), and ``floor_ms_300_candidates_1thread`` = the multiply-adds at the int8 rate: the time
 of the Linear layers alone if every one of them ran int8 at the best rate measured, with the embeddings,
 attention, activations and concatenations free. At the rates measured, no ``score`` call comes in under it on this thread.
 
@@ -109,7 +109,8 @@ def timed(fn, repeats: int, warmup: int = 10) -> np.ndarray:
 
 def gemm_rates(rows: int = 300, k: int = 1024, n: int = 512, rounds: int = 6, repeats: int = 100) -> dict:
     """Multiply-adds per second of one thread at the paper MLP's widest layer (rows × k → n): an fp32 Linear
-    (MKL/oneDNN) and the same layer dynamically quantized to int8 (fbgemm, what ``with_precision`` runs). The
+    (MKL/oneDNN) and the same layer dynamically quantized to int8 in PyTorch (fbgemm; the ONNX Runtime graph that
+    ``with_precision`` builds ran this layer at 85 G/s in a profile here, MLAS, a like rate). The
     best call over `rounds` rounds of `repeats` calls, each round with freshly allocated layers and input: the
     rate of one round varies by up to 30% here (52–73 G/s for int8), and a floor takes the best."""
     import warnings
@@ -251,6 +252,7 @@ def main() -> int:
         run = {
             "label": label, "model": name, "options": opts, "precision": precision,
             "parameters": sum(x.numel() for x in model.parameters()),
+            "int8_layers": None if model.runtime is None else model.runtime.quantized,  # the ONNX graph's int8 MatMuls
             "ms_300_1thread_median": float(np.median(t1) * 1e3),
             "ms_300_1thread_p90": float(np.percentile(t1, 90) * 1e3),
             "batch_threads": threads,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_inference_sits_below_evaluation_and_serving():
     """Layering: importing seqrec.inference loads neither evaluation, serving, the Serve app nor Ray."""
@@ -24,9 +26,77 @@ def test_evaluation_and_serving_call_the_same_functions():
         assert getattr(evaluate, name) is getattr(inference, name), name
 
 
+RANKERS = {  # tiny configurations of every ranker and every sequence path of BST
+    "bst": ("bst", {}),
+    "bst b=2": ("bst", {"blocks": 2}),
+    "bst output=all": ("bst", {"output": "all"}),
+    "bst sinusoid": ("bst", {"positions": "sinusoid"}),
+    "bst match+covisit": ("bst", {"match_features": True, "covisit": True}),
+    "din": ("din", {}),
+    "wdl": ("wdl", {}),
+    "wdl_seq": ("wdl_seq", {}),
+    "wdl match": ("wdl", {"match_features": True}),
+}
+
+
+def _ranker_input(label: str):
+    """A tiny ranker and a RankInput unlike the one its graph is traced with: 3 rows (one with 2 behaviours), 17
+    candidates, behaviours 1, 2, 4, ..., 2^k seconds before the last (time buckets' edges), and for a ranker that
+    reads them the matcher's scores and co-visitation scores."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+    from batchgen import item_side_table, random_batch, tiny_spec, with_history
+
+    from seqrec.models import build_model
+    from seqrec.models.itemcf import ItemCF
+    from seqrec.models.ranking import COVISIT, match_inputs
+
+    name, opts = RANKERS[label]
+    spec = tiny_spec(n_items=400)
+    torch.manual_seed(0)
+    heads = {"heads": 2} if name == "bst" else {}
+    model = build_model(name, spec, id_dim=16, side_dim=8, mlp="64-32", dropout=0.0, **heads, **opts).eval()
+    model.set_item_table(*item_side_table(spec))
+    batch = with_history(random_batch(spec, b=3, t=6, l=4, lengths=[6, 4, 2]), [5, 2, 0], h=6)
+    batch.hist_time[:] = batch.seq_time[:, :1] - torch.pow(2, torch.arange(6, 0, -1))  # gaps at powers of two
+    if model.config.covisit:  # an item-CF table from sessions that repeat the batch's behaviours
+        sessions = np.concatenate([batch.hist_item, batch.items], 1).repeat(20, 0)
+        sessions = np.where(sessions >= 2, sessions, np.random.default_rng(0).integers(2, spec.n_items, sessions.shape))
+        model.set_covisitation(ItemCF(COVISIT).fit(sessions, np.full(len(sessions), sessions.shape[1]), spec.n_items))
+    cands = torch.randint(2, spec.n_items, (3, 17), generator=torch.Generator().manual_seed(1))
+    scores = torch.sort(torch.randn(3, 17), dim=1, descending=True).values
+    inp = model.inference_input(batch, cands)
+    assert not model.config.covisit or bool((inp.covisit > 0).any())
+    if model.config.match_features:
+        inp = dataclasses.replace(inp, **dict(zip(("match_rank", "match_gap"), match_inputs(scores))))
+    return model, batch, cands, inp
+
+
+@pytest.mark.parametrize("label", list(RANKERS))
+def test_the_exported_ranker_graph_computes_the_pytorch_logits(label):
+    """OnnxLogits(int8=False): the traced graph in ONNX Runtime gives PyTorch's logits on rows and candidate counts
+    other than the traced ones (the cross features' hash, time buckets at powers of two and the attention included)."""
+    import torch
+
+    from seqrec.inference import OnnxLogits
+
+    model, _, _, inp = _ranker_input(label)
+    graph = OnnxLogits(model, int8=False)
+    with torch.inference_mode():
+        ref = model.logits(inp)
+        got = graph(inp)
+    assert got.shape == ref.shape == (3, 17)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_int8_ranker_tracks_fp32_and_leaves_the_fp32_model_alone():
-    """with_precision("int8") quantizes only the MLP's hidden layers of a copy: its logits follow fp32's closely
-    (same top candidates), the original keeps its fp32 weights, and fp32 is the model itself."""
+    """with_precision("int8") gives a copy that scores in ONNX Runtime with int8 weights: its logits follow fp32's
+    closely (same top candidates), a user's scores do not depend on the users scored with it, the original keeps
+    its weights and scores in PyTorch, fp32 is the model itself, and the copy survives pickling (Ray)."""
+    import pickle
+
     import torch
     from batchgen import item_side_table, random_batch, tiny_spec, with_history
 
@@ -42,19 +112,23 @@ def test_int8_ranker_tracks_fp32_and_leaves_the_fp32_model_alone():
     cands = torch.randint(2, spec.n_items, (3, 60), generator=torch.Generator().manual_seed(1))
     q = with_precision(model, "int8")
     assert with_precision(model, "fp32") is model and q is not model
-    kinds = {type(m).__module__ for m in q.head.rest.modules()}
-    assert any("quantized" in k for k in kinds) and not any("quantized" in type(m).__module__ for m in q.blocks.modules())
+    assert model.runtime is None and q.runtime is not None
+    assert len(q.runtime.quantized) == 2  # the MLP's 256 → 128 and 128 → 64 (found by their exported node names)
     with torch.inference_mode():
         ref, got = model.score(batch, cands), q.score(batch, cands)
+    assert not torch.equal(ref, got)  # int8 did run
     assert torch.corrcoef(torch.stack([ref.flatten(), got.flatten()]))[0, 1] > 0.99
     assert (ref - got).abs().mean() < 0.05 * ref.std()
     top_ref, top_got = ref.topk(10).indices, got.topk(10).indices
     overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(top_ref, top_got)) / top_ref.numel()
     assert overlap >= 0.8
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    with torch.inference_mode():  # a user's int8 scores do not depend on the other users scored with it
+    with torch.inference_mode():
         alone = torch.cat([q.score(batch.select([i]), cands[i:i + 1]) for i in range(3)])
+        again = pickle.loads(pickle.dumps(q)).score(batch, cands)
+        assert torch.equal(model.score(batch, cands), ref)
     assert torch.equal(alone, got)
+    assert torch.equal(again, got)
 
 
 def test_precision_choices_and_refusals_name_the_problem():

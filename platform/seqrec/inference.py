@@ -8,7 +8,9 @@ data and models, below evaluation and serving (it imports neither, nor Ray).
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import tempfile
 import warnings
 
 import numpy as np
@@ -121,55 +123,171 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
 def with_precision(model, precision: str = "fp32", device: str = "cpu"):
     """The model to run for inference at ``precision``: the model itself for ``fp32``, a copy for ``int8``.
 
-    ``int8`` (rankers on a CPU): dynamic int8 quantization (weights int8, activations quantized per call,
-    outputs float) of the MLP's first hidden layer, the widest matrix of scoring a candidate (1024 → 512
-    in the paper's MLP: 64% of its multiply-adds). The layers around it stay fp32, chosen on validation
-    rows (``benchmarks/bench_rank.py --quality-split val``): on README command 1's ml-100k BST, this
-    left validation HitRate@20 unchanged, where quantizing the 512 → 256 layer too moved one user's hit.
-    The first layer's candidate half (160 inputs) also ran slower in int8 than in fp32 here.
+    ``int8`` (rankers on a CPU): the copy's ``score`` computes its logits in ONNX Runtime, with every Linear
+    layer's weights in int8 and activations quantized per call (:class:`OnnxLogits`). The copy shares the
+    model's parameters (a 1M-item embedding table is not held twice by PyTorch) and runs the input side
+    (``inference_input``, :class:`seqrec.models.ranking.RankInput`) in PyTorch as before.
     ``benchmarks/bench_rank.py --quality`` checks AUC and two-stage HitRate@20 against fp32.
 
-    PyTorch's eager dynamic quantization (``torch.ao.quantization.quantize_dynamic``) is used because it
-    runs fbgemm's int8 GEMM with no compile step; its deprecation notice (pointing at torchao) is
-    silenced here. It is CPU-only, so a model on a GPU refuses ``int8`` (use fp32 and AMP there).
+    Why ONNX Runtime: on this project's 2-core CPU, one 300-candidate BST call (paper MLP) took 8.8 ms in
+    PyTorch with fbgemm's dynamic int8 on the widest layer, 7.3 ms with every MLP layer in int8 and the
+    transformer written out by hand (PyTorch's per-operator overhead and small-tensor kernels: the transformer
+    alone was 1.2 ms for 15 M multiply-adds), and 4.1–4.5 ms as one ONNX Runtime graph with int8 MatMuls.
+    It is CPU-only, so a model on a GPU refuses ``int8`` (use fp32 and AMP there).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}; choose one of {PRECISIONS}")
     if precision == "fp32":
         return model
     head = getattr(model, "head", None)
-    rest = getattr(head, "rest", None)
-    if not isinstance(rest, torch.nn.Sequential):
+    if head is None or not hasattr(model, "inference_input"):
         raise ValueError(f"precision=int8 applies to rankers (an MLP head); {type(model).__name__} has none: use fp32")
     if str(device) != "cpu" or any(p.device.type != "cpu" for p in model.parameters()):
-        raise ValueError("precision=int8 is CPU-only (dynamic quantization); on a GPU use fp32 (with AMP)")
-    out = copy.deepcopy(model).eval()
-    rest = out.head.rest
-    i = next(j for j, m in enumerate(rest) if isinstance(m, torch.nn.Linear))  # the first hidden layer
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao's deprecation notices, once per call
-        rest[i] = PerContext(torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(rest[i]), {torch.nn.Linear},
-                                                                    dtype=torch.qint8))
+        raise ValueError("precision=int8 is CPU-only (ONNX Runtime on the CPU); on a GPU use fp32 (with AMP)")
+    out = copy.copy(model)  # shares the parameters; only ``runtime`` differs
+    out.runtime = OnnxLogits(model)
     return out
 
 
-class PerContext(torch.nn.Module):
-    """Runs ``inner`` on each context's (C, H) slice of an (R, C, H) input.
+class OnnxLogits:
+    """A ranker's ``logits(inp)`` as one ONNX Runtime graph with int8 weights: what ``precision="int8"`` runs
+    (``int8=False`` keeps the graph in fp32: how the tests check the export against PyTorch).
 
-    Dynamic quantization picks one activation scale per call from the input's range, so over a batch
-    a user's scores would depend on the other users in it (what the Serve Ranker's batching puts
-    together). One call per context makes them depend on the user's own candidates only: the same in
-    a batch of one, a Serve batch and offline evaluation."""
+    * **Export**: ``torch.onnx.export`` traces ``logits`` in eval mode, with the rows (R) and candidates (C)
+      dynamic; its inputs are the :class:`RankInput` tensors. The TorchScript exporter is used: on this CPU the
+      graph of the ``torch.export`` exporter ran 1.5× slower in ONNX Runtime (6.9 vs 4.5 ms). It exports the
+      cross features' hash with :func:`_export_xor`.
+    * **Quantization**: ONNX Runtime's dynamic quantization (``onnxruntime.quantization.quantize_dynamic``) of
+      the MLP's hidden layers after the first (:func:`_hidden_layers`, ``quantized``): weights int8 per output
+      channel, activations quantized per call from their range; everything else stays fp32.
+    * **One call per context**: a per-call activation range would make a user's scores depend on the other
+      users scored with it (the Serve Ranker's batches); one ONNX Runtime call per row makes them depend on the
+      user's own candidates only, the same in a batch of one, a Serve batch and offline evaluation.
+    * **Threads**: a session per ``torch.get_num_threads()`` value seen at call time (created on first use), so
+      int8 follows the same thread setting as fp32.
 
-    def __init__(self, inner: torch.nn.Module):
-        super().__init__()
-        self.inner = inner
+    Picklable: the quantized graph travels as bytes and its sessions are rebuilt where it lands.
+    """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 3:
-            return self.inner(x)
-        return torch.stack([self.inner(x[i]) for i in range(x.shape[0])])
+    def __init__(self, model, int8: bool = True):
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        from seqrec.models.ranking import RankInput
+
+        c = model.config
+        self.users = [f.name for f in c.features.user_features]
+        self.fields = ["window", "window_time", "last_behavior", "time", "candidates"]
+        self.fields += ["match_rank", "match_gap"] if c.match_features else []
+        self.fields += ["covisit"] if c.covisit else []
+        example = self._example(model, r=2, c=3)
+        users, fields = self.users, self.fields
+
+        class Graph(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, *tensors):
+                user = dict(zip(users, tensors[: len(users)]))
+                return self.model.logits(RankInput(user=user, **dict(zip(fields, tensors[len(users):]))))
+
+        names = [f"user_{u}" for u in users] + fields
+        dynamic = {n: {0: "rows"} for n in names}
+        for n in ("candidates", "match_rank", "match_gap", "covisit"):
+            dynamic[n] = {0: "rows", 1: "candidates"}
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+            fp32, quantized = f"{tmp}/fp32.onnx", f"{tmp}/int8.onnx"
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    _export_xor()
+                    torch.onnx.export(Graph(), tuple(example[n] for n in names), fp32, input_names=names, opset_version=18,
+                                      output_names=["logits"], dynamic_axes=dynamic, dynamo=False)
+            finally:
+                model.train(was_training)
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(max(level, logging.ERROR))  # quantize_dynamic logs advice to pre-process on the root logger
+            self.quantized = _hidden_layers(fp32) if int8 else []  # none (an MLP of one layer): the graph stays fp32
+            try:
+                if self.quantized:  # (an empty nodes_to_quantize would mean every node to quantize_dynamic)
+                    quantize_dynamic(fp32, quantized, weight_type=QuantType.QInt8, per_channel=True,
+                                     op_types_to_quantize=["MatMul"], nodes_to_quantize=self.quantized)
+            finally:
+                root.setLevel(level)
+            self.graph = onnx.load(quantized if self.quantized else fp32).SerializeToString()
+        self._sessions = {}
+
+    @staticmethod
+    def _example(model, r: int, c: int) -> dict[str, torch.Tensor]:
+        """Input tensors of the right dtypes and ranks to trace ``logits`` with (values do not matter)."""
+        cfg = model.config
+        item = min(F.FIRST_CODE, cfg.features.n_items - 1)
+        ex = {f"user_{f.name}": torch.ones(r, dtype=torch.long) for f in cfg.features.user_features}
+        ex |= {"window": torch.full((r, cfg.window), item), "window_time": torch.arange(cfg.window).repeat(r, 1) * 60,
+               "last_behavior": torch.ones(r, dtype=torch.long), "time": torch.full((r,), cfg.window * 60),
+               "candidates": torch.full((r, c), item),
+               "match_rank": torch.arange(c).repeat(r, 1), "match_gap": -torch.rand(r, c),
+               "covisit": torch.rand(r, c)}
+        return ex
+
+    def session(self):
+        """(the ONNX Runtime session for the current thread count, the graph's input names)."""
+        import onnxruntime as ort
+
+        threads = torch.get_num_threads()
+        if threads not in self._sessions:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            # ONNX Runtime's fused residual + LayerNorm ran slower on BST's (300, 64) rows than the two ops unfused
+            # (124 µs against ~45 µs here; 5.09 against 5.17 ms a call)
+            sess = ort.InferenceSession(self.graph, opts, providers=["CPUExecutionProvider"],
+                                        disabled_optimizers=["SkipLayerNormFusion"])
+            self._sessions[threads] = sess, [i.name for i in sess.get_inputs()]  # inputs logits never reads are pruned
+        return self._sessions[threads]
+
+    def __call__(self, inp) -> torch.Tensor:
+        """(R, C) logits of a :class:`RankInput` built by ``inference_input`` of the model exported."""
+        sess, names = self.session()
+        arrays = {n: (inp.user[n[5:]] if n.startswith("user_") else getattr(inp, n)).cpu().numpy() for n in names}
+        if inp.size == 1:
+            return torch.from_numpy(sess.run(None, arrays)[0])
+        rows = [sess.run(None, {n: a[i: i + 1] for n, a in arrays.items()})[0] for i in range(inp.size)]
+        return torch.from_numpy(np.concatenate(rows)) if rows else torch.zeros(inp.candidates.shape)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_sessions": {}}
 
 
-__all__ = ["PRECISIONS", "RANKER_PRECISIONS", "chunk_candidates", "encode_table", "resolve_precision", "score_table",
+def _hidden_layers(path: str) -> list[str]:
+    """The MatMul nodes to quantize: the MLP head's hidden layers after the first (``head.rest``; in the paper's MLP
+    1024 → 512 and 512 → 256, 80% of its multiply-adds), not its logit layer (one output).
+
+    Chosen on README command 1's validation rows (BST with the matcher's scores, 285 users, 300 candidates each;
+    mean |int8 − fp32| logit, fp32 logits' std 1.25): these two layers 0.004; the first layer's candidate half alone
+    0.018 (its input, embeddings and the transformer's output side by side, loses more to an 8-bit grid than the
+    ranking tolerates: 3 users' hits lost, 1 gained); the transformer's projections 0.011; every MatMul 0.021. The logit
+    layer and one-row layers cost more to quantize per call than they save (47 µs against 5 µs for 256 → 1)."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    return [node.name for node in graph.node
+            if node.op_type == "MatMul" and "/head/rest/" in node.name and node.input[1] in weights
+            and weights[node.input[1]][-1] > 1]
+
+
+def _export_xor() -> None:
+    """Lets the TorchScript ONNX exporter write integer XOR (``seqrec.models.ranking.hash_cross``) as ONNX's
+    ``BitwiseXor`` (opset 18): its own symbolic refuses non-boolean XOR. Registered once per process; it only adds
+    what the exporter refused."""
+    from torch.onnx import register_custom_op_symbolic
+
+    register_custom_op_symbolic("aten::__xor_", lambda g, a, b: g.op("BitwiseXor", a, b), 18)
+
+
+__all__ = ["OnnxLogits", "PRECISIONS", "RANKER_PRECISIONS", "chunk_candidates", "encode_table", "resolve_precision", "score_table",
            "seen_items", "session_items", "with_precision"]

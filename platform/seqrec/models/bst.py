@@ -123,8 +123,8 @@ class TransformerBlock(nn.Module):
         _, kw, vw = a.split(window)  # (R, h, S, dh)
         qc, kc, vc = a.split(cand)  # (R, h, C, dh)
         scale = 1.0 / math.sqrt(a.dh)
-        s_w = (qc @ kw.transpose(-1, -2)) * scale  # (R, h, C, S)
-        s_w = s_w.masked_fill(~window_mask[:, None, None, :], float("-inf"))
+        padding = torch.zeros(window_mask.shape, dtype=qc.dtype, device=qc.device).masked_fill(~window_mask, float("-inf"))
+        s_w = (qc @ kw.transpose(-1, -2)) * scale + padding[:, None, None, :]  # (R, h, C, S); padding keys get -inf
         s_c = (qc * kc).sum(-1, keepdim=True) * scale  # (R, h, C, 1): the candidate attends to itself
         w = torch.softmax(torch.cat([s_w, s_c], dim=-1), dim=-1)
         o = w[..., :-1] @ vw + w[..., -1:] * vc  # (R, h, C, dh)
@@ -156,7 +156,7 @@ class BST(Ranker):
             cand = self.position.weight[1]  # gap 0
             return self.position(b), cand
         dist = torch.arange(s, 0, -1, device=inp.window.device)  # slot j is s - j steps before the candidate
-        return self.sinusoid[dist][None].expand(inp.size, -1, -1), self.sinusoid[0]
+        return self.sinusoid[dist][None].expand(inp.window.shape[0], -1, -1), self.sinusoid[0]
 
     def encode(self, inp: RankInput, cand_tokens: torch.Tensor, fast: bool | None = None):
         """Transformer output for each candidate: (None, (R, C, d) or (R, C, (S+1)·d))."""

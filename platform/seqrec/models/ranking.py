@@ -268,10 +268,17 @@ def covisit_scores(table, triggers: torch.Tensor, candidates: torch.Tensor, deca
     return out
 
 
+def floor_log2(x: torch.Tensor, top: int) -> torch.Tensor:
+    """min(floor(log2(x)), top) for integers x >= 1 (0 for x < 2), exactly: the count of powers 2, 4, ..., 2^top
+    that x reaches. Integer comparisons, not a float log: ONNX Runtime's log2 (ln x / ln 2) puts exact powers of two
+    one bucket low."""
+    powers = torch.pow(2, torch.arange(1, top + 1, device=x.device, dtype=torch.int64))
+    return (x.long()[..., None] >= powers).sum(-1)
+
+
 def match_buckets(rank: torch.Tensor) -> torch.Tensor:
     """Matcher rank → log-scale bucket: 1 + floor(log2(rank + 1)) up to ``MATCH_BUCKETS - 1``; rank < 0 → 0 (none)."""
-    r = rank.clamp_min(0).double()
-    b = (1 + torch.floor(torch.log2(r + 1))).clamp_max(MATCH_BUCKETS - 1).long()
+    b = 1 + floor_log2(rank.clamp_min(0) + 1, MATCH_BUCKETS - 2)
     return torch.where(rank < 0, torch.zeros_like(b), b)
 
 
@@ -281,12 +288,11 @@ def time_buckets(gap: torch.Tensor, n: int = TIME_BUCKETS) -> torch.Tensor:
     1 = same second (or a negative gap from clock skew), k = 2 + floor(log2(gap)) for gap >= 1 s,
     capped at n - 1; 0 is left for padding.
     """
-    g = gap.clamp_min(0).double()
-    b = torch.where(g >= 1, 2 + torch.floor(torch.log2(g.clamp_min(1))), torch.ones_like(g))
-    return b.clamp_max(n - 1).long()
+    g = gap.long()
+    return torch.where(g >= 1, 2 + floor_log2(g.clamp_min(1), n - 3), torch.ones_like(g))
 
 
-def hash_cross(a: torch.Tensor, b: torch.Tensor, salt: int, buckets: int) -> torch.Tensor:
+def hash_cross(a: torch.Tensor, b: torch.Tensor, salt: int | torch.Tensor, buckets: int) -> torch.Tensor:
     """Deterministic hash of a pair of codes into [0, buckets) (no int64 overflow for codes < 2^31)."""
     x = (a * 1_000_003 + b) * 31 + salt  # < 2^63 for codes < 2^31
     x = (x ^ (x >> 17)) % 2_147_483_629  # fold to < 2^31, then mix once more
@@ -358,12 +364,19 @@ class OtherFeatures(nn.Module):
         codes["ctx:behavior"] = inp.last_behavior
         return codes  # each (R,)
 
+    def cross_codes(self, inp: RankInput, side: torch.Tensor) -> torch.Tensor:
+        """(R, C, X) the hashed code of each cross feature of each candidate; side: (R, C, n_side) its side codes."""
+        users = torch.stack([inp.user[p] for p, _ in self.crosses], -1)[:, None, :]  # (R, 1, X)
+        others = torch.stack([inp.candidates if q == F.ITEM_ID else side[..., self.side.index(q)] for _, q in self.crosses], -1)
+        salts = torch.arange(len(self.crosses), device=others.device)  # cross j's salt is j
+        return hash_cross(users, others, salts, self.buckets)  # one elementwise pass over all crosses
+
     def _candidate_codes(self, inp: RankInput, side: torch.Tensor) -> dict[str, torch.Tensor]:
         """side: (R, C, n_side) side codes of the candidates."""
         codes = {f"item:{s}": side[..., i] for i, s in enumerate(self.side)}
+        crosses = self.cross_codes(inp, side)
         for j, (p, q) in enumerate(self.crosses):
-            other = inp.candidates if q == F.ITEM_ID else side[..., self.side.index(q)]
-            codes[f"cross:{p}*{q}"] = hash_cross(inp.user[p][:, None], other, j, self.buckets)
+            codes[f"cross:{p}*{q}"] = crosses[..., j]
         return codes  # each (R, C)
 
     def context(self, inp: RankInput) -> torch.Tensor:
@@ -465,6 +478,8 @@ class Ranker(nn.Module):
     config: RankConfig
     name: str = "ranker"
     wide: bool = False  # WDL's wide part
+    # what computes score()'s logits instead of logits() (None: PyTorch): seqrec.inference.with_precision's int8 runtime
+    runtime = None
 
     def __init__(self, config: RankConfig):
         super().__init__()
@@ -755,7 +770,8 @@ class Ranker(nn.Module):
     def score(self, batch: Batch, candidates: torch.Tensor, match: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C) logits of ``candidates`` (B, C) for each row's user at its last event; ``match`` (B, C): their
         matcher scores, the candidates in the matcher's order (needed with ``match_features``)."""
-        return self.logits(self.inference_input(batch, candidates, match=match))
+        inp = self.inference_input(batch, candidates, match=match)
+        return self.logits(inp) if self.runtime is None else self.runtime(inp)
 
     def window_side(self, inp: RankInput) -> torch.Tensor:
         return self.side_of(inp.window)[..., : self.config.seq_side]  # (R, S, seq_side)
