@@ -162,6 +162,36 @@ def test_time_differences_are_used_by_bst_only():
     assert (m.score(batch, cands)[0] - m.score(swapped, cands)[0]).abs().max() > 1e-4
 
 
+def test_log_buckets_match_a_bit_length_reference_at_every_power_of_two():
+    """time_buckets and match_buckets against int.bit_length (floor(log2 x) = bit_length - 1), at 2^k - 1, 2^k, 2^k + 1
+    for every k up to 2^61 and 0..4999: exact integer buckets, the same in PyTorch and in ONNX Runtime's graph."""
+    from seqrec.models.ranking import MATCH_BUCKETS, TIME_BUCKETS, match_buckets
+
+    values = list(range(-5, 5000)) + [2**k + d for k in range(1, 62) for d in (-1, 0, 1)]
+    time_ref = [1 if v < 1 else min(2 + v.bit_length() - 1, TIME_BUCKETS - 1) for v in values]
+    assert time_buckets(torch.tensor(values)).tolist() == time_ref
+    ranks = [v for v in values if v < 2**40]
+    match_ref = [0 if v < 0 else min(1 + (v + 1).bit_length() - 1, MATCH_BUCKETS - 1) for v in ranks]
+    assert match_buckets(torch.tensor(ranks)).tolist() == match_ref
+
+
+def test_cross_codes_hash_each_cross_with_its_own_salt():
+    """OtherFeatures.cross_codes (every cross in one pass) against hash_cross called per cross, salt j for cross j."""
+    spec = tiny_spec(n_items=80)
+    model = make("bst", spec)
+    model.set_item_table(*item_side_table(spec))
+    batch = with_history(random_batch(spec, b=3, t=5, l=2), [4, 1, 0], h=4)
+    cands = torch.randint(2, spec.n_items, (3, 9), generator=torch.Generator().manual_seed(3))
+    inp = model.inference_input(batch, cands)
+    side = model.side_of(cands)
+    other = model.other
+    got = other.cross_codes(inp, side)
+    assert got.shape == (3, 9, len(other.crosses))
+    for j, (p, q) in enumerate(other.crosses):
+        b = cands if q == F.ITEM_ID else side[..., other.side.index(q)]
+        assert torch.equal(got[..., j], hash_cross(inp.user[p][:, None], b, j, other.buckets))
+
+
 def test_time_buckets_and_cross_hash():
     gaps = torch.tensor([-5, 0, 1, 2, 3, 4, 3600, 10**12])
     assert time_buckets(gaps).tolist() == [1, 1, 2, 3, 3, 4, 2 + 11, 39]
