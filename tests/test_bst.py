@@ -175,6 +175,34 @@ def test_log_buckets_match_a_bit_length_reference_at_every_power_of_two():
     assert match_buckets(torch.tensor(ranks)).tolist() == match_ref
 
 
+def test_seen_marks_candidates_among_the_behaviours_before_each_position():
+    """RankConfig.seen against a per-position reference: in training, a candidate is seen when it is in the row's
+    history or in the session before the position; at inference, in the history or anywhere in the session."""
+    spec = tiny_spec(n_items=12)  # a small catalogue: negatives often repeat a behaviour
+    torch.manual_seed(0)
+    model = make("bst", spec, seen=True, negatives=8)
+    model.set_item_table(*item_side_table(spec))
+    batch = with_history(random_batch(spec, b=3, t=6, l=2), [4, 1, 0], h=4)
+    inp = model.training_input(batch)
+    hist = [[int(x) for x in row if x >= F.FIRST_CODE] for row in batch.hist_item]
+    samples = [(r, t) for r in range(batch.size) for t in range(int(batch.seq_len[r]))
+               if int(batch.items[r, t]) >= F.FIRST_CODE and len(hist[r]) + t >= 1]  # training_input's positions
+    assert inp.seen.shape == inp.candidates.shape and len(samples) == inp.candidates.shape[0]
+    for i, (r, t) in enumerate(samples):
+        before = set(hist[r]) | {int(x) for x in batch.items[r, :t]}
+        ref = [float(c >= F.FIRST_CODE and c in before) for c in inp.candidates[i].tolist()]
+        assert inp.seen[i].tolist() == ref, (r, t)
+    assert 0 < float(inp.seen.mean()) < 1
+    cands = torch.arange(2, spec.n_items).repeat(batch.size, 1)
+    seen = model.inference_input(batch, cands).seen
+    for r in range(batch.size):
+        before = set(hist[r]) | {int(x) for x in batch.items[r, : int(batch.seq_len[r])]}
+        assert seen[r].tolist() == [float(c in before) for c in cands[r].tolist()]
+    loss = model(batch).loss
+    loss.backward()
+    assert model.seen_weight.grad is not None and model.other.seen_feature.weight.grad.abs().sum() > 0
+
+
 def test_cross_codes_hash_each_cross_with_its_own_salt():
     """OtherFeatures.cross_codes (every cross in one pass) against hash_cross called per cross, salt j for cross j."""
     spec = tiny_spec(n_items=80)

@@ -31,7 +31,7 @@ RANKERS = {  # tiny configurations of every ranker and every sequence path of BS
     "bst b=2": ("bst", {"blocks": 2}),
     "bst output=all": ("bst", {"output": "all"}),
     "bst sinusoid": ("bst", {"positions": "sinusoid"}),
-    "bst match+covisit": ("bst", {"match_features": True, "covisit": True}),
+    "bst match+covisit+seen": ("bst", {"match_features": True, "covisit": True, "seen": True}),
     "din": ("din", {}),
     "wdl": ("wdl", {}),
     "wdl_seq": ("wdl_seq", {}),
@@ -66,9 +66,11 @@ def _ranker_input(label: str):
         sessions = np.where(sessions >= 2, sessions, np.random.default_rng(0).integers(2, spec.n_items, sessions.shape))
         model.set_covisitation(ItemCF(COVISIT).fit(sessions, np.full(len(sessions), sessions.shape[1]), spec.n_items))
     cands = torch.randint(2, spec.n_items, (3, 17), generator=torch.Generator().manual_seed(1))
+    cands[:, 0] = batch.items[:, 0]  # a candidate the user has seen
     scores = torch.sort(torch.randn(3, 17), dim=1, descending=True).values
     inp = model.inference_input(batch, cands)
     assert not model.config.covisit or bool((inp.covisit > 0).any())
+    assert not model.config.seen or bool((inp.seen[:, 0] == 1).all() and (inp.seen[:, 1:] == 0).any())
     if model.config.match_features:
         inp = dataclasses.replace(inp, **dict(zip(("match_rank", "match_gap"), match_inputs(scores))))
     return model, batch, cands, inp

@@ -180,6 +180,7 @@ class OnnxLogits:
         self.fields = ["window", "window_time", "last_behavior", "time", "candidates"]
         self.fields += ["match_rank", "match_gap"] if c.match_features else []
         self.fields += ["covisit"] if c.covisit else []
+        self.fields += ["seen"] if c.seen else []
         example = self._example(model, r=2, c=3)
         users, fields = self.users, self.fields
 
@@ -194,7 +195,7 @@ class OnnxLogits:
 
         names = [f"user_{u}" for u in users] + fields
         dynamic = {n: {0: "rows"} for n in names}
-        for n in ("candidates", "match_rank", "match_gap", "covisit"):
+        for n in ("candidates", "match_rank", "match_gap", "covisit", "seen"):
             dynamic[n] = {0: "rows", 1: "candidates"}
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
@@ -231,7 +232,7 @@ class OnnxLogits:
                "last_behavior": torch.ones(r, dtype=torch.long), "time": torch.full((r,), cfg.window * 60),
                "candidates": torch.full((r, c), item),
                "match_rank": torch.arange(c).repeat(r, 1), "match_gap": -torch.rand(r, c),
-               "covisit": torch.rand(r, c)}
+               "covisit": torch.rand(r, c), "seen": (torch.arange(c) % 2).float().repeat(r, 1)}
         return ex
 
     def session(self):

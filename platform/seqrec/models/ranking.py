@@ -91,7 +91,10 @@ class RankConfig(ModelConfig):
     # on cascade rows: next = the item at t is the position's one positive | window = also every stored candidate the
     # user interacts with later in the label window (the rest of the session; stored by CascadeConfig(positives="window"))
     positives: str = "next"
-    window_positives: int = 10  # positives="window": at most this many label-window candidates per position (a uniform draw)
+    window_positives: int = 10
+    # whether the candidate is among the context's behaviours before the moment (its whole stream: BST history, then
+    # the session): an embedded 0/1 feature and a learned weight in the logit (0 at the start), as for covisit
+    seen: bool = False  # positives="window": at most this many label-window candidates per position (a uniform draw)
 
     def __post_init__(self) -> None:
         if isinstance(self.features, dict):
@@ -143,6 +146,7 @@ class RankInput:
     match_rank:    (R, C) int64 the matcher's rank of each candidate (-1: none), or None (:func:`match_inputs`)
     match_gap:     (R, C) float32 its matcher score minus the matcher's first item's score (<= 0), or None
     covisit:       (R, C) float32 its co-visitation score with the latest behaviours (:func:`covisit_scores`), or None
+    seen:          (R, C) float32 1 where it is among the context's behaviours (:func:`seen_before`), or None
     """
 
     user: dict[str, torch.Tensor]
@@ -155,6 +159,7 @@ class RankInput:
     match_rank: torch.Tensor | None = None
     match_gap: torch.Tensor | None = None
     covisit: torch.Tensor | None = None
+    seen: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -204,6 +209,15 @@ def windows(stream: tuple[torch.Tensor, ...], rows: torch.Tensor, ends: torch.Te
     w_times = times[rows[:, None], offs] * ok
     last = torch.where(ends > 0, behav[rows, (ends - 1).clamp_min(0)], torch.zeros_like(ends))
     return w_items, w_times, last
+
+
+def seen_before(stream: tuple[torch.Tensor, ...], rows: torch.Tensor, ends: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """(P, C) 1.0 where a candidate is among the behaviours of stream row ``rows`` before position ``ends``
+    (exclusive: the whole stream so far, not only the window), else 0; padding candidates (< 2) are 0."""
+    items = stream[0][rows]  # (P, L)
+    before = torch.arange(items.shape[1], device=items.device)[None, :] < ends[:, None]
+    hit = ((candidates[:, :, None] == items[:, None, :]) & before[:, None, :]).any(-1)
+    return (hit & (candidates >= F.FIRST_CODE)).float()
 
 
 def match_inputs(scores: torch.Tensor, ranks: torch.Tensor | None = None,
@@ -351,6 +365,10 @@ class OtherFeatures(nn.Module):
         if self.covisit:  # log(1 + score) and whether the candidate has any co-visitation with the behaviours
             self.covisit_feature = nn.Linear(2, d)
             self.candidate_dim += d
+        self.seen = c.seen
+        if self.seen:  # whether the candidate is among the behaviours so far
+            self.seen_feature = nn.Embedding(2, d)
+            self.candidate_dim += d
 
     @staticmethod
     def _key(k: str) -> str:
@@ -403,6 +421,11 @@ class OtherFeatures(nn.Module):
                 raise ValueError("this ranker reads each candidate's co-visitation score (covisit=True): build its input "
                                  "with training_input / inference_input")
             parts.append(self.covisit_feature(torch.stack([torch.log1p(inp.covisit), (inp.covisit > 0).float()], -1)))
+        if self.seen:
+            if inp.seen is None:
+                raise ValueError("this ranker reads whether each candidate is among the behaviours (seen=True): build its "
+                                 "input with training_input / inference_input")
+            parts.append(self.seen_feature(inp.seen.long()))
         if not parts:
             return side.new_zeros(*inp.candidates.shape, 0, dtype=torch.float32)
         return torch.cat(parts, dim=-1)  # (R, C, Pk)
@@ -503,6 +526,8 @@ class Ranker(nn.Module):
             self.register_buffer("covisit_neighbors", torch.zeros(spec.n_items, k, dtype=torch.int32), persistent=True)
             self.register_buffer("covisit_weights", torch.zeros(spec.n_items, k), persistent=True)
             self.covisit_weight = nn.Parameter(torch.zeros(()))
+        if config.seen:  # the weight of "already among the behaviours" in the logit (0 at the start)
+            self.seen_weight = nn.Parameter(torch.zeros(()))
 
     # --- item table -----------------------------------------------------------------------------
     def set_item_table(self, side: torch.Tensor, counts: torch.Tensor) -> None:
@@ -656,6 +681,7 @@ class Ranker(nn.Module):
             match_rank=match_rank,
             match_gap=match_gap,
             covisit=covisit,
+            seen=seen_before(stream, rows, ends, cands) if self.config.seen else None,
         )
 
     @staticmethod
@@ -724,6 +750,7 @@ class Ranker(nn.Module):
             labels=labels,
             **(dict(zip(("match_rank", "match_gap"), match_inputs(match))) if match is not None else {}),
             covisit=self.covisit_of(stream, rows, ends, candidates) if self.config.covisit else None,
+            seen=seen_before(stream, rows, ends, candidates) if self.config.seen else None,
         )
 
     # --- model ----------------------------------------------------------------------------------
@@ -745,6 +772,8 @@ class Ranker(nn.Module):
             out = out + self.match_weight * inp.match_gap  # + w · (score - the matcher's first score); checked in candidate()
         if self.config.covisit:
             out = out + self.covisit_weight * torch.log1p(inp.covisit)
+        if self.config.seen:
+            out = out + self.seen_weight * inp.seen  # checked in candidate()
         return out
 
     def forward(self, batch: Batch) -> LossOutput:
