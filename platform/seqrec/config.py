@@ -214,10 +214,11 @@ class TrainJob:
 
         return self.run.name or f"{self.model.replace(':', '-')}-{storage.basename(self.data)}"
 
-# a cascade ranker's options unless set otherwise: the matcher's rank and score gap, and the cross-fitted
-# co-visitation score, as features; a softmax over each position's list; the matcher's candidates as the only
-# negatives (what it will re-order). Measured in docs/results.md ("Cascade rankers").
-CASCADE_RANKER_OPTIONS = {"match_features": True, "covisit": True, "loss": "listwise", "negatives": 0}
+# a cascade ranker's options unless set otherwise: the matcher's rank and score gap, the cross-fitted co-visitation
+# score and whether the candidate is already among the behaviours, as features; a softmax over each position's
+# list; the matcher's candidates as the only negatives (what it will re-order). Measured in docs/results.md
+# ("Cascade rankers"; seen: validation Recall@50 26.86 → 28.38 on ml-100k user-day, 3 seeds, better in each).
+CASCADE_RANKER_OPTIONS = {"match_features": True, "covisit": True, "seen": True, "loss": "listwise", "negatives": 0}
 
 
 @dataclass
