@@ -123,8 +123,8 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
 def with_precision(model, precision: str = "fp32", device: str = "cpu"):
     """The model to run for inference at ``precision``: the model itself for ``fp32``, a copy for ``int8``.
 
-    ``int8`` (rankers on a CPU): the copy's ``score`` computes its logits in ONNX Runtime, with every Linear
-    layer's weights in int8 and activations quantized per call (:class:`OnnxLogits`). The copy shares the
+    ``int8`` (rankers on a CPU): the copy's ``score`` computes its logits in ONNX Runtime, with the MLP's hidden
+    layers after the first in int8 and their activations quantized per call (:class:`OnnxLogits`). The copy shares the
     model's parameters (a 1M-item embedding table is not held twice by PyTorch) and runs the input side
     (``inference_input``, :class:`seqrec.models.ranking.RankInput`) in PyTorch as before.
     ``benchmarks/bench_rank.py --quality`` checks AUC and two-stage HitRate@20 against fp32.
@@ -150,7 +150,7 @@ def with_precision(model, precision: str = "fp32", device: str = "cpu"):
 
 
 class OnnxLogits:
-    """A ranker's ``logits(inp)`` as one ONNX Runtime graph with int8 weights: what ``precision="int8"`` runs
+    """A ranker's ``logits(inp)`` as one ONNX Runtime graph with int8 hidden layers: what ``precision="int8"`` runs
     (``int8=False`` keeps the graph in fp32: how the tests check the export against PyTorch).
 
     * **Export**: ``torch.onnx.export`` traces ``logits`` in eval mode, with the rows (R) and candidates (C)

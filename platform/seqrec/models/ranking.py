@@ -91,10 +91,10 @@ class RankConfig(ModelConfig):
     # on cascade rows: next = the item at t is the position's one positive | window = also every stored candidate the
     # user interacts with later in the label window (the rest of the session; stored by CascadeConfig(positives="window"))
     positives: str = "next"
-    window_positives: int = 10
+    window_positives: int = 10  # positives="window": at most this many label-window candidates per position (a uniform draw)
     # whether the candidate is among the context's behaviours before the moment (its whole stream: BST history, then
     # the session): an embedded 0/1 feature and a learned weight in the logit (0 at the start), as for covisit
-    seen: bool = False  # positives="window": at most this many label-window candidates per position (a uniform draw)
+    seen: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.features, dict):
