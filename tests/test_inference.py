@@ -93,6 +93,30 @@ def test_the_exported_ranker_graph_computes_the_pytorch_logits(label):
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("label", list(RANKERS))
+def test_smoothing_keeps_every_rankers_logits_and_int8_follows_them(label):
+    """The first layer's SmoothQuant form (input / s, weight · s) computes the same logits as the model in fp32, for
+    every ranker, with positive scales of mean 1 from the synthetic calibration input; the int8 graph then follows
+    fp32 (its error is int8's, not a broken export), and the original model is untouched."""
+    import torch
+
+    from seqrec.inference import _smoothed, calibration_input, smoothing_scales, with_precision
+
+    model, batch, cands, inp = _ranker_input(label)
+    calib = calibration_input(model, rows=2, candidates=40)
+    assert calib.candidates.shape == (2, 40) and bool((calib.candidates >= 2).all())
+    scales = smoothing_scales(model)
+    assert scales.shape == (model.head.first_candidate.in_features,)
+    assert bool((scales > 0).all()) and abs(float(scales.mean()) - 1) < 1e-5
+    with torch.inference_mode():
+        ref = model.logits(inp)
+        torch.testing.assert_close(_smoothed(model, scales).logits(inp), ref, rtol=1e-4, atol=1e-5)
+        assert isinstance(model.head.first_candidate, torch.nn.Linear)
+        got = with_precision(model, "int8").runtime(inp)
+    assert (got - ref).abs().mean() < 0.05 * ref.std()
+    assert torch.corrcoef(torch.stack([ref.flatten(), got.flatten()]))[0, 1] > 0.99
+
+
 def test_int8_ranker_tracks_fp32_and_leaves_the_fp32_model_alone():
     """with_precision("int8") gives a copy that scores in ONNX Runtime with int8 weights: its logits follow fp32's
     closely (same top candidates), a user's scores do not depend on the users scored with it, the original keeps
@@ -115,7 +139,8 @@ def test_int8_ranker_tracks_fp32_and_leaves_the_fp32_model_alone():
     q = with_precision(model, "int8")
     assert with_precision(model, "fp32") is model and q is not model
     assert model.runtime is None and q.runtime is not None
-    assert len(q.runtime.quantized) == 2  # the MLP's 256 → 128 and 128 → 64 (found by their exported node names)
+    # the MLP's first layer (candidate half), 256 → 128 and 128 → 64, found by their exported node names
+    assert [n.split("/")[2] for n in q.runtime.quantized] == ["first_candidate", "rest", "rest"]
     with torch.inference_mode():
         ref, got = model.score(batch, cands), q.score(batch, cands)
     assert not torch.equal(ref, got)  # int8 did run
