@@ -15,10 +15,13 @@ evaluation and serving make — under ``torch.inference_mode``:
 
 Configurations: BST as the paper configures it (b = 1, 8 heads, MLP 1024-512-256) in int8 (what
 ``seqrec serve`` runs on a CPU: ``seqrec.inference.with_precision``, the logits as one ONNX Runtime graph
-with the MLP's hidden layers after the first in dynamic int8) and in fp32 (PyTorch), BST with the compact
+with the MLP's layers in dynamic int8, the first one smoothed), in fp32 (PyTorch), and in int8 with the first
+layer in fp32 (the served form before, ``OnnxLogits(first_layer=False)``: this machine's timings drift between
+runs, so the change is measured within one run), BST with the compact
 MLP 256-128-64 (what the quality tables train on this CPU), BST b = 2 (no shared-window shortcut), DIN, WDL. Summary keys:
 ``ms_300_candidates_1thread`` (paper BST as served, int8), ``ms_300_candidates_1thread_fp32``,
-``ms_300_candidates_1thread_compact``, ``candidates_per_s_batch`` (paper BST, int8), and
+``ms_300_candidates_1thread_compact``, ``ms_300_candidates_1thread_int8_hidden_only``, ``candidates_per_s_batch``
+(paper BST, int8), and
 ``gpu_ms_300_candidates`` (paper BST, fp32; null without CUDA).
 
 **The floor** of the paper configuration on this CPU: ``linear_macs_300`` (multiply-adds of every Linear layer in
@@ -42,6 +45,7 @@ int8 − fp32, and ``int8_quality_ok``: |AUC deltas| ≤ 0.002 and |HitRate@20 d
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -56,7 +60,7 @@ from common import machine_info, write_result  # noqa: E402
 from seqrec import features as F  # noqa: E402
 from seqrec.batch import Batch  # noqa: E402
 from seqrec.features import Feature, FeatureSpec  # noqa: E402
-from seqrec.inference import with_precision  # noqa: E402
+from seqrec.inference import OnnxLogits, with_precision  # noqa: E402
 from seqrec.models import build_model  # noqa: E402
 
 TOLERANCE = {"auc": 0.002, "hitrate@20_points": 0.2}  # issue #17: int8 vs fp32
@@ -64,6 +68,7 @@ TOLERANCE = {"auc": 0.002, "hitrate@20_points": 0.2}  # issue #17: int8 vs fp32
 CONFIGS = {  # label: (model, options, precision)
     "BST (paper: b=1, MLP 1024-512-256), int8": ("bst", {}, "int8"),
     "BST (paper: b=1, MLP 1024-512-256), fp32": ("bst", {}, "fp32"),
+    "BST (paper), int8 hidden layers only (before)": ("bst", {}, "int8-hidden"),
     "BST compact (MLP 256-128-64)": ("bst", {"mlp": "256-128-64"}, "fp32"),
     "BST b=2": ("bst", {"blocks": 2}, "fp32"),
     "DIN": ("din", {}, "fp32"),
@@ -232,7 +237,11 @@ def main() -> int:
         torch.manual_seed(0)
         model = build_model(name, spec, **opts)
         model.set_item_table(side, counts)
-        model = with_precision(model.eval(), precision)
+        if precision == "int8-hidden":  # the served form before the first layer went int8: the same run's reference
+            model = copy.copy(model.eval())
+            model.runtime = OnnxLogits(model, first_layer=False)
+        else:
+            model = with_precision(model.eval(), precision)
         with torch.inference_mode():
             torch.set_num_threads(1)
             t1 = timed(lambda: model.score(one, c1), args.repeats)
@@ -262,11 +271,12 @@ def main() -> int:
         runs.append(run)
         print(f"{label:38s} {run['ms_300_1thread_median']:7.2f} ms (p90 {run['ms_300_1thread_p90']:.2f}) 1 thread; "
               f"{run['candidates_per_s_batch']:,.0f} candidates/s in batch ({threads} threads)")
-    paper, paper32, compact = runs[0], runs[1], runs[2]
+    paper, paper32, before, compact = runs[0], runs[1], runs[2], runs[3]
     summary = {
         "ms_300_candidates_1thread": round(paper["ms_300_1thread_median"], 3),
         "ms_300_candidates_1thread_fp32": round(paper32["ms_300_1thread_median"], 3),
         "ms_300_candidates_1thread_compact": round(compact["ms_300_1thread_median"], 3),
+        "ms_300_candidates_1thread_int8_hidden_only": round(before["ms_300_1thread_median"], 3),
         "candidates_per_s_batch": round(paper["candidates_per_s_batch"]),
         "candidates_per_s_batch_fp32": round(paper32["candidates_per_s_batch"]),
         "candidates_per_s_batch_compact": round(compact["candidates_per_s_batch"]),

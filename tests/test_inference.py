@@ -141,6 +141,10 @@ def test_int8_ranker_tracks_fp32_and_leaves_the_fp32_model_alone():
     assert model.runtime is None and q.runtime is not None
     # the MLP's first layer (candidate half), 256 → 128 and 128 → 64, found by their exported node names
     assert [n.split("/")[2] for n in q.runtime.quantized] == ["first_candidate", "rest", "rest"]
+    from seqrec.inference import OnnxLogits
+
+    hidden_only = OnnxLogits(model, first_layer=False)  # the first layer in fp32, unsmoothed: bench_rank's reference row
+    assert [n.split("/")[2] for n in hidden_only.quantized] == ["rest", "rest"] and hidden_only.smoothing is None
     with torch.inference_mode():
         ref, got = model.score(batch, cands), q.score(batch, cands)
     assert not torch.equal(ref, got)  # int8 did run

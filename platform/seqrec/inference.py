@@ -151,8 +151,9 @@ def with_precision(model, precision: str = "fp32", device: str = "cpu"):
 
 
 class OnnxLogits:
-    """A ranker's ``logits(inp)`` as one ONNX Runtime graph with int8 hidden layers: what ``precision="int8"`` runs
-    (``int8=False`` keeps the graph in fp32: how the tests check the export against PyTorch).
+    """A ranker's ``logits(inp)`` as one ONNX Runtime graph with an int8 MLP: what ``precision="int8"`` runs
+    (``int8=False`` keeps the graph in fp32: how the tests check the export against PyTorch; ``first_layer=False``
+    keeps the MLP's first layer in fp32, unsmoothed: the previous form, which ``bench_rank.py`` times beside it).
 
     * **Export**: ``torch.onnx.export`` traces ``logits`` in eval mode for one row (R = 1: the graph runs one
       context per call, below; static, its shape arithmetic folds away) and dynamic candidates (C); its inputs are
@@ -177,7 +178,7 @@ class OnnxLogits:
     Picklable: the quantized graph travels as bytes and its sessions are rebuilt where it lands.
     """
 
-    def __init__(self, model, int8: bool = True):
+    def __init__(self, model, int8: bool = True, first_layer: bool = True):
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -191,8 +192,8 @@ class OnnxLogits:
         self.fields += ["seen"] if c.seen else []
         example = self._example(model, r=1, c=3)  # one row: the graph runs one context per call
         users, fields = self.users, self.fields
-        self.smoothing = smoothing_scales(model) if int8 else None
-        exported = _smoothed(model, self.smoothing) if int8 else model
+        self.smoothing = smoothing_scales(model) if int8 and first_layer else None
+        exported = model if self.smoothing is None else _smoothed(model, self.smoothing)
 
         class Graph(torch.nn.Module):
             def __init__(self):
@@ -220,7 +221,7 @@ class OnnxLogits:
             root = logging.getLogger()
             level = root.level
             root.setLevel(max(level, logging.ERROR))  # quantize_dynamic logs advice to pre-process on the root logger
-            self.quantized = _int8_layers(fp32) if int8 else []
+            self.quantized = _int8_layers(fp32, first_layer) if int8 else []
             try:
                 if self.quantized:  # (an empty nodes_to_quantize would mean every node to quantize_dynamic)
                     quantize_dynamic(fp32, quantized, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
@@ -359,7 +360,7 @@ def _smoothed(model, scales: torch.Tensor):
     return out
 
 
-def _int8_layers(path: str) -> list[str]:
+def _int8_layers(path: str, first_layer: bool = True) -> list[str]:
     """The MatMul nodes to quantize: the MLP head's layers but the logit layer (one output): the first layer's
     candidate half (``head.first_candidate``, smoothed) and the hidden layers (``head.rest``). In the paper's MLP these
     are 240 → 1024, 1024 → 512 and 512 → 256: 97% of its multiply-adds. The context half runs once per user.
@@ -370,13 +371,13 @@ def _int8_layers(path: str) -> list[str]:
     transformer's output side by side, shares one per-call 8-bit grid); with it smoothed (scales from
     :func:`calibration_input`), alpha 0.5 / 0.6 / 0.75 / 0.9 / 1.0: 0.013 / 0.011 / 0.010 (21%) / 0.016 / 0.012,
     HitRate@20 unchanged at 0.75; the transformer's projections 0.011. The logit layer and one-row layers cost more
-    to quantize per call than they save (47 µs against 5 µs for 256 → 1)."""
+    to quantize per call than they save (47 µs against 5 µs for 256 → 1). ``first_layer=False``: the hidden layers only."""
     import onnx
 
     graph = onnx.load(path).graph
     weights = {t.name: tuple(t.dims) for t in graph.initializer}
     return [node.name for node in graph.node
-            if node.op_type == "MatMul" and ("/head/rest/" in node.name or "/head/first_candidate/" in node.name)
+            if node.op_type == "MatMul" and ("/head/rest/" in node.name or first_layer and "/head/first_candidate/" in node.name)
             and node.input[1] in weights and weights[node.input[1]][-1] > 1]
 
 
