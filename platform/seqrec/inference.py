@@ -362,8 +362,9 @@ def _smoothed(model, scales: torch.Tensor):
 
 def _int8_layers(path: str, first_layer: bool = True) -> list[str]:
     """The MatMul nodes to quantize: the MLP head's layers but the logit layer (one output): the first layer's
-    candidate half (``head.first_candidate``, smoothed) and the hidden layers (``head.rest``). In the paper's MLP these
-    are 240 → 1024, 1024 → 512 and 512 → 256: 97% of its multiply-adds. The context half runs once per user.
+    candidate half (``head.first_candidate``, smoothed) and the hidden layers (``head.rest``). In README command 1's
+    BST (the paper's MLP) these are 240 → 1024, 1024 → 512 and 512 → 256 per candidate: all of the MLP's per-candidate
+    multiply-adds but the logit layer's 256. The context half runs once per user, in fp32.
 
     Chosen on README command 1's validation rows (BST with the matcher's scores, 285 users, 300 candidates each;
     mean |int8 − fp32| logit, fp32 logits' std 1.25, and the share of users whose top 20 changed at all): the hidden
