@@ -16,13 +16,15 @@ evaluation and serving make — under ``torch.inference_mode``:
 Configurations: BST as the paper configures it (b = 1, 8 heads, MLP 1024-512-256) in int8 (what
 ``seqrec serve`` runs on a CPU: ``seqrec.inference.with_precision``, the logits as one ONNX Runtime graph
 with the MLP's layers in dynamic int8, the first one smoothed), in fp32 (PyTorch), and in int8 with the first
-layer in fp32 (the served form before, ``OnnxLogits(first_layer=False)``: this machine's timings drift between
-runs, so the change is measured within one run), BST with the compact
+layer in fp32 (the served form before, ``OnnxLogits(first_layer=False)``), BST with the compact
 MLP 256-128-64 (what the quality tables train on this CPU), BST b = 2 (no shared-window shortcut), DIN, WDL. Summary keys:
 ``ms_300_candidates_1thread`` (paper BST as served, int8), ``ms_300_candidates_1thread_fp32``,
 ``ms_300_candidates_1thread_compact``, ``ms_300_candidates_1thread_int8_hidden_only``, ``candidates_per_s_batch``
 (paper BST, int8), and
-``gpu_ms_300_candidates`` (paper BST, fp32; null without CUDA).
+``gpu_ms_300_candidates`` (paper BST, fp32; null without CUDA). This machine's speed drifts between runs and within
+one, so the int8 form and its previous form are also timed call by call in turn (``interleaved``):
+``ms_300_int8_interleaved``, ``ms_300_int8_hidden_only_interleaved`` and ``int8_first_layer_gain_interleaved``
+(1 − their ratio).
 
 **The floor** of the paper configuration on this CPU: ``linear_macs_300`` (multiply-adds of every Linear layer in
 one 300-candidate ``score`` call, counted by forward hooks), ``gemm_fp32_gmac_per_s_1thread`` and
@@ -110,6 +112,22 @@ def timed(fn, repeats: int, warmup: int = 10) -> np.ndarray:
         fn()
         out.append(time.perf_counter() - t0)
     return np.asarray(out)
+
+
+def interleaved(fns: dict, calls: int, warmup: int = 10) -> dict:
+    """{name: seconds per call (array)} with the functions called in turn, in alternating order, so that a drift in
+    this machine's speed (it runs up to 2x slower on some days, and drifts within a run) hits every one alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out = {k: [] for k in fns}
+    order = list(fns)
+    for i in range(calls):
+        for k in order if i % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            fns[k]()
+            out[k].append(time.perf_counter() - t0)
+    return {k: np.asarray(v) for k, v in out.items()}
 
 
 def gemm_rates(rows: int = 300, k: int = 1024, n: int = 512, rounds: int = 6, repeats: int = 100) -> dict:
@@ -232,7 +250,7 @@ def main() -> int:
           f"(fp32) / {rates['int8'] / 1e9:.1f} (int8) G multiply-adds/s at its widest layer: {floor_ms:.2f} ms with every "
           f"Linear at the int8 rate and nothing else costing anything")
     threads = torch.get_num_threads()
-    runs = []
+    runs, models = [], {}
     for label, (name, opts, precision) in CONFIGS.items():
         torch.manual_seed(0)
         model = build_model(name, spec, **opts)
@@ -269,14 +287,26 @@ def main() -> int:
             "gpu_ms_300": gpu_ms,
         }
         runs.append(run)
+        models[label] = model
         print(f"{label:38s} {run['ms_300_1thread_median']:7.2f} ms (p90 {run['ms_300_1thread_p90']:.2f}) 1 thread; "
               f"{run['candidates_per_s_batch']:,.0f} candidates/s in batch ({threads} threads)")
     paper, paper32, before, compact = runs[0], runs[1], runs[2], runs[3]
+    with torch.inference_mode():  # the served int8 against its previous form, call by call in turn (the rows above
+        torch.set_num_threads(1)  # time each form in its own block of calls, which the machine's drift can skew)
+        pair = interleaved({k: (lambda m=models[runs[i]["label"]]: m.score(one, c1)) for i, k in ((0, "int8"), (2, "before"))},
+                           args.repeats * 2)
+        torch.set_num_threads(threads)
+    pair_ms = {k: float(np.median(v) * 1e3) for k, v in pair.items()}
+    print(f"interleaved, {args.repeats * 2} calls each: int8 {pair_ms['int8']:.2f} ms, the previous form (first layer fp32) "
+          f"{pair_ms['before']:.2f} ms")
     summary = {
         "ms_300_candidates_1thread": round(paper["ms_300_1thread_median"], 3),
         "ms_300_candidates_1thread_fp32": round(paper32["ms_300_1thread_median"], 3),
         "ms_300_candidates_1thread_compact": round(compact["ms_300_1thread_median"], 3),
         "ms_300_candidates_1thread_int8_hidden_only": round(before["ms_300_1thread_median"], 3),
+        "ms_300_int8_interleaved": round(pair_ms["int8"], 3),
+        "ms_300_int8_hidden_only_interleaved": round(pair_ms["before"], 3),
+        "int8_first_layer_gain_interleaved": round(1 - pair_ms["int8"] / pair_ms["before"], 4),
         "candidates_per_s_batch": round(paper["candidates_per_s_batch"]),
         "candidates_per_s_batch_fp32": round(paper32["candidates_per_s_batch"]),
         "candidates_per_s_batch_compact": round(compact["candidates_per_s_batch"]),
