@@ -117,6 +117,26 @@ def test_smoothing_keeps_every_rankers_logits_and_int8_follows_them(label):
     assert torch.corrcoef(torch.stack([ref.flatten(), got.flatten()]))[0, 1] > 0.99
 
 
+@pytest.mark.parametrize("label", ["bst", "bst match+covisit+seen", "din"])
+def test_the_context_half_as_int8_bias_gives_the_same_logits(label, monkeypatch):
+    """_context_as_bias replaces the first layer's int8 chain and the context add by one DynamicQuantizeMatMul with
+    the context half as its bias: the graph then has no separate add, and its logits equal the unfused graph's."""
+    import onnx
+    import torch
+
+    import seqrec.inference as inference
+
+    model, _, _, inp = _ranker_input(label)
+    fused = inference.OnnxLogits(model)
+    ops = {n.name: n.op_type for n in onnx.load_from_string(fused.graph).graph.node}
+    assert ops["/head/first_candidate/MatMul_quant"] == "DynamicQuantizeMatMul" and "/head/Add" not in ops
+    monkeypatch.setattr(inference, "_context_as_bias", lambda m: m)
+    plain = inference.OnnxLogits(model)
+    assert "/head/Add" in {n.name for n in onnx.load_from_string(plain.graph).graph.node}
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(inp), plain(inp), rtol=1e-5, atol=1e-6)
+
+
 def test_int8_ranker_tracks_fp32_and_leaves_the_fp32_model_alone():
     """with_precision("int8") gives a copy that scores in ONNX Runtime with int8 weights: its logits follow fp32's
     closely (same top candidates), a user's scores do not depend on the users scored with it, the original keeps

@@ -169,6 +169,8 @@ class OnnxLogits:
     * **Why 7-bit weights**: without VNNI, ONNX Runtime's u8 × s8 kernel sums pairs of products in int16 (AVX2's
       ``vpmaddubsw``), which saturates once weights and activations both span their full 8-bit range, as smoothing
       makes them: the smoothed first layer's mean logit error was 0.031 with 8-bit weights, 0.010 with 7.
+    * **The context half as the first layer's bias** (:func:`_context_as_bias`): the user's half of the first layer
+      enters the int8 candidate half's kernel as its bias instead of a separate add over C × 1024 (exact; 3% of a call).
     * **One call per context**: a per-call activation range would make a user's scores depend on the other
       users scored with it (the Serve Ranker's batches); one ONNX Runtime call per row makes them depend on the
       user's own candidates only, the same in a batch of one, a Serve batch and offline evaluation.
@@ -228,7 +230,7 @@ class OnnxLogits:
                                      op_types_to_quantize=["MatMul"], nodes_to_quantize=self.quantized)
             finally:
                 root.setLevel(level)
-            self.graph = onnx.load(quantized if self.quantized else fp32).SerializeToString()
+            self.graph = _context_as_bias(onnx.load(quantized if self.quantized else fp32)).SerializeToString()
         self._sessions = {}
 
     @staticmethod
@@ -380,6 +382,62 @@ def _int8_layers(path: str, first_layer: bool = True) -> list[str]:
     return [node.name for node in graph.node
             if node.op_type == "MatMul" and ("/head/rest/" in node.name or first_layer and "/head/first_candidate/" in node.name)
             and node.input[1] in weights and weights[node.input[1]][-1] > 1]
+
+
+def _context_as_bias(model):
+    """The quantized graph with the first layer's context half added as the bias of its int8 candidate half.
+
+    ``quantize_dynamic`` writes the candidate half as DynamicQuantizeLinear → MatMulInteger → Cast → Mul (its
+    scales), and the model adds the context half (one row: (1, 1, N)) after it. ONNX Runtime fuses the chain into
+    one ``DynamicQuantizeMatMul`` but leaves the add out, since its bias is not a constant; the kernel takes any
+    (N,) bias, so this writes that node with the context half reshaped to (N,) as its bias, and one pass over the
+    C × N output is saved (0.2 ms of 6.5 on 300 candidates, the same logits). A graph without the chain (fp32, or an
+    MLP without a context half) is returned as it is."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    made = {o: n for n in graph.node for o in n.output}
+    used = {}
+    for n in graph.node:
+        for i in n.input:
+            used.setdefault(i, []).append(n)
+
+    def only_user(node, op):
+        users = used.get(node.output[0], [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    matmul = next((n for n in graph.node if n.op_type == "MatMulInteger" and "/head/first_candidate/" in n.name), None)
+    quantize = made.get(matmul.input[0]) if matmul is not None else None
+    cast = only_user(matmul, "Cast") if matmul is not None else None
+    scale = only_user(cast, "Mul") if cast is not None else None
+    add = only_user(scale, "Add") if scale is not None else None
+    if quantize is None or quantize.op_type != "DynamicQuantizeLinear" or add is None or add.name != "/head/Add":
+        return model
+    scales = made.get(next(i for i in scale.input if i != cast.output[0]))
+    if scales is None or scales.op_type != "Mul" or quantize.output[1] not in scales.input:
+        return model
+    if any(u is not matmul and u is not scales for o in quantize.output for u in used.get(o, [])) \
+            or len(used.get(scales.output[0], [])) != 1:
+        return model  # something else reads the chain's intermediate values: leave it
+    weight_scale = next(i for i in scales.input if i != quantize.output[1])
+    context = next(i for i in add.input if i != scale.output[0])
+    graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "context_bias_shape"))
+    fused = [helper.make_node("Reshape", [context, "context_bias_shape"], ["context_bias"], name="/head/context_bias"),
+             helper.make_node("DynamicQuantizeMatMul", [quantize.input[0], matmul.input[1], weight_scale, matmul.input[3],
+                                                        "context_bias"], [add.output[0]], name="/head/first_candidate/MatMul_quant",
+                              domain="com.microsoft")]
+    gone = {id(n) for n in (quantize, matmul, cast, scale, add, scales)}
+    nodes = []
+    for n in graph.node:
+        if n is add:
+            nodes += fused
+        elif id(n) not in gone:
+            nodes.append(n)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
 
 
 def _export_xor() -> None:
