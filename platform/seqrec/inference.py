@@ -419,6 +419,9 @@ def _context_as_bias(model):
     if any(u is not matmul and u is not scales for o in quantize.output for u in used.get(o, [])) \
             or len(used.get(scales.output[0], [])) != 1:
         return model  # something else reads the chain's intermediate values: leave it
+    chain = (quantize, matmul, cast, scale, add, scales)
+    if len({n.name for n in chain} | {""}) != len(chain) + 1:
+        return model  # the chain's nodes are told apart by their (unique, non-empty) names below
     weight_scale = next(i for i in scales.input if i != quantize.output[1])
     context = next(i for i in add.input if i != scale.output[0])
     graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "context_bias_shape"))
@@ -426,12 +429,12 @@ def _context_as_bias(model):
              helper.make_node("DynamicQuantizeMatMul", [quantize.input[0], matmul.input[1], weight_scale, matmul.input[3],
                                                         "context_bias"], [add.output[0]], name="/head/first_candidate/MatMul_quant",
                               domain="com.microsoft")]
-    gone = {id(n) for n in (quantize, matmul, cast, scale, add, scales)}
+    gone = {n.name for n in chain}  # by name: protobuf's element wrappers are not guaranteed to stay the same objects
     nodes = []
     for n in graph.node:
-        if n is add:
+        if n.name == add.name:
             nodes += fused
-        elif id(n) not in gone:
+        elif n.name not in gone:
             nodes.append(n)
     del graph.node[:]
     graph.node.extend(nodes)
