@@ -42,7 +42,10 @@ per-stage times (``stage_*_p50_ms``, from the responses' ``timings_ms``), ``stor
 ``ms_300_candidates_1thread`` (the in-process rank stage: ``--candidates`` through the served ranker, int8 on a CPU,
 one thread); in-process, one request at a time:
 ``inprocess_rows_ms_p50`` (raw events → session row), ``inprocess_encode_ms_p50`` (row → SDM user vector),
-``inprocess_user_vector_ms_p50`` (the two, per request), ``inprocess_retrieve_ms_p50``, ``inprocess_rank_ms_p50``.
+``inprocess_user_vector_ms_p50`` (the two, per request), ``inprocess_retrieve_ms_p50``, ``inprocess_rank_ms_p50``;
+and the encode stage with the matcher in PyTorch against the served runtime (``encoder_runtime``: SDM in ONNX Runtime
+on a CPU), the same rows timed call by call in turn: ``inprocess_encode_ms_p50_torch``,
+``inprocess_encode_ms_p50_served``.
 """
 
 from __future__ import annotations
@@ -141,7 +144,31 @@ def in_process(art: dict, reqs: list[dict], n: int, candidates: int, threads: in
                 stages[key].append(res["timings_ms"][key])
     # raw events → user vector of one request (issue 17: <= 3 ms): rows then the matcher, per request
     stages["user_vector_ms"] = [r + e for r, e in zip(stages["rows_ms"], stages["encode_ms"])]
-    return {**percentiles(lat), "requests": len(lat), **{f"{k}_p50": float(np.median(v)) for k, v in stages.items()}}
+    out = {**percentiles(lat), "requests": len(lat), **{f"{k}_p50": float(np.median(v)) for k, v in stages.items()}}
+    return out | encode_runtimes(art, pipe, reqs, n)
+
+
+def encode_runtimes(art: dict, pipe, reqs: list[dict], n: int) -> dict:
+    """The encode stage (row → user vector) with the matcher in PyTorch and as served (``encoder_runtime`` auto:
+    SDM in ONNX Runtime on a CPU), on the same rows, called in turn (this machine's speed drifts within a run):
+    ``encode_ms_p50_torch``, ``encode_ms_p50_served`` (medians) and the served runtime's name."""
+    from seqrec.inference import encode_table
+    from seqrec.serving import Event, Request, load_model
+
+    torch_matcher = load_model(art["sdm"], "matcher", runtime="torch").model
+    rows = [pipe.rows.rows([Request(b["user_id"], [Event(e["item_id"], e["timestamp"], e["behavior"]) for e in b["events"]])])[0]
+            for b in reqs[:n]]
+    spec, served = pipe.rows.spec, pipe.matcher.model
+    times = {"torch": [], "served": []}
+    for i in range(n + 5):
+        row = rows[i % len(rows)]
+        for name, model in (("torch", torch_matcher), ("served", served))[:: 1 if i % 2 else -1]:
+            t0 = time.perf_counter()
+            encode_table(model, row, spec)
+            if i >= 5:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return {"encode_ms_p50_torch": float(np.median(times["torch"])), "encode_ms_p50_served": float(np.median(times["served"])),
+            "encoder_runtime": pipe.matcher.version["runtime"]}
 
 
 class Client:
@@ -367,6 +394,8 @@ def main() -> None:
         "closed_loop_p99_ms": closed["p99_ms"], "closed_loop_errors": closed["errors"],
         **{k: v for k, v in fixed.items() if k.startswith("stage_")},
         **{f"inprocess_{k}": v for k, v in local.items() if k.endswith("_ms_p50")},
+        "inprocess_encode_ms_p50_torch": local["encode_ms_p50_torch"], "inprocess_encode_ms_p50_served": local["encode_ms_p50_served"],
+        "encoder_runtime": local["encoder_runtime"],
         "app_start_s": start_s, "serve_mode": args.serve_mode, "layout": args.layout, "replicas": args.replicas,
         "cpu_ms_per_request": round(sum(cpu.values()), 1), "cpu_ms_per_request_by_process": cpu,
     }

@@ -83,16 +83,18 @@ def deployment_options(app_args: dict) -> dict:
 
     Layout composed: the Ingress (no user_config), UserEncoder, Retriever and (with a ranker) Ranker, ``replicas``
     each. Layout colocated: the Ingress alone, ``replicas`` of it, whose user_config names the models
-    (``{"matcher", "ranker", "precision"}``)."""
+    (``{"matcher", "ranker", "precision", "encoder_runtime"}``)."""
     layout = app_args.get("layout") or "composed"
     layout_deployments(layout)  # a known layout
     replicas = int(app_args.get("replicas") or 1)
     precision = app_args.get("ranker_precision") or "auto"
+    runtime = app_args.get("encoder_runtime") or "auto"
     if layout == "colocated":
-        user_configs = {"Ingress": {"matcher": app_args["matcher"], "ranker": app_args.get("ranker"), "precision": precision}}
+        user_configs = {"Ingress": {"matcher": app_args["matcher"], "ranker": app_args.get("ranker"), "precision": precision,
+                                    "encoder_runtime": runtime}}
     else:
         batch = {k: app_args.get(k, v) for k, v in BATCH.items()}
-        user_configs = {"Ingress": None, "UserEncoder": {"matcher": app_args["matcher"], **batch},
+        user_configs = {"Ingress": None, "UserEncoder": {"matcher": app_args["matcher"], "encoder_runtime": runtime, **batch},
                         "Retriever": {"matcher": app_args["matcher"]}}
         if app_args.get("ranker"):
             user_configs["Ranker"] = {"ranker": app_args["ranker"], "precision": precision, **batch}

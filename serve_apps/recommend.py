@@ -267,6 +267,10 @@ class AppArgs(BaseModel):
     ranker_precision: Literal["auto", "fp32", "int8"] = Field("auto", description="what the Ranker runs at: int8 "
                                                             "(dynamic quantization of its MLP, CPU only), fp32, or auto "
                                                             "(int8 on a CPU, fp32 on a GPU)")
+    encoder_runtime: Literal["auto", "torch", "onnx"] = Field("auto", description="what computes the UserEncoder's user "
+                                                            "vectors: onnx (SDM's encode_users as one ONNX Runtime "
+                                                            "graph, the same vectors, CPU only), torch, or auto (onnx "
+                                                            "for SDM on a CPU, else torch)")
     threads: int = 1  # torch and FAISS threads per replica (Ray gives a fractional-CPU replica OMP_NUM_THREADS=1 anyway)
     max_batch_size: int = BATCH["max_batch_size"]
     batch_wait_timeout_s: float = BATCH["batch_wait_timeout_s"]
@@ -428,8 +432,9 @@ class EncodeStage:
         self.matcher: Optional[LoadedModel] = None
 
     def load(self, config: Dict[str, Any]) -> None:
-        """``{"matcher": run or export dir, ...}``: swap the model in place."""
-        matcher = load_model(config["matcher"], "matcher", self.device, self.builder.manifest.get("vocab_hash"))
+        """``{"matcher": run or export dir, "encoder_runtime": auto | torch | onnx, ...}``: swap the model in place."""
+        matcher = load_model(config["matcher"], "matcher", self.device, self.builder.manifest.get("vocab_hash"),
+                             runtime=config.get("encoder_runtime", "auto"))
         # one row through the row builder and the model before taking traffic (numba and torch warm up here,
         # not in the first user's request)
         encode(self.builder, matcher, [_warm_up_request(self.builder)])
@@ -678,7 +683,8 @@ class Colocated:
         self.ranker: Optional[LocalHandle] = None
 
     def reconfigure(self, config: Dict[str, Any]) -> None:
-        """``{"matcher": run or export dir, "ranker": run or export dir or null, "precision": auto | fp32 | int8}``: the
+        """``{"matcher": run or export dir, "ranker": run or export dir or null, "precision": auto | fp32 | int8,
+        "encoder_runtime": auto | torch | onnx}``: the
         catalogue first (kept beside the previous one), then the matcher, then the ranker, so that a request encoded by
         either matcher version during a swap finds its own version's index."""
         self.retrieve_stage.load(config)
@@ -800,7 +806,7 @@ class Ingress:
         settle_heap()  # the row builder's vocabularies, the store (layout colocated: again after the models load)
 
     async def reconfigure(self, config: Dict[str, Any]) -> None:
-        """Layout colocated: ``{"matcher": ..., "ranker": ... or null, "precision": ...}`` (this deployment's
+        """Layout colocated: ``{"matcher": ..., "ranker": ... or null, "precision": ..., "encoder_runtime": ...}`` (this deployment's
         ``user_config``), loaded as the stage deployments load theirs (a ``serve deploy`` of new paths swaps them in
         place), on a thread of its own: the event loop, and the compute thread with the models before, keep serving."""
         if self.local is None:

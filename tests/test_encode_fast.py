@@ -176,6 +176,54 @@ def test_sdm_encode_users_equals_the_last_user_state(name, options):
                                    model.long_term(cases[0].long_term, e_u)[0], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name,options", [
+    ("sdm:PSDMMAL", {}), ("sdm:PSDMMAL", {"fusion": "concat"}), ("sdm:PSDMMAL", {"lstm_layers": 2, "attn_scale": False}),
+    ("sdm:PSDMMAL-NoS", {}), ("sdm:PSDMMA", {}), ("sdm:SDMMA", {}),
+])
+def test_the_onnx_runtime_gives_pytorchs_user_vectors(name, options):
+    """with_runtime(model, "onnx"): the exported encode_users, one row per call, equals PyTorch's on padded batches,
+    rows without long-term behaviours, a batch whose long-term columns are empty, and after a pickle round trip."""
+    import pickle
+
+    from seqrec.inference import OnnxUserVectors, with_runtime
+
+    torch.manual_seed(0)
+    model = build_model(name, SPEC, **TINY, **options).eval()
+    fast = with_runtime(model, "onnx")
+    assert isinstance(fast.runtime, OnnxUserVectors) and model.runtime is None  # the model itself is left alone
+    cases = [random_batch(SPEC, b=4, t=9, l=6, seed=1, lengths=[9, 5, 1, 3], lt_lengths=[6, 0, 3, 1]),
+             random_batch(SPEC, b=3, t=7, l=5, seed=2, lt_lengths=[0, 0, 0]),
+             random_batch(SPEC, b=1, t=4, l=0, seed=3, lengths=[4], lt_lengths=[0])]
+    again = pickle.loads(pickle.dumps(fast))
+    for batch in cases:
+        with torch.no_grad():
+            want = model.encode_users(batch)
+            torch.testing.assert_close(fast.encode_users(batch), want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(again.encode_users(batch), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"row 1 has an empty session"):  # checked before the graph is called
+        fast.encode_users(random_batch(SPEC, b=2, t=5, l=3, lengths=[5, 0]))
+    fast.train()  # training takes PyTorch's general path (dropout, gradients)
+    assert fast.encode_users(cases[0]).requires_grad
+
+
+def test_runtime_choices_and_refusals_name_the_problem(tiny_artifacts):
+    from seqrec.inference import with_runtime
+    from seqrec.serving import load_model
+
+    sdm = build_model("sdm:PSDMMAL", SPEC, **TINY)
+    gru = build_model("gru4rec", SPEC, hidden=16, id_dim=8, side_dim=4)
+    assert with_runtime(sdm, "auto").runtime is not None and with_runtime(sdm, "torch") is sdm
+    assert with_runtime(gru, "auto") is gru  # the other matchers run in PyTorch
+    with pytest.raises(ValueError, match="runtime='tensorrt'; choose one of"):
+        with_runtime(sdm, "tensorrt")
+    with pytest.raises(ValueError, match="is SDM's"):
+        with_runtime(gru, "onnx")
+    with pytest.raises(ValueError, match="CPU-only"):
+        with_runtime(sdm, "onnx", device="cuda")
+    assert load_model(tiny_artifacts["sdm"], "matcher").version["runtime"] == "onnx"
+    assert load_model(tiny_artifacts["sdm"], "matcher", runtime="torch").version["runtime"] == "torch"
+
+
 def test_sdm_encode_users_refuses_an_empty_session_and_trains_on_the_general_path():
     torch.manual_seed(0)
     model = build_model("sdm:PSDMMAL", SPEC, **TINY, dropout=0.0).eval()

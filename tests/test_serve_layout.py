@@ -151,7 +151,7 @@ def test_the_colocated_config_lists_only_the_ingress_with_the_models(tiny_prepar
     args = {"data": "d", "matcher": "m", "ranker": "r", "ranker_precision": "fp32", "layout": "colocated", "replicas": 3}
     opts = deployment_options(args)
     assert list(opts) == ["Ingress"]
-    assert opts["Ingress"]["user_config"] == {"matcher": "m", "ranker": "r", "precision": "fp32"}
+    assert opts["Ingress"]["user_config"] == {"matcher": "m", "ranker": "r", "precision": "fp32", "encoder_runtime": "auto"}
     assert opts["Ingress"]["num_replicas"] == 3 and "num_gpus" not in opts["Ingress"]["ray_actor_options"]
     gpu = deployment_options({**args, "gpu": True})["Ingress"]["ray_actor_options"]
     assert gpu["num_gpus"] == 1.0  # the sum of the stage deployments' shares

@@ -403,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--ranker-precision", choices=["auto", "fp32", "int8"], default="auto",
                     help="the ranker's arithmetic: int8 (dynamic quantization of its MLP, CPU only), fp32, or auto "
                     "(default: int8 on a CPU, fp32 with --gpu)")
+    sv.add_argument("--encoder-runtime", choices=["auto", "torch", "onnx"], default="auto",
+                    help="what computes the matcher's user vectors: onnx (SDM's network as one ONNX Runtime graph, the "
+                    "same vectors, CPU only), torch, or auto (default: onnx for SDM on a CPU, else torch)")
     sv.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     sv.add_argument("--gpu", action="store_true", help="models and the FAISS index on a GPU that UserEncoder, Retriever and Ranker share")
@@ -740,7 +743,8 @@ def cmd_serve(args) -> int:
         store = default_store(args.data)
     app_args = {"data": data, "matcher": str(matcher.resolve()), "ranker": str(ranker.resolve()) if ranker else None,
                 "candidates": args.candidates, "gpu": args.gpu, "store": store, "store_ttl_s": args.store_ttl_s,
-                "ranker_precision": args.ranker_precision, "layout": args.layout, "replicas": args.replicas}
+                "ranker_precision": args.ranker_precision, "encoder_runtime": args.encoder_runtime, "layout": args.layout,
+                "replicas": args.replicas}
     print(f"matcher: {matcher} ({index['kind']} index over {index['items']:,} item codes)\nranker: {ranker or 'none'}\n"
           f"store: {store}{' (temporary)' if scratch else ''}")
     if args.write_config:

@@ -150,7 +150,32 @@ def with_precision(model, precision: str = "fp32", device: str = "cpu"):
     return out
 
 
-class OnnxLogits:
+class _OnnxGraph:
+    """An exported graph (``self.graph``: ONNX bytes) and its ONNX Runtime sessions, one per
+    ``torch.get_num_threads()`` value seen at call time (created on first use), so that the graph follows the same
+    thread setting as PyTorch. Picklable: the graph travels as bytes and its sessions are rebuilt where it lands."""
+
+    graph: bytes
+    disabled_optimizers: tuple[str, ...] = ()
+
+    def session(self):
+        """(the ONNX Runtime session for the current thread count, the graph's input names)."""
+        import onnxruntime as ort
+
+        threads = torch.get_num_threads()
+        if threads not in self._sessions:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            sess = ort.InferenceSession(self.graph, opts, providers=["CPUExecutionProvider"],
+                                        disabled_optimizers=list(self.disabled_optimizers))
+            self._sessions[threads] = sess, [i.name for i in sess.get_inputs()]  # inputs the graph never reads are pruned
+        return self._sessions[threads]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_sessions": {}}
+
+
+class OnnxLogits(_OnnxGraph):
     """A ranker's ``logits(inp)`` as one ONNX Runtime graph with an int8 MLP: what ``precision="int8"`` runs
     (``int8=False`` keeps the graph in fp32: how the tests check the export against PyTorch; ``first_layer=False``
     keeps the MLP's first layer in fp32, unsmoothed: the previous form, which ``bench_rank.py`` times beside it).
@@ -174,11 +199,15 @@ class OnnxLogits:
     * **One call per context**: a per-call activation range would make a user's scores depend on the other
       users scored with it (the Serve Ranker's batches); one ONNX Runtime call per row makes them depend on the
       user's own candidates only, the same in a batch of one, a Serve batch and offline evaluation.
-    * **Threads**: a session per ``torch.get_num_threads()`` value seen at call time (created on first use), so
-      int8 follows the same thread setting as fp32.
+    * **Threads** (:class:`_OnnxGraph`): a session per ``torch.get_num_threads()`` value seen at call time, so int8
+      follows the same thread setting as fp32.
 
     Picklable: the quantized graph travels as bytes and its sessions are rebuilt where it lands.
     """
+
+    # ONNX Runtime's fused residual + LayerNorm ran slower on BST's (300, 64) rows than the two ops unfused
+    # (124 µs against ~45 µs here; 5.09 against 5.17 ms a call)
+    disabled_optimizers = ("SkipLayerNormFusion",)
 
     def __init__(self, model, int8: bool = True, first_layer: bool = True):
         import onnx
@@ -246,21 +275,6 @@ class OnnxLogits:
                "covisit": torch.rand(r, c), "seen": (torch.arange(c) % 2).float().repeat(r, 1)}
         return ex
 
-    def session(self):
-        """(the ONNX Runtime session for the current thread count, the graph's input names)."""
-        import onnxruntime as ort
-
-        threads = torch.get_num_threads()
-        if threads not in self._sessions:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-            # ONNX Runtime's fused residual + LayerNorm ran slower on BST's (300, 64) rows than the two ops unfused
-            # (124 µs against ~45 µs here; 5.09 against 5.17 ms a call)
-            sess = ort.InferenceSession(self.graph, opts, providers=["CPUExecutionProvider"],
-                                        disabled_optimizers=["SkipLayerNormFusion"])
-            self._sessions[threads] = sess, [i.name for i in sess.get_inputs()]  # inputs logits never reads are pruned
-        return self._sessions[threads]
-
     def __call__(self, inp) -> torch.Tensor:
         """(R, C) logits of a :class:`RankInput` built by ``inference_input`` of the model exported."""
         sess, names = self.session()
@@ -270,8 +284,106 @@ class OnnxLogits:
         rows = [sess.run(None, {n: a[i: i + 1] for n, a in arrays.items()})[0] for i in range(inp.size)]
         return torch.from_numpy(np.concatenate(rows)) if rows else torch.zeros(inp.candidates.shape)
 
-    def __getstate__(self):
-        return {**self.__dict__, "_sessions": {}}
+
+MATCHER_RUNTIMES = ("auto", "torch", "onnx")  # serving's choice for the matcher: auto = onnx for SDM on a CPU
+
+
+def with_runtime(model, runtime: str = "auto", device: str = "cpu"):
+    """The matcher to serve: the model itself (``torch``), or a copy whose ``encode_users`` runs as one ONNX Runtime
+    graph in fp32 (``onnx``: :class:`OnnxUserVectors`, SDM on a CPU only); ``auto``: ``onnx`` where it applies.
+
+    Why: a served request encodes one short row, whose time in PyTorch is per-operator overhead (a few µs for each
+    of ~150 operators) more than arithmetic. On this project's 2-core CPU, the SDM (PSDMMAL) of ``bench_serve.py``
+    (1M items) took 1.56 ms a row in PyTorch against 0.60 in ONNX Runtime (50 test rows, timed call by call in
+    turn), with the same vectors to 1e-6 (``tests/test_inference.py``)."""
+    if runtime not in MATCHER_RUNTIMES:
+        raise ValueError(f"runtime={runtime!r}; choose one of {MATCHER_RUNTIMES}")
+    on_cpu = str(device) == "cpu" and all(p.device.type == "cpu" for p in model.parameters())
+    if runtime == "auto":
+        runtime = "onnx" if on_cpu and getattr(model, "name", None) == "sdm" else "torch"
+    if runtime == "torch":
+        return model
+    if getattr(model, "name", None) != "sdm":
+        raise ValueError(f"runtime=onnx is SDM's (its encode_users exported); {type(model).__name__} runs in torch")
+    if not on_cpu:
+        raise ValueError("runtime=onnx is CPU-only (ONNX Runtime on the CPU); on a GPU use torch")
+    out = copy.copy(model)  # shares the parameters; only ``runtime`` differs
+    out.runtime = OnnxUserVectors(model)
+    return out
+
+
+class OnnxUserVectors(_OnnxGraph):
+    """SDM's ``encode_users`` (eval mode) as one ONNX Runtime graph in fp32: what ``with_runtime(model, "onnx")``
+    runs, the same vectors as PyTorch up to float rounding.
+
+    * **Export**: ``torch.onnx.export`` (TorchScript) traces ``encode_users`` itself for one row whose session fills
+      it (no padding), with the session length T and every long-term subset's length L_f dynamic; the row's
+      ``seq_len`` is computed in the graph from its item codes (codes are >= 1), so no shape is baked in. Inputs:
+      ``seq_<item feature>`` (1, T), ``long_<item feature>`` (1, L_f) (padding allowed: it is masked as in PyTorch)
+      and ``user_<user feature>`` (1,); those the variant never reads are pruned by the exporter.
+    * **One call per row** (:meth:`__call__`): a batch's rows are cut to their own session length; the
+      empty-session check stays in PyTorch (``SDM.encode_users``) before the graph is called.
+
+    Picklable (:class:`_OnnxGraph`)."""
+
+    def __init__(self, model):
+        from types import SimpleNamespace
+
+        spec = model.config.features
+        items, users = model.items.names, [f.name for f in spec.user_features]
+        self.items, self.users = items, users
+        self.dim = model.config.hidden
+
+        class Graph(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, *t):
+                k = len(items)
+                seq = dict(zip(items, t[:k]))
+                row = SimpleNamespace(seq=seq, seq_len=(seq[items[0]] != F.PAD).sum(1), long_term=dict(zip(items, t[k: 2 * k])),
+                                      user=dict(zip(users, t[2 * k:])))
+                return self.model.encode_users(row)
+
+        ex_seq = {n: torch.full((1, 3), F.UNKNOWN) for n in items}  # (values do not matter; T > 1, L_f > 1)
+        ex_long = {n: torch.full((1, 2), F.UNKNOWN) for n in items}
+        names = [f"seq_{n}" for n in items] + [f"long_{n}" for n in items] + [f"user_{n}" for n in users]
+        example = tuple(ex_seq.values()) + tuple(ex_long.values()) + tuple(torch.ones(1, dtype=torch.long) for _ in users)
+        dynamic = {f"seq_{n}": {1: "T"} for n in items} | {f"long_{n}": {1: f"L_{n}"} for n in items}
+        was_training = model.training
+        graph = Graph()
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+            path = f"{tmp}/sdm.onnx"
+            try:
+                graph.eval()  # (the exporter restores the wrapper's mode afterwards, recursively: eval, as the model)
+                with torch.no_grad():
+                    torch.onnx.export(graph, example, path, input_names=names, output_names=["user_vector"],
+                                      dynamic_axes=dynamic, opset_version=18, dynamo=False)
+            finally:
+                model.train(was_training)
+            with open(path, "rb") as f:
+                self.graph = f.read()
+        self._sessions = {}
+
+    def __call__(self, batch) -> torch.Tensor:
+        """(B, D) user vectors of a :class:`seqrec.batch.Batch` on the CPU (each row's session >= 1 event)."""
+        sess, names = self.session()
+        seq_len = batch.seq_len.tolist()
+        out = np.empty((len(seq_len), self.dim), np.float32)
+        for i, t in enumerate(seq_len):
+            arrays = {}
+            for name in names:
+                kind, feature = name.split("_", 1)
+                if kind == "seq":
+                    arrays[name] = batch.seq[feature][i: i + 1, :t].numpy()
+                elif kind == "long":
+                    arrays[name] = batch.long_term[feature][i: i + 1].numpy()
+                else:
+                    arrays[name] = batch.user[feature][i: i + 1].numpy()
+            out[i] = sess.run(None, arrays)[0][0]
+        return torch.from_numpy(out)
 
 
 SMOOTHING_ALPHA = 0.75  # SmoothQuant's migration strength for the first layer (chosen in _int8_layers' doc)
@@ -452,5 +564,6 @@ def _export_xor() -> None:
     register_custom_op_symbolic("aten::__xor_", lambda g, a, b: g.op("BitwiseXor", a, b), 18)
 
 
-__all__ = ["OnnxLogits", "PRECISIONS", "RANKER_PRECISIONS", "calibration_input", "chunk_candidates", "encode_table",
-           "resolve_precision", "score_table", "seen_items", "session_items", "smoothing_scales", "with_precision"]
+__all__ = ["MATCHER_RUNTIMES", "OnnxLogits", "OnnxUserVectors", "PRECISIONS", "RANKER_PRECISIONS", "calibration_input",
+           "chunk_candidates", "encode_table", "resolve_precision", "score_table", "seen_items", "session_items",
+           "smoothing_scales", "with_precision", "with_runtime"]

@@ -664,20 +664,27 @@ class LoadedModel:
 
 
 def load_model(run: str | Path, kind: str, device: str = "cpu", vocab_hash: str | None = None,
-               precision: str = "fp32") -> LoadedModel:
+               precision: str = "fp32", runtime: str = "auto") -> LoadedModel:
     """The ``kind`` (``matcher`` | ``ranker``) model of a training run or its export directory.
 
     ``vocab_hash`` (the prepared dataset's) refuses a model trained on another vocabulary. ``precision``
     (:data:`seqrec.inference.RANKER_PRECISIONS`; ``auto``: int8 on a CPU) is what the model runs at
-    (:func:`seqrec.inference.with_precision`); the version records it."""
+    (:func:`seqrec.inference.with_precision`); a matcher's ``runtime`` (:data:`seqrec.inference.MATCHER_RUNTIMES`;
+    ``auto``: SDM's ``encode_users`` in ONNX Runtime on a CPU) is what computes its user vectors
+    (:func:`seqrec.inference.with_runtime`). The version records both."""
     from seqrec.checkpoint import load_checkpoint
-    from seqrec.inference import resolve_precision, with_precision
+    from seqrec.inference import resolve_precision, with_precision, with_runtime
 
     export = export_dir(run)
     _export_info(export, kind)
     precision = resolve_precision(precision, device)
     model, _ = load_checkpoint(export / "model", map_location=device, vocab_hash=vocab_hash)
-    return LoadedModel(with_precision(model, precision, device), {**model_version(export), "precision": precision}, device)
+    model = with_precision(model, precision, device)
+    version = {**model_version(export), "precision": precision}
+    if kind == "matcher":
+        model = with_runtime(model, runtime, device)
+        version["runtime"] = "torch" if getattr(model, "runtime", None) is None else "onnx"
+    return LoadedModel(model, version, device)
 
 
 @dataclass
@@ -922,18 +929,20 @@ class Pipeline:
     ``matcher`` and ranker are training runs (or their ``export/`` directories); the index is
     ``<matcher export>/index`` (``seqrec index build``), or an exact flat index over the exported
     item vectors when there is none. Without a ranker, the matcher's order is the answer. The ranker
-    runs at ``ranker_precision`` (``auto``: int8 on a CPU, as the Serve app). The
+    runs at ``ranker_precision`` (``auto``: int8 on a CPU, as the Serve app), the matcher's user vectors in
+    ``encoder_runtime`` (``auto``: SDM in ONNX Runtime on a CPU, as the Serve app; :func:`load_model`). The
     Serve app's deployments call the same stage functions (:func:`encode`, :func:`retrieve`,
     :func:`rank`, :func:`answer`, :func:`cold_start`). Answers' items carry the dataset's
     :class:`ItemFields` (``self.fields``).
     """
 
     def __init__(self, data_dir: str | Path, matcher: str | Path, ranker: str | Path | None = None,
-                 candidates: int = 300, device: str = "cpu", use_gpu_index: bool = False, ranker_precision: str = "auto"):
+                 candidates: int = 300, device: str = "cpu", use_gpu_index: bool = False, ranker_precision: str = "auto",
+                 encoder_runtime: str = "auto"):
         self.rows = RowBuilder(data_dir)
         self.fields = ItemFields.load(data_dir, self.rows)
         vocab_hash = self.rows.manifest.get("vocab_hash")
-        self.matcher = load_model(matcher, "matcher", device, vocab_hash)
+        self.matcher = load_model(matcher, "matcher", device, vocab_hash, runtime=encoder_runtime)
         self.catalogue = load_catalogue(matcher, use_gpu=use_gpu_index)
         self.ranker = None if ranker is None else load_model(ranker, "ranker", device, vocab_hash, ranker_precision)
         self.candidates = int(candidates)

@@ -273,6 +273,10 @@ class SDM(MatchingModel):
             return o, SDMDetails(self_att, user_att, lt_w, gate)
         return o
 
+    # what computes encode_users instead of PyTorch in eval mode (None: PyTorch): seqrec.inference.with_runtime's
+    # ONNX Runtime graph of this very method (seqrec.inference.OnnxUserVectors)
+    runtime = None
+
     def user_states(self, batch: Batch) -> torch.Tensor:
         return self._forward(batch)
 
@@ -283,10 +287,16 @@ class SDM(MatchingModel):
         every ĥ_k, k <= t), but the user attention (eq. 10), the long-term encoder (eq. 11-12, all features in
         one: :meth:`LongTermEncoder.fused`) and the fusion (eq. 13-14) run once per row, not once per position:
         fewer operators for a served request, a short row whose time is operator overhead. Equal up to float
-        rounding (``tests/test_encode_fast.py``); training mode (dropout) takes the generic path."""
+        rounding (``tests/test_encode_fast.py``); training mode (dropout) takes the generic path. With a ``runtime``
+        (:func:`seqrec.inference.with_runtime`) this method's ONNX Runtime export computes it instead; the export
+        traces it, with the long-term encoder's per-feature path, whose shapes stay symbolic."""
         if self.training:
             return super().encode_users(batch)
-        self.check_sessions(batch)
+        tracing = torch.jit.is_tracing()
+        if not tracing:  # (the export traces one row that has a session: nothing to check, nothing to delegate)
+            self.check_sessions(batch)
+            if self.runtime is not None:
+                return self.runtime(batch)
         xh, _ = self.attention(self.lstm(self.items(batch.seq)))  # (B, T, D); input dropout: identity in eval
         b, t, _ = xh.shape
         last = (batch.seq_len - 1).clamp_max(t - 1)  # (B,)
@@ -299,7 +309,8 @@ class SDM(MatchingModel):
         s = torch.bmm(alpha.unsqueeze(1), xh).squeeze(1)  # (B, D): s_t of eq. 10 at t = last
         if self.long_term is None:
             return s
-        o, _ = self.fusion(s, self.long_term.fused(batch.long_term, e_u), e_u)  # (B, D)
+        p = self.long_term(batch.long_term, e_u)[0] if tracing else self.long_term.fused(batch.long_term, e_u)
+        o, _ = self.fusion(s, p, e_u)  # (B, D)
         return o
 
     @torch.no_grad()
