@@ -295,7 +295,7 @@ def with_runtime(model, runtime: str = "auto", device: str = "cpu"):
     Why: a served request encodes one short row, whose time in PyTorch is per-operator overhead (a few µs for each
     of ~150 operators) more than arithmetic. On this project's 2-core CPU, the SDM (PSDMMAL) of ``bench_serve.py``
     (1M items) took 1.56 ms a row in PyTorch against 0.60 in ONNX Runtime (50 test rows, timed call by call in
-    turn), with the same vectors to 1e-6 (``tests/test_inference.py``)."""
+    turn), with the same vectors to 1e-6 (``tests/test_encode_fast.py``)."""
     if runtime not in MATCHER_RUNTIMES:
         raise ValueError(f"runtime={runtime!r}; choose one of {MATCHER_RUNTIMES}")
     on_cpu = str(device) == "cpu" and all(p.device.type == "cpu" for p in model.parameters())
