@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,12 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/eventgen.py, tests/benchs
 # checksum (aws-chunked, as pyarrow's S3 client sends it) in the stored object; checksums only where an operation needs
 # one keep uploads plain. Set at import, before any Ray cluster starts, so that Ray's worker processes inherit it.
 os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+
+# exported ONNX Runtime graphs (seqrec.inference._cached_graph) go to a directory of this test session's own, gone at
+# its end, not to the user's ~/.cache; set at import, so that Ray workers, Serve replicas and CLI subprocesses share it
+_ONNX_CACHE = tempfile.mkdtemp(prefix="seqrec-test-onnx-")
+os.environ["SEQREC_ONNX_CACHE"] = _ONNX_CACHE
+atexit.register(shutil.rmtree, _ONNX_CACHE, ignore_errors=True)
 
 
 def start_shared_ray() -> None:

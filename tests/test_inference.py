@@ -126,6 +126,7 @@ def test_the_context_half_as_int8_bias_gives_the_same_logits(label, monkeypatch)
 
     import seqrec.inference as inference
 
+    monkeypatch.setenv("SEQREC_ONNX_CACHE", "off")  # the unfused graph below comes from patched code, not new source
     model, _, _, inp = _ranker_input(label)
     fused = inference.OnnxLogits(model)
     ops = {n.name: n.op_type for n in onnx.load_from_string(fused.graph).graph.node}
@@ -205,3 +206,56 @@ def test_a_served_ranker_records_its_precision(tiny_artifacts):
     assert load_model(tiny_artifacts["bst"], "ranker").version["precision"] == "fp32"
     assert load_model(tiny_artifacts["bst"], "ranker", precision="auto").version["precision"] == "int8"
     assert load_model(tiny_artifacts["sdm"], "matcher").version["precision"] == "fp32"
+
+
+def test_exported_graphs_are_kept_by_content_and_reused(tmp_path, monkeypatch):
+    """_cached_graph: a second load of the same model reads the kept graph (the exporter is not called, the outputs
+    are the same); another parameter value, a corrupted file or SEQREC_ONNX_CACHE=off export again; the least
+    recently used graphs beyond GRAPH_CACHE_KEEP go; an unwritable cache still gives the graph."""
+    import torch
+    from batchgen import item_side_table, random_batch, tiny_spec, with_history
+
+    import seqrec.inference as inference
+    from seqrec.models import build_model
+
+    spec = tiny_spec(n_items=400)
+    torch.manual_seed(0)
+    sdm = build_model("sdm:PSDMMAL", spec, hidden=16, id_dim=8, side_dim=4, profile_dim=4, heads=4).eval()
+    bst = build_model("bst", spec, id_dim=16, side_dim=8, mlp="64-32", heads=2, dropout=0.0).eval()
+    bst.set_item_table(*item_side_table(spec))
+    batch = with_history(random_batch(spec, b=3, t=6, l=4), [5, 2, 0], h=6)
+    cands = torch.randint(2, spec.n_items, (3, 20), generator=torch.Generator().manual_seed(1))
+    monkeypatch.setenv("SEQREC_ONNX_CACHE", str(tmp_path / "cache"))
+    exports = []
+    real = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: (exports.append(1), real(*a, **k))[1])
+
+    vectors, logits = inference.OnnxUserVectors(sdm), inference.OnnxLogits(bst)
+    assert len(exports) == 2 and len(list((tmp_path / "cache").glob("*.onnx"))) == 2
+    again_v, again_l = inference.OnnxUserVectors(sdm), inference.OnnxLogits(bst)
+    assert len(exports) == 2  # both read from the cache
+    assert again_v.graph == vectors.graph and again_l.graph == logits.graph
+    assert again_l.quantized == logits.quantized and torch.equal(again_l.smoothing, logits.smoothing)
+    with torch.inference_mode():
+        torch.testing.assert_close(again_v(batch), vectors(batch), atol=0, rtol=0)
+        inp = bst.inference_input(batch, cands)
+        assert torch.equal(again_l(inp), logits(inp))
+
+    with torch.no_grad():
+        sdm.items.tables["item_id"].weight[5] += 1.0  # another model: another key
+    changed = inference.OnnxUserVectors(sdm)
+    assert len(exports) == 3 and changed.graph != vectors.graph
+    for f in (tmp_path / "cache").glob("*.onnx"):  # a truncated file is not trusted
+        f.write_bytes(f.read_bytes()[:100])
+    inference.OnnxUserVectors(sdm)
+    assert len(exports) == 4
+    monkeypatch.setattr(inference, "GRAPH_CACHE_KEEP", 1)
+    inference.OnnxLogits(bst, first_layer=False)  # a new key: written, then all but the newest go
+    assert len(exports) == 5 and len(list((tmp_path / "cache").glob("*.onnx"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+    monkeypatch.setenv("SEQREC_ONNX_CACHE", "off")
+    inference.OnnxLogits(bst, first_layer=False)
+    assert len(exports) == 6 and inference.graph_cache_dir() is None
+    (tmp_path / "file").write_text("not a directory")
+    monkeypatch.setenv("SEQREC_ONNX_CACHE", str(tmp_path / "file" / "cache"))  # cannot be created: warn, still build
+    assert inference.OnnxUserVectors(sdm).graph and len(exports) == 7

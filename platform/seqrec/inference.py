@@ -8,10 +8,16 @@ data and models, below evaluation and serving (it imports neither, nor Ray).
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
+import itertools
+import json
 import logging
 import math
+import os
 import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -210,21 +216,29 @@ class OnnxLogits(_OnnxGraph):
     disabled_optimizers = ("SkipLayerNormFusion",)
 
     def __init__(self, model, int8: bool = True, first_layer: bool = True):
-        import onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        from seqrec.models.ranking import RankInput
-
         c = model.config
         self.users = [f.name for f in c.features.user_features]
         self.fields = ["window", "window_time", "last_behavior", "time", "candidates"]
         self.fields += ["match_rank", "match_gap"] if c.match_features else []
         self.fields += ["covisit"] if c.covisit else []
         self.fields += ["seen"] if c.seen else []
+        key = _graph_key(model, "logits", int8=int8, first_layer=first_layer, alpha=SMOOTHING_ALPHA)
+        self.graph, meta = _cached_graph(key, lambda: self._export(model, int8, first_layer))
+        self.quantized = meta["quantized"]
+        self.smoothing = None if meta["smoothing"] is None else torch.tensor(meta["smoothing"], dtype=torch.float32)
+        self._sessions = {}
+
+    def _export(self, model, int8: bool, first_layer: bool) -> tuple[bytes, dict]:
+        """(the graph's bytes, {"quantized": its int8 MatMul nodes, "smoothing": the first layer's scales or None})."""
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        from seqrec.models.ranking import RankInput
+
         example = self._example(model, r=1, c=3)  # one row: the graph runs one context per call
         users, fields = self.users, self.fields
-        self.smoothing = smoothing_scales(model) if int8 and first_layer else None
-        exported = model if self.smoothing is None else _smoothed(model, self.smoothing)
+        smoothing = smoothing_scales(model) if int8 and first_layer else None
+        exported = model if smoothing is None else _smoothed(model, smoothing)
 
         class Graph(torch.nn.Module):
             def __init__(self):
@@ -252,15 +266,15 @@ class OnnxLogits(_OnnxGraph):
             root = logging.getLogger()
             level = root.level
             root.setLevel(max(level, logging.ERROR))  # quantize_dynamic logs advice to pre-process on the root logger
-            self.quantized = _int8_layers(fp32, first_layer) if int8 else []
+            nodes = _int8_layers(fp32, first_layer) if int8 else []
             try:
-                if self.quantized:  # (an empty nodes_to_quantize would mean every node to quantize_dynamic)
+                if nodes:  # (an empty nodes_to_quantize would mean every node to quantize_dynamic)
                     quantize_dynamic(fp32, quantized, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                                     op_types_to_quantize=["MatMul"], nodes_to_quantize=self.quantized)
+                                     op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes)
             finally:
                 root.setLevel(level)
-            self.graph = _context_as_bias(onnx.load(quantized if self.quantized else fp32)).SerializeToString()
-        self._sessions = {}
+            graph = _context_as_bias(onnx.load(quantized if nodes else fp32)).SerializeToString()
+        return graph, {"quantized": nodes, "smoothing": None if smoothing is None else smoothing.tolist()}
 
     @staticmethod
     def _example(model, r: int, c: int) -> dict[str, torch.Tensor]:
@@ -351,20 +365,23 @@ class OnnxUserVectors(_OnnxGraph):
         names = [f"seq_{n}" for n in items] + [f"long_{n}" for n in items] + [f"user_{n}" for n in users]
         example = tuple(ex_seq.values()) + tuple(ex_long.values()) + tuple(torch.ones(1, dtype=torch.long) for _ in users)
         dynamic = {f"seq_{n}": {1: "T"} for n in items} | {f"long_{n}": {1: f"L_{n}"} for n in items}
-        was_training = model.training
-        graph = Graph()
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
-            path = f"{tmp}/sdm.onnx"
-            try:
-                graph.eval()  # (the exporter restores the wrapper's mode afterwards, recursively: eval, as the model)
-                with torch.no_grad():
-                    torch.onnx.export(graph, example, path, input_names=names, output_names=["user_vector"],
-                                      dynamic_axes=dynamic, opset_version=18, dynamo=False)
-            finally:
-                model.train(was_training)
-            with open(path, "rb") as f:
-                self.graph = f.read()
+
+        def export() -> tuple[bytes, dict]:
+            was_training = model.training
+            graph = Graph()
+            with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+                path = f"{tmp}/sdm.onnx"
+                try:
+                    graph.eval()  # (the exporter restores the wrapper's mode afterwards, recursively: eval, as the model)
+                    with torch.no_grad():
+                        torch.onnx.export(graph, example, path, input_names=names, output_names=["user_vector"],
+                                          dynamic_axes=dynamic, opset_version=18, dynamo=False)
+                finally:
+                    model.train(was_training)
+                return Path(path).read_bytes(), {}
+
+        self.graph, _ = _cached_graph(_graph_key(model, "user_vectors"), export)
         self._sessions = {}
 
     def __call__(self, batch) -> torch.Tensor:
@@ -384,6 +401,90 @@ class OnnxUserVectors(_OnnxGraph):
                     arrays[name] = batch.user[feature][i: i + 1].numpy()
             out[i] = sess.run(None, arrays)[0][0]
         return torch.from_numpy(out)
+
+
+GRAPH_CACHE_ENV = "SEQREC_ONNX_CACHE"  # a directory, or "off"
+GRAPH_CACHE_KEEP = 8  # graphs kept (the most recently used); each is about the size of the model's parameters
+
+
+def graph_cache_dir() -> Path | None:
+    """Where exported ONNX Runtime graphs are kept between loads (:func:`_cached_graph`): ``$SEQREC_ONNX_CACHE``,
+    else ``$XDG_CACHE_HOME/seqrec/onnx`` (``~/.cache/seqrec/onnx``); ``SEQREC_ONNX_CACHE=off``: none (every load
+    exports)."""
+    env = os.environ.get(GRAPH_CACHE_ENV)
+    if env is not None and env.strip().lower() in ("off", "0", "none", ""):
+        return None
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seqrec" / "onnx"
+
+
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """A digest of seqrec's own source files: a graph exported by other code is never reused."""
+    h = hashlib.blake2b(digest_size=16)
+    root = Path(__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _graph_key(model, kind: str, **options) -> str:
+    """What an exported graph depends on: the kind of graph and its options, the model's class and config, every
+    parameter and buffer (names, shapes, dtypes, values), seqrec's source and the exporting libraries' versions."""
+    import onnx
+    import onnxruntime
+
+    h = hashlib.blake2b(digest_size=20)
+    head = {"kind": kind, "options": options, "class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "config": repr(model.config), "code": _code_digest(),
+            "versions": [torch.__version__, onnx.__version__, onnxruntime.__version__]}
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _cached_graph(key: str, build) -> tuple[bytes, dict]:
+    """``build()``'s (graph bytes, metadata), kept under :func:`graph_cache_dir` by ``key``: a replica that loads a
+    model another process on the machine exported already (a replacement after a crash, a second replica, the next
+    ``seqrec serve``) reads the graph instead of exporting it again (~5 s for a 1M-item SDM, ~7 s for a 1M-item BST
+    in int8 here). A file whose digest does not match its record is rebuilt; a cache that cannot be written is
+    skipped with a warning (the graph is still built). Files are written under temporary names and renamed, so
+    concurrent replicas never read half a file; beyond :data:`GRAPH_CACHE_KEEP` graphs the least recently used go.
+    Written by hand: no library here keeps content-addressed ONNX exports."""
+    directory = graph_cache_dir()
+    if directory is None:
+        return build()
+    graph_path, record_path = directory / f"{key}.onnx", directory / f"{key}.json"
+    try:
+        record = json.loads(record_path.read_text())
+        data = graph_path.read_bytes()
+        if hashlib.blake2b(data, digest_size=20).hexdigest() == record["digest"]:
+            os.utime(graph_path)  # recently used
+            return data, record["meta"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not there, or unreadable: build it
+    data, meta = build()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for path, content in ((graph_path, data), (record_path, json.dumps(
+                {"digest": hashlib.blake2b(data, digest_size=20).hexdigest(), "meta": meta}).encode())):
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(content)
+            os.replace(tmp, path)
+        graphs = sorted(directory.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in graphs[GRAPH_CACHE_KEEP:]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+    except OSError as e:
+        logging.getLogger(__name__).warning("could not keep the exported graph in %s (%s); the next load exports "
+                                            "it again", directory, e)
+    return data, meta
 
 
 SMOOTHING_ALPHA = 0.75  # SmoothQuant's migration strength for the first layer (chosen in _int8_layers' doc)
@@ -565,5 +666,5 @@ def _export_xor() -> None:
 
 
 __all__ = ["MATCHER_RUNTIMES", "OnnxLogits", "OnnxUserVectors", "PRECISIONS", "RANKER_PRECISIONS", "calibration_input",
-           "chunk_candidates", "encode_table", "resolve_precision", "score_table", "seen_items", "session_items",
-           "smoothing_scales", "with_precision", "with_runtime"]
+           "chunk_candidates", "encode_table", "graph_cache_dir", "resolve_precision", "score_table", "seen_items",
+           "session_items", "smoothing_scales", "with_precision", "with_runtime"]
