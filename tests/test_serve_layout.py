@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -123,8 +124,15 @@ def test_the_colocated_stages_return_what_the_deployments_return_and_are_unhealt
         enc = await call_stage("encode", local.encoder.encode.remote(reqs[0]), 30)
         cands = await call_stage("retrieve", local.retriever.retrieve.remote(enc.vecs[0], 50, enc.matcher, None), 30)
         ranked = await call_stage("rank", local.ranker.rank.remote(enc, cands.codes[0], cands.scores[0]), 30)
-        with pytest.raises(StageFailed, match="no answer within the rank deadline"):
-            await call_stage("rank", local.ranker.rank.remote(enc, cands.codes[0], cands.scores[0]), 1e-6)
+        # the compute thread busy (its one worker waits on a gate), so the next call waits in its queue past any
+        # deadline: a tiny deadline alone raced a tiny ranker that could finish before the deadline was armed
+        gate = threading.Event()
+        local.compute.submit(gate.wait, 30)
+        try:
+            with pytest.raises(StageFailed, match="no answer within the rank deadline"):
+                await call_stage("rank", local.ranker.rank.remote(enc, cands.codes[0], cands.scores[0]), 1e-3)
+        finally:
+            gate.set()
         bad = await call_stage("encode", local.encoder.encode.remote(type(reqs[0])(1, [])), 30)  # no events: its error
         again = await call_stage("rank", local.ranker.rank.remote(enc, cands.codes[0], cands.scores[0]), 30)
         return enc, cands, ranked, bad, again
