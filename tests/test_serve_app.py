@@ -269,6 +269,45 @@ def test_seqrec_serve_once_prints_one_served_recommendation(tiny_prepared, tiny_
 
 
 @pytest.mark.slow
+def test_seqrec_serve_stops_on_sigterm_and_leaves_no_listener(tiny_prepared, tiny_artifacts, tmp_path):
+    """SIGTERM (what systemd, Kubernetes and `timeout` send) stops `seqrec serve` as Ctrl-C does: exit 0 with the
+    one-line message, and nothing (Serve's HAProxy in fast mode was the process that outlived it) still listens on
+    its port."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from seqrec.cluster import free_port
+
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "seqrec.cli", "serve", "--data", str(tiny_prepared), "--run",
+                             str(tiny_artifacts["sdm"].parent), "--port", str(port)],
+                            env=os.environ | {"RAY_ADDRESS": "local"}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        end, up = time.time() + 300, False
+        while time.time() < end and proc.poll() is None and not up:
+            try:
+                up = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+            except requests.RequestException:  # not listening yet, or listening before its replicas answer
+                pass
+            if not up:
+                time.sleep(2)
+        assert up, (tmp_path / "serve.log").read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=180) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "stopping: Serve shuts down with its local Ray cluster" in (tmp_path / "serve.log").read_text()
+    with socket.socket() as sock:  # nothing listens there any more (bind fails while a listener holds it)
+        sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.slow
 def test_serve_run_of_the_repository_config_serves_an_experiments_runs(tiny_prepared, tiny_artifacts, tmp_path):
     """Ray Serve's own CLI: `serve run` of serve_apps/recommend.yaml (relative `data` and `run`, as after the
     README's main command) starts the app on its own cluster, here in fast mode (the cluster's variables, as

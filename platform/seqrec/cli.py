@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 EPILOG_PREPARE = """\
@@ -770,10 +772,11 @@ def cmd_serve(args) -> int:
         if not ray.is_initialized():
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
         mode = "Serve mode: the running cluster's"
-    deploy(config(app_args, host=args.host, port=args.port))  # as `serve run CONFIG` would: swappable in place
-    url = f"http://{args.host}:{args.port}"
-    print(f"serving on {url}/recommend and {url}/events (docs: {url}/docs); {mode}")
+    previous = _stop_on_sigterm()
     try:
+        deploy(config(app_args, host=args.host, port=args.port))  # as `serve run CONFIG` would: swappable in place
+        url = f"http://{args.host}:{args.port}"
+        print(f"serving on {url}/recommend and {url}/events (docs: {url}/docs); {mode}")
         if args.once:
             one = _one_request(url, data)
             res, req = one["response"], one["request"]
@@ -790,16 +793,33 @@ def cmd_serve(args) -> int:
             return 0
         import time
 
-        while True:  # until Ctrl-C
+        while True:  # until Ctrl-C or SIGTERM
             time.sleep(3600)
     except KeyboardInterrupt:
+        print("stopping: Serve shuts down" + (" with its local Ray cluster" if own_cluster else ""), flush=True)
         return 0
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         serve.shutdown()
         if own_cluster:
             ray.shutdown()
         if scratch is not None:
             scratch.cleanup()
+
+
+def _stop_on_sigterm():
+    """SIGTERM (systemd, Kubernetes, ``timeout``, ``kill``) stops ``seqrec serve`` as Ctrl-C does, so that Serve and
+    the local Ray cluster shut down: by default SIGTERM ended the process at once, and the HAProxy that Serve's fast
+    mode starts outlived it, still listening on the port. Returns the previous handler (None off the main thread,
+    where Python cannot set one)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 # what `seqrec serve` copies of a storage URI's run or experiment: the exports and the experiment's results.json
