@@ -799,13 +799,13 @@ def cmd_serve(args) -> int:
         print("stopping: Serve shuts down" + (" with its local Ray cluster" if own_cluster else ""), flush=True)
         return 0
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         serve.shutdown()
         if own_cluster:
             ray.shutdown()
         if scratch is not None:
             scratch.cleanup()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _stop_on_sigterm():
@@ -817,6 +817,7 @@ def _stop_on_sigterm():
         return None
 
     def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM (`timeout` forwards its own) must not cut the shutdown short
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, stop)
