@@ -149,11 +149,16 @@ def with_precision(model, precision: str = "fp32", device: str = "cpu"):
     head = getattr(model, "head", None)
     if head is None or not hasattr(model, "inference_input"):
         raise ValueError(f"precision=int8 applies to rankers (an MLP head); {type(model).__name__} has none: use fp32")
-    if str(device) != "cpu" or any(p.device.type != "cpu" for p in model.parameters()):
+    if not _on_cpu(model, device):
         raise ValueError("precision=int8 is CPU-only (ONNX Runtime on the CPU); on a GPU use fp32 (with AMP)")
     out = copy.copy(model)  # shares the parameters; only ``runtime`` differs
     out.runtime = OnnxLogits(model)
     return out
+
+
+def _on_cpu(model, device) -> bool:
+    """Whether ``device`` and every parameter of ``model`` are the CPU: where the ONNX Runtime graphs run."""
+    return str(device) == "cpu" and all(p.device.type == "cpu" for p in model.parameters())
 
 
 class _OnnxGraph:
@@ -312,7 +317,7 @@ def with_runtime(model, runtime: str = "auto", device: str = "cpu"):
     turn), with the same vectors to 1e-6 (``tests/test_encode_fast.py``)."""
     if runtime not in MATCHER_RUNTIMES:
         raise ValueError(f"runtime={runtime!r}; choose one of {MATCHER_RUNTIMES}")
-    on_cpu = str(device) == "cpu" and all(p.device.type == "cpu" for p in model.parameters())
+    on_cpu = _on_cpu(model, device)
     if runtime == "auto":
         runtime = "onnx" if on_cpu and getattr(model, "name", None) == "sdm" else "torch"
     if runtime == "torch":
