@@ -41,8 +41,9 @@ WORK = REPO / "benchmarks" / "work"
 BASELINES = ("item_cf", "youtube_dnn", "gru4rec", "narm", "sasrec", "shan", "binn")
 
 
-def prepared(dataset: str, split: str, rows: int, input_events: int | None = None) -> Path:
-    """The prepared dataset; ``input_events``: RecBole's last-N input (``--input last-n``), else the session protocol."""
+def prepared(dataset: str, split: str, rows: int, input_events: int | None = None, horizon_hours: float = 0) -> Path:
+    """The prepared dataset; ``input_events``: RecBole's last-N input (``--input last-n``), else the session protocol;
+    ``horizon_hours``: training rows with horizon targets (``--train-horizon-hours``)."""
     from seqrec.data.loaders import open_source
     from seqrec.data.prepare import prepare, resolve_config
 
@@ -62,6 +63,9 @@ def prepared(dataset: str, split: str, rows: int, input_events: int | None = Non
     if input_events is not None:
         out = out.with_name(f"{out.name}-last{input_events}")
         opts = dict(input="last-n", input_events=input_events)
+    if horizon_hours:
+        out = out.with_name(f"{out.name}-horizon{horizon_hours:g}h")
+        opts["train_horizon_s"] = int(round(horizon_hours * 3600))
     if not (out / "manifest.json").exists():
         prepare(src, out, resolve_config(src, split=split, **opts), engine="local", progress=False, overwrite=True)
     return out
@@ -130,8 +134,14 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--train-horizon-hours", type=float, default=0,
+                   help="prepare training rows with horizon targets: the items within H hours after each session")
+    p.add_argument("--horizon-weight", type=float, default=0,
+                   help="the neural matchers' horizon_weight (needs --train-horizon-hours; default 0: next items only)")
     p.add_argument("--suffix", default="", help="appended to the result name")
     args = p.parse_args()
+    if args.horizon_weight and not args.train_horizon_hours:
+        p.error("--horizon-weight trains on horizon targets: give --train-horizon-hours too")
     recbole = args.protocol == "recbole"
     if recbole and args.split not in (None, "loo"):
         p.error(f"--protocol recbole is leave-one-out; drop --split {args.split} or use --split loo")
@@ -142,7 +152,7 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = prepared(args.dataset, args.split, args.rows, args.input_events if recbole else None)
+    data = prepared(args.dataset, args.split, args.rows, args.input_events if recbole else None, args.train_horizon_hours)
     models = [] if args.models == ["none"] else (args.models or list(DEFAULT_MODELS))
     entries = expand_models(models, args.ablation)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience)
@@ -155,7 +165,8 @@ def main() -> int:
         name += "_session"
     name += f"_{args.suffix}" if args.suffix else ""
     report = run_experiment(ExperimentSpec(str(data), entries, list(range(args.seeds)), str(WORK / name), match=cfg,
-                                           model_options={"hidden": args.hidden}))
+                                           model_options={"hidden": args.hidden, **(
+                                               {"horizon_weight": args.horizon_weight} if args.horizon_weight else {})}))
     summary = {label: {k: round(v["mean"], 5) for k, v in m.items()} for label, m in report["summary"].items()}
     summary["expectations"] = expectations(report["summary"], report["protocol"])
     summary.update(headline(report["summary"], report["protocol"]))

@@ -54,6 +54,32 @@ def test_all_positions_equal_per_prefix_samples(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_horizon_targets_train_the_last_state_per_prefix_sample(name):
+    """``horizon_weight`` w: each row's horizon targets (the items after its session, from ``prepare
+    --train-horizon-hours``) are extra samples of the session's last state, weighted w against the next-item ones:
+    (Σ next + w Σ horizon) / (P + w H), built here per prefix sample; padding and unknown targets train nothing."""
+    w = 0.5
+    model = tiny(name, loss="full", next_n=1, horizon_weight=w)
+    batch = random_batch(SPEC, b=3, t=7, l=5, lengths=[7, 5, 2])
+    batch.targets = torch.tensor([[11, 12, 13], [F.UNKNOWN, 14, F.PAD], [F.PAD, F.PAD, F.PAD]])
+    ce = lambda v, y: nnf.cross_entropy(  # noqa: E731
+        (v @ model.item_embeddings().T).index_fill(-1, torch.tensor([0, 1]), float("-inf")), y, reduction="sum")
+    nxt, hor, p, h = 0.0, 0.0, 0, 0
+    for b in range(3):
+        n = int(batch.seq_len[b])
+        for t in range(1, n):
+            nxt, p = nxt + ce(model.encode_users(prefix_batch(batch, b, t)), batch.items[b, t: t + 1]), p + 1
+        last = model.encode_users(prefix_batch(batch, b, n))
+        for y in batch.targets[b].tolist():
+            if y >= F.FIRST_CODE:
+                hor, h = hor + ce(last, torch.tensor([y])), h + 1
+    out = model(batch)
+    assert (p, h) == (6 + 4 + 1, 3 + 1) and out.n_targets == p + h
+    torch.testing.assert_close(out.loss, (nxt + w * hor) / (p + w * h), atol=1e-5, rtol=0)
+    torch.testing.assert_close(tiny(name, loss="full", next_n=1)(batch).loss, nxt / p, atol=1e-5, rtol=0)  # w = 0
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_the_seen_penalty_loss_equals_per_prefix_samples(name):
     """With ``seen_penalty`` each prefix's softmax scores the items it has seen (its session so far and the row's
     long-term items) lower by the learned penalty: the reference builds that set per prefix sample; the penalty is
@@ -310,6 +336,8 @@ def test_config_errors_name_the_fix():
         make_config("gru4rec", SPEC, heads=2)
     with pytest.raises(ValueError, match="only sdm has paper variants"):
         make_config("narm:PSDMMAL", SPEC)
+    with pytest.raises(ValueError, match="horizon_weight=-1.0 must be >= 0"):
+        make_config("sdm", SPEC, horizon_weight=-1.0)
     with pytest.raises(ValueError, match="empty session"):
         tiny("sdm").encode_users(random_batch(SPEC, lengths=[3, 0, 2]))
 

@@ -41,6 +41,36 @@ def test_reference_agreement_with_other_parameters(tmp_path):
     assert max(len(r[F.long_term_col(F.ITEM_ID)]) for r in got["train"]) <= 3
 
 
+@pytest.mark.parametrize("split,hours", [("dataset-day", 24), ("user-day", 3), ("loo", 48)])
+def test_training_horizon_targets_equal_reference(tmp_path, split, hours):
+    table = random_events(7, n_users=60)
+    got, cfg = _prepare_local(tmp_path, table, split=split, min_item_count=1, max_user_events=0,
+                              train_horizon_s=hours * 3600)
+    ref = reference_prepare(table.to_pandas(), cfg, SIDE, PROFILE)
+    assert_splits_equal(got, ref)
+    assert sum(len(r[F.TARGETS]) for r in got["train"]) > 0
+
+
+def test_training_horizon_targets_stop_at_the_horizon_and_the_training_window(tmp_path):
+    # day 0: sessions A (0, 60 s) and B (1 h later); day 1: session C; day 2 (validation) and 3 (test)
+    ts = [T0, T0 + 60, T0 + 3600, T0 + 3660, T0 + DAY, T0 + DAY + 60, T0 + 2 * DAY, T0 + 2 * DAY + 60,
+          T0 + 3 * DAY, T0 + 3 * DAY + 60]
+    items = [100, 101, 102, 100, 103, 104, 105, 106, 107, 108]
+    table = _one_user(ts, items)
+    got, _ = _prepare_local(tmp_path, table, side=(), profile=(), split="dataset-day", min_item_count=1,
+                            train_horizon_s=DAY)
+    import pyarrow.parquet as pq
+
+    vocab = pq.read_table(tmp_path / "out" / "vocab" / f"{F.ITEM_ID}.parquet").to_pydict()
+    raw = dict(zip(vocab["code"], vocab["raw"]))
+    targets = [[raw[c] for c in r[F.TARGETS]] for r in got["train"]]
+    # A: B's items (100 once, deduplicated), then C's first (T0 + DAY, less than a day after A's last event + 60 s)
+    # but not C's second; B: C's two; C: nothing (the validation day is not training data)
+    assert targets == [[102, 100, 103], [103, 104], []]
+    off, _ = _prepare_local(tmp_path, table, name="off", side=(), profile=(), split="dataset-day", min_item_count=1)
+    assert all(r[F.TARGETS] == [] for r in off["train"])
+
+
 def _one_user(ts, items=None, sid=None):
     n = len(ts)
     cols = {
@@ -209,6 +239,8 @@ def test_protocol_validation_messages():
         S.Protocol(test_fraction=1.5)
     with pytest.raises(ValueError, match="max_session_len=0 must be >= 1"):
         S.Protocol(max_session_len=0)
+    with pytest.raises(ValueError, match="train_horizon_s=-1 must be >= 0"):
+        S.Protocol(train_horizon_s=-1)
 
 
 def test_serving_cut_is_the_latest_session():

@@ -265,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "long-term input and history)")
     g.add_argument("--input-events", type=int, help="N of --input last-n (default 50, as RecBole)")
     g.add_argument("--tz-offset-hours", type=float, help="UTC offset that defines calendar days (default 0; Taobao: 8)")
+    g.add_argument("--train-horizon-hours", type=float,
+                   help="give each training row targets beyond its session: the distinct items of the user's training "
+                   "events within this many hours after the session (what a matcher's horizon_weight trains on; "
+                   "default 0: none, the paper's next-item targets only)")
     f = prep.add_argument_group("filters (every count goes to the manifest)")
     f.add_argument("--min-item-count", type=_positive_int, help="drop items seen fewer times (default 5; 1 keeps all)")
     f.add_argument("--max-user-events", type=_positive_int, help="drop users with more events (default 1000; 0 keeps all)")
@@ -489,6 +493,7 @@ def cmd_prepare(args) -> int:
         input=args.input,
         input_events=args.input_events,
         tz_offset_hours=args.tz_offset_hours,
+        train_horizon_s=None if args.train_horizon_hours is None else int(round(args.train_horizon_hours * 3600)),
         min_item_count=args.min_item_count,
         max_user_events=args.max_user_events,
         behaviors=None if args.behaviors is None else tuple(b for b in args.behaviors.split(",") if b),

@@ -212,7 +212,9 @@ def user_rows(g: pd.DataFrame, cfg, test_day, item_names, user_names, has_sessio
             if last_n:  # the window of the row's first target (its second event); the row is the whole session
                 rest, short = last_n_input(ev, train_part[1], session_of_event, cfg)
                 assert short == [train_part[0]], short
-            out.append(("train", row(train_part[0], train_part[-1] + 1, [], rest)))
+            end = train_part[-1] + 1
+            horizon = [i for i in range(end, a_val) if ev[i][F.TIMESTAMP] < ev[end - 1][F.TIMESTAMP] + p.train_horizon_s]
+            out.append(("train", row(train_part[0], end, horizon, rest)))
     for split, lo, hi in (("val", a_val, a_test), ("test", a_test, len(ev))):
         m = hi - lo
         if p.split == "loo":

@@ -39,7 +39,11 @@ test window.
 
 Rows. A *training row* is a session restricted to training events, kept when
 it has >= ``min_train_len`` (2) events; the model trains every position of it
-(one row per session, not one per prefix). An *evaluation row* (validation or
+(one row per session, not one per prefix). Its ``targets`` are empty, unless
+``train_horizon_s`` > 0: then they are the distinct items of the user's
+training events after the session, within that many seconds of its last event
+(never past the training window), the training counterpart of an evaluation
+row's ground truth ("the rest of the day"). An *evaluation row* (validation or
 test) follows §4.1: in a window of m >= 2 events the first
 ``max(1, floor(test_fraction * m))`` are input and the rest, deduplicated, are
 the ground truth; the short-term input is the session (as sessionized over the
@@ -102,6 +106,9 @@ class Protocol:
     tz_offset_s: int = 0
     input: str = "session"  # session | last-n: what a row's input holds (see the module docstring)
     input_events: int = 50  # N of the last-n input
+    # > 0: a training row's ``targets`` are the distinct items of the user's training events within this many
+    # seconds after the session's last event (what a matcher's ``horizon_weight`` trains on); 0: none (the paper's)
+    train_horizon_s: int = 0
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -111,6 +118,8 @@ class Protocol:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.long_term_s < 0:
             raise ValueError(f"long_term_s={self.long_term_s} must be >= 0")
+        if self.train_horizon_s < 0:
+            raise ValueError(f"train_horizon_s={self.train_horizon_s} must be >= 0 (0: training rows carry no targets)")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction={self.test_fraction} must be in (0, 1), e.g. 0.25 as in SDM §4.1")
         if self.input not in INPUTS:
@@ -239,9 +248,25 @@ def training_cuts(block: Block, starts: np.ndarray, a_val: np.ndarray, protocol:
         "train_sessions_too_short": int(((length >= 1) & ~keep).sum()),
         "train_sessions_cut_at_window": int(((length >= 1) & (clipped < ends)).sum()),
     }
-    z = np.zeros(int(keep.sum()), np.int64)
+    g, start, end = g[keep], starts[keep], clipped[keep]
+    if protocol.train_horizon_s > 0:
+        lo, hi = end, horizon_end(block, g, end, block.ts[end - 1] + protocol.train_horizon_s, train_end[keep])
+    else:
+        lo, hi = np.zeros(len(g), np.int64), np.zeros(len(g), np.int64)
     # a training row's first target is its second event: the last-n window ends there
-    return Cuts(g[keep], starts[keep], clipped[keep], z, z.copy(), input_end=starts[keep] + 1), counts
+    return Cuts(g, start, end, lo, hi, input_end=start + 1), counts
+
+
+def horizon_end(block: Block, users: np.ndarray, lo: np.ndarray, limit: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """(R,) for each row: one past the last event of user ``users[r]`` from ``lo[r]`` on with a timestamp
+    < ``limit[r]``, at most ``cap[r]`` (events are sorted by user, then time: one search over (user, time) keys)."""
+    if len(users) == 0:
+        return lo.copy()
+    t0, span = int(block.ts.min()), int(block.ts.max() - block.ts.min()) + 1
+    key = block.group().astype(np.int64) * span + (block.ts - t0)  # non-decreasing
+    # a limit past the user's last event lands past it (on a later user's keys): the cap, <= the user's end, bounds it
+    hi = np.searchsorted(key, users * span + np.minimum(limit - t0, span), side="left")
+    return np.clip(hi, lo, cap).astype(np.int64)
 
 
 def eval_cuts(

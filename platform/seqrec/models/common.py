@@ -77,6 +77,9 @@ class MatchConfig(ModelConfig):
     sampler: str = "log_uniform"  # log_uniform over frequency rank | unigram (item counts)
     seen_penalty: bool = False  # learn a score penalty on the items of the input (module doc)
     history_input: bool = False  # one-sequence models read hist ⊕ session (SequenceModel), as RecBole's peers
+    # > 0: also train each session's last state on the row's horizon targets (the items after the session,
+    # ``prepare --train-horizon-hours``), the loss (next + w · horizon) / (pairs weighted alike); 0: next items only
+    horizon_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.features, dict):
@@ -98,6 +101,8 @@ class MatchConfig(ModelConfig):
             raise ValueError(f"num_sampled={self.num_sampled} must be >= 1")
         if self.features.n_items <= F.FIRST_CODE:
             raise ValueError(f"the feature spec has no items (item_id vocab_size={self.features.n_items})")
+        if not self.horizon_weight >= 0.0:
+            raise ValueError(f"horizon_weight={self.horizon_weight} must be >= 0 (0: next-item targets only)")
         if self.history_input and self.side_info:
             raise ValueError("history_input=true reads the history's item ids only (hist_* holds no side features); "
                              "set side_info=false")
@@ -327,7 +332,18 @@ class MatchingModel(nn.Module):
         users = states[pairs[:, 0], pairs[:, 1]]  # (P, D)
         penalty = self.seen_penalty()
         seen = None if penalty is None else input_items(batch, pairs[:, 0], pairs[:, 1])
-        return LossOutput(self.softmax(users, tgt, seen, penalty), int(tgt.numel()))
+        loss = self.softmax(users, tgt, seen, penalty)
+        w = self.config.horizon_weight
+        if w > 0 and batch.targets.shape[1] > 0:
+            rows, cols = (batch.targets >= F.FIRST_CODE).nonzero(as_tuple=True)  # (H,) pairs: row, target slot
+            if rows.numel():
+                pos = batch.seq_len[rows] - 1  # the session's last state: everything before the horizon
+                h_seen = None if penalty is None else input_items(batch, rows, pos)
+                h_loss = self.softmax(states[rows, pos], batch.targets[rows, cols], h_seen, penalty)
+                p, h = tgt.numel(), rows.numel()
+                loss = (p * loss + w * h * h_loss) / (p + w * h)
+                return LossOutput(loss, p + h)
+        return LossOutput(loss, int(tgt.numel()))
 
     def seen_penalty(self) -> torch.Tensor | None:
         """The learned penalty (>= 0) on the scores of the input's items; None without ``seen_penalty``."""

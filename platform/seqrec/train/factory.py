@@ -32,6 +32,9 @@ def build(model: str, data: str | os.PathLike, options: dict | None = None, *, s
     if seed is not None:
         torch.manual_seed(seed)
     m = build_model(model, spec, **options)
+    if getattr(m.config, "horizon_weight", 0) > 0 and not manifest["config"]["protocol"].get("train_horizon_s"):
+        raise ValueError(f"horizon_weight={m.config.horizon_weight} trains on the training rows' horizon targets, and "
+                         f"{data} has none: prepare it with `seqrec data prepare --train-horizon-hours H`")
     if ranker:
         items = read_items(data, spec)
         m.set_item_table(torch.from_numpy(items.side), torch.from_numpy(items.counts))
