@@ -100,7 +100,7 @@ def test_smoothing_keeps_every_rankers_logits_and_int8_follows_them(label):
     fp32 (its error is int8's, not a broken export), and the original model is untouched."""
     import torch
 
-    from seqrec.inference import _smoothed, calibration_input, smoothing_scales, with_precision
+    from seqrec.inference import OnnxLogits, _smoothed, calibration_input, smoothing_scales
 
     model, batch, cands, inp = _ranker_input(label)
     calib = calibration_input(model, rows=2, candidates=40)
@@ -112,7 +112,7 @@ def test_smoothing_keeps_every_rankers_logits_and_int8_follows_them(label):
         ref = model.logits(inp)
         torch.testing.assert_close(_smoothed(model, scales).logits(inp), ref, rtol=1e-4, atol=1e-5)
         assert isinstance(model.head.first_candidate, torch.nn.Linear)
-        got = with_precision(model, "int8").runtime(inp)
+        got = OnnxLogits(model, first_layer=True)(inp)  # the first layer in int8 too, smoothed
     assert (got - ref).abs().mean() < 0.05 * ref.std()
     assert torch.corrcoef(torch.stack([ref.flatten(), got.flatten()]))[0, 1] > 0.99
 
@@ -160,12 +160,12 @@ def test_int8_ranker_tracks_fp32_and_leaves_the_fp32_model_alone():
     q = with_precision(model, "int8")
     assert with_precision(model, "fp32") is model and q is not model
     assert model.runtime is None and q.runtime is not None
-    # the MLP's first layer (candidate half), 256 → 128 and 128 → 64, found by their exported node names
-    assert [n.split("/")[2] for n in q.runtime.quantized] == ["first_candidate", "rest", "rest"]
+    # the MLP's hidden layers, 256 → 128 and 128 → 64, found by their exported node names; the first layer fp32
+    assert [n.split("/")[2] for n in q.runtime.quantized] == ["rest", "rest"] and q.runtime.smoothing is None
     from seqrec.inference import OnnxLogits
 
-    hidden_only = OnnxLogits(model, first_layer=False)  # the first layer in fp32, unsmoothed: bench_rank's reference row
-    assert [n.split("/")[2] for n in hidden_only.quantized] == ["rest", "rest"] and hidden_only.smoothing is None
+    first = OnnxLogits(model, first_layer=True)  # the first layer's candidate half too, smoothed: bench_rank's other row
+    assert [n.split("/")[2] for n in first.quantized] == ["first_candidate", "rest", "rest"] and first.smoothing is not None
     with torch.inference_mode():
         ref, got = model.score(batch, cands), q.score(batch, cands)
     assert not torch.equal(ref, got)  # int8 did run
